@@ -1,0 +1,338 @@
+/*
+ * Popcount Hamming scan over packed binary codes, with a running top-k per query.
+ *
+ * Codes are rows of `stride` bytes (a multiple of 8, zero padded past the code width), so each row is
+ * `stride / 8` little 64-bit words and the XOR of zero padding counts nothing. The scan keeps, for each
+ * query, a max-heap of the best (distance, index) pairs seen so far; the heaps live in caller-owned
+ * buffers so that a scan over several chunks of rows carries its state from one call to the next.
+ * Rows are visited in index order, so on equal distance the lower index wins and a newcomer must be
+ * strictly closer than the heap's worst to enter: results are deterministic.
+ *
+ * Batched queries are scanned tile by tile: each tile of rows is read from memory once and scored
+ * against every query while it sits in L1/L2. The GIL is released during the scan.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE_ROWS 256
+#define MAX_WORDS 16
+
+typedef struct {
+    int32_t *dist;   /* [Q, k] */
+    int64_t *idx;    /* [Q, k] */
+    int32_t *count;  /* [Q] */
+    int k;
+} heaps_t;
+
+static inline int heap_worse(int32_t da, int64_t ia, int32_t db, int64_t ib) {
+    return da > db || (da == db && ia > ib);
+}
+
+static inline void heap_push(int32_t *hd, int64_t *hi, int32_t *cnt, int k, int32_t d, int64_t ix) {
+    int n = *cnt;
+    if (n < k) {
+        int i = n;
+        while (i > 0) {
+            int p = (i - 1) >> 1;
+            if (!heap_worse(d, ix, hd[p], hi[p])) break;
+            hd[i] = hd[p]; hi[i] = hi[p]; i = p;
+        }
+        hd[i] = d; hi[i] = ix; *cnt = n + 1;
+        return;
+    }
+    /* replace the root (the worst) and sift down */
+    int i = 0;
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        int32_t md = d; int64_t mi = ix;
+        if (l < k && heap_worse(hd[l], hi[l], md, mi)) { m = l; md = hd[l]; mi = hi[l]; }
+        if (r < k && heap_worse(hd[r], hi[r], md, mi)) { m = r; md = hd[r]; mi = hi[r]; }
+        if (m == i) break;
+        hd[i] = hd[m]; hi[i] = hi[m]; i = m;
+    }
+    hd[i] = d; hi[i] = ix;
+}
+
+/* One kernel body, instantiated per ISA and per word count so the compiler unrolls the row loop. */
+#define SCAN_BODY(W)                                                                              \
+    for (Py_ssize_t t0 = 0; t0 < n; t0 += TILE_ROWS) {                                            \
+        Py_ssize_t t1 = t0 + TILE_ROWS < n ? t0 + TILE_ROWS : n;                                  \
+        for (Py_ssize_t q = 0; q < nq; q++) {                                                     \
+            const uint64_t *qv = queries + q * (W);                                               \
+            uint64_t qw[MAX_WORDS];                                                               \
+            for (int w = 0; w < (W); w++) qw[w] = qv[w];                                          \
+            int32_t *hd = h->dist + q * h->k;                                                     \
+            int64_t *hi = h->idx + q * h->k;                                                      \
+            int32_t *cnt = h->count + q;                                                          \
+            int32_t thr = *cnt < h->k ? INT32_MAX : hd[0];                                        \
+            for (Py_ssize_t i = t0; i < t1; i++) {                                                \
+                const uint64_t *row = codes + i * (W);                                            \
+                int32_t d = 0;                                                                    \
+                for (int w = 0; w < (W); w++) d += __builtin_popcountll(row[w] ^ qw[w]);          \
+                if (d < thr && (mask == NULL || mask[i])) {                                       \
+                    heap_push(hd, hi, cnt, h->k, d, base + i);                                    \
+                    thr = *cnt < h->k ? INT32_MAX : hd[0];                                        \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+#define DEFINE_SCAN(NAME, ATTR)                                                                   \
+    ATTR static void NAME(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,          \
+                          Py_ssize_t n, int words, const uint8_t *mask, int64_t base,             \
+                          heaps_t *h) {                                                           \
+        switch (words) {                                                                          \
+            case 1: SCAN_BODY(1) break;   case 2: SCAN_BODY(2) break;                             \
+            case 3: SCAN_BODY(3) break;   case 4: SCAN_BODY(4) break;                             \
+            case 5: SCAN_BODY(5) break;   case 6: SCAN_BODY(6) break;                             \
+            case 7: SCAN_BODY(7) break;   case 8: SCAN_BODY(8) break;                             \
+            case 9: SCAN_BODY(9) break;   case 10: SCAN_BODY(10) break;                           \
+            case 11: SCAN_BODY(11) break; case 12: SCAN_BODY(12) break;                           \
+            case 13: SCAN_BODY(13) break; case 14: SCAN_BODY(14) break;                           \
+            case 15: SCAN_BODY(15) break; default: SCAN_BODY(16) break;                           \
+        }                                                                                         \
+    }
+
+DEFINE_SCAN(scan_generic, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_X86_DISPATCH 1
+DEFINE_SCAN(scan_popcnt, __attribute__((target("popcnt"))))
+DEFINE_SCAN(scan_avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,popcnt"))))
+#endif
+
+
+#ifdef HAVE_X86_DISPATCH
+#include <immintrin.h>
+/*
+ * Batched AVX-512 kernel: queries in groups of 8 lanes (word w of 8 queries in one register). Each row
+ * word is broadcast and XORed against the 8 queries at once, so one tile of rows read from memory is
+ * scored against every query with ~W vector popcounts per 8 (row, query) pairs. Lanes past the last
+ * query get a threshold of -1 and never enter a heap.
+ */
+#define VSCAN_BODY(W)                                                                             \
+    for (Py_ssize_t t0 = 0; t0 < n; t0 += TILE_ROWS) {                                            \
+        Py_ssize_t t1 = t0 + TILE_ROWS < n ? t0 + TILE_ROWS : n;                                  \
+        for (Py_ssize_t g = 0; g < groups; g++) {                                                 \
+            __m512i qv[MAX_WORDS];                                                                \
+            for (int w = 0; w < (W); w++) qv[w] = _mm512_loadu_si512(qt + (g * MAX_WORDS + w) * 8); \
+            int64_t thr[8];                                                                       \
+            for (int l = 0; l < 8; l++) {                                                         \
+                Py_ssize_t q = g * 8 + l;                                                         \
+                thr[l] = q >= nq ? -1 : (h->count[q] < h->k ? INT32_MAX : h->dist[q * h->k]);     \
+            }                                                                                     \
+            __m512i tv = _mm512_loadu_si512(thr);                                                 \
+            for (Py_ssize_t i = t0; i < t1; i++) {                                                \
+                if (mask != NULL && !mask[i]) continue;                                           \
+                const uint64_t *row = codes + i * (W);                                            \
+                __m512i acc = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_set1_epi64(row[0]), qv[0])); \
+                for (int w = 1; w < (W); w++)                                                     \
+                    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(                              \
+                        _mm512_xor_si512(_mm512_set1_epi64(row[w]), qv[w])));                     \
+                __mmask8 hit = _mm512_cmplt_epi64_mask(acc, tv);                                  \
+                if (hit) {                                                                        \
+                    int64_t dl[8];                                                                \
+                    _mm512_storeu_si512(dl, acc);                                                 \
+                    while (hit) {                                                                 \
+                        int l = __builtin_ctz(hit);                                               \
+                        hit &= hit - 1;                                                           \
+                        Py_ssize_t q = g * 8 + l;                                                 \
+                        heap_push(h->dist + q * h->k, h->idx + q * h->k, h->count + q, h->k,      \
+                                  (int32_t)dl[l], base + i);                                      \
+                        thr[l] = h->count[q] < h->k ? INT32_MAX : h->dist[q * h->k];              \
+                    }                                                                             \
+                    tv = _mm512_loadu_si512(thr);                                                 \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,popcnt")))
+static void vscan_avx512(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,
+                         Py_ssize_t n, int words, const uint8_t *mask, int64_t base, heaps_t *h) {
+    Py_ssize_t groups = (nq + 7) / 8;
+    uint64_t *qt = (uint64_t *)aligned_alloc(64, (size_t)groups * MAX_WORDS * 8 * sizeof(uint64_t));
+    if (qt == NULL) { scan_avx512(queries, nq, codes, n, words, mask, base, h); return; }
+    memset(qt, 0, (size_t)groups * MAX_WORDS * 8 * sizeof(uint64_t));
+    for (Py_ssize_t q = 0; q < nq; q++)
+        for (int w = 0; w < words; w++) qt[((q / 8) * MAX_WORDS + w) * 8 + q % 8] = queries[q * words + w];
+    switch (words) {
+        case 1: VSCAN_BODY(1) break;   case 2: VSCAN_BODY(2) break;
+        case 3: VSCAN_BODY(3) break;   case 4: VSCAN_BODY(4) break;
+        case 5: VSCAN_BODY(5) break;   case 6: VSCAN_BODY(6) break;
+        case 7: VSCAN_BODY(7) break;   case 8: VSCAN_BODY(8) break;
+        case 9: VSCAN_BODY(9) break;   case 10: VSCAN_BODY(10) break;
+        case 11: VSCAN_BODY(11) break; case 12: VSCAN_BODY(12) break;
+        case 13: VSCAN_BODY(13) break; case 14: VSCAN_BODY(14) break;
+        case 15: VSCAN_BODY(15) break; default: VSCAN_BODY(16) break;
+    }
+    free(qt);
+}
+
+/* One query scans fastest with scalar popcounts (memory bound); several use the lane kernel. */
+static void scan_avx512_dispatch(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,
+                                 Py_ssize_t n, int words, const uint8_t *mask, int64_t base,
+                                 heaps_t *h) {
+    if (nq >= 2) vscan_avx512(queries, nq, codes, n, words, mask, base, h);
+    else scan_avx512(queries, nq, codes, n, words, mask, base, h);
+}
+#endif
+
+typedef void (*scan_fn)(const uint64_t *, Py_ssize_t, const uint64_t *, Py_ssize_t, int,
+                        const uint8_t *, int64_t, heaps_t *);
+static scan_fn SCAN = scan_generic;
+static const char *SCAN_NAME = "generic";
+
+/* Distances for every (query, row) pair: out[q, i]. Used by tests and by small re-rankings. */
+#define DIST_BODY(W)                                                                              \
+    for (Py_ssize_t q = 0; q < nq; q++)                                                           \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                      \
+            int32_t d = 0;                                                                        \
+            for (int w = 0; w < (W); w++)                                                         \
+                d += __builtin_popcountll(codes[i * (W) + w] ^ queries[q * (W) + w]);             \
+            out[q * n + i] = d;                                                                   \
+        }
+
+static void distances_generic(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,
+                              Py_ssize_t n, int words, int32_t *out) {
+    switch (words) {
+        case 10: DIST_BODY(10) break;
+        default: DIST_BODY(words) break;
+    }
+}
+
+static int get_buf(PyObject *obj, Py_buffer *view, int writable, const char *name) {
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer", name,
+                     writable ? " writable" : "");
+        return -1;
+    }
+    return 0;
+}
+
+/* scan_topk(queries, codes, words, mask_or_None, base, heap_dist, heap_idx, heap_count) */
+static PyObject *py_scan_topk(PyObject *self, PyObject *args) {
+    PyObject *oq, *oc, *om, *ohd, *ohi, *ohc;
+    int words;
+    long long base;
+    if (!PyArg_ParseTuple(args, "OOiOLOOO", &oq, &oc, &words, &om, &base, &ohd, &ohi, &ohc))
+        return NULL;
+    if (words < 1 || words > MAX_WORDS) {
+        PyErr_Format(PyExc_ValueError, "words must be in [1, %d]; given %d", MAX_WORDS, words);
+        return NULL;
+    }
+    Py_buffer bq, bc, bm, bhd, bhi, bhc;
+    int have_mask = om != Py_None;
+    if (get_buf(oq, &bq, 0, "queries") < 0) return NULL;
+    if (get_buf(oc, &bc, 0, "codes") < 0) { PyBuffer_Release(&bq); return NULL; }
+    if (have_mask && get_buf(om, &bm, 0, "mask") < 0) {
+        PyBuffer_Release(&bq); PyBuffer_Release(&bc); return NULL;
+    }
+    if (get_buf(ohd, &bhd, 1, "heap_dist") < 0) goto fail3;
+    if (get_buf(ohi, &bhi, 1, "heap_idx") < 0) goto fail4;
+    if (get_buf(ohc, &bhc, 1, "heap_count") < 0) goto fail5;
+    {
+        Py_ssize_t row_bytes = (Py_ssize_t)words * 8;
+        Py_ssize_t nq = bq.len / row_bytes, n = bc.len / row_bytes;
+        Py_ssize_t k = nq ? bhd.len / (Py_ssize_t)sizeof(int32_t) / nq : 0;
+        int ok = bq.len % row_bytes == 0 && bc.len % row_bytes == 0 && nq > 0 && k > 0 &&
+                 bhd.len == nq * k * (Py_ssize_t)sizeof(int32_t) &&
+                 bhi.len == nq * k * (Py_ssize_t)sizeof(int64_t) &&
+                 bhc.len == nq * (Py_ssize_t)sizeof(int32_t) && (!have_mask || bm.len >= n) &&
+                 k <= INT32_MAX;
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "scan_topk: inconsistent buffer sizes");
+            goto fail6;
+        }
+        heaps_t h = {(int32_t *)bhd.buf, (int64_t *)bhi.buf, (int32_t *)bhc.buf, (int)k};
+        const uint8_t *mask = have_mask ? (const uint8_t *)bm.buf : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        SCAN((const uint64_t *)bq.buf, nq, (const uint64_t *)bc.buf, n, words, mask, base, &h);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&bhc); PyBuffer_Release(&bhi); PyBuffer_Release(&bhd);
+    if (have_mask) PyBuffer_Release(&bm);
+    PyBuffer_Release(&bc); PyBuffer_Release(&bq);
+    Py_RETURN_NONE;
+fail6: PyBuffer_Release(&bhc);
+fail5: PyBuffer_Release(&bhi);
+fail4: PyBuffer_Release(&bhd);
+fail3:
+    if (have_mask) PyBuffer_Release(&bm);
+    PyBuffer_Release(&bc); PyBuffer_Release(&bq);
+    return NULL;
+}
+
+/* distances(queries, codes, words, out_int32) */
+static PyObject *py_distances(PyObject *self, PyObject *args) {
+    PyObject *oq, *oc, *oo;
+    int words;
+    if (!PyArg_ParseTuple(args, "OOiO", &oq, &oc, &words, &oo)) return NULL;
+    if (words < 1 || words > MAX_WORDS) {
+        PyErr_Format(PyExc_ValueError, "words must be in [1, %d]; given %d", MAX_WORDS, words);
+        return NULL;
+    }
+    Py_buffer bq, bc, bo;
+    if (get_buf(oq, &bq, 0, "queries") < 0) return NULL;
+    if (get_buf(oc, &bc, 0, "codes") < 0) { PyBuffer_Release(&bq); return NULL; }
+    if (get_buf(oo, &bo, 1, "out") < 0) { PyBuffer_Release(&bc); PyBuffer_Release(&bq); return NULL; }
+    Py_ssize_t row_bytes = (Py_ssize_t)words * 8;
+    Py_ssize_t nq = bq.len / row_bytes, n = bc.len / row_bytes;
+    if (bq.len % row_bytes || bc.len % row_bytes || bo.len != nq * n * (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "distances: inconsistent buffer sizes");
+        PyBuffer_Release(&bo); PyBuffer_Release(&bc); PyBuffer_Release(&bq);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    distances_generic((const uint64_t *)bq.buf, nq, (const uint64_t *)bc.buf, n, words,
+                      (int32_t *)bo.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bo); PyBuffer_Release(&bc); PyBuffer_Release(&bq);
+    Py_RETURN_NONE;
+}
+
+/* read_sum(buffer) -> int: sums the buffer as 64-bit words; the memory-bandwidth floor in benches. */
+static PyObject *py_read_sum(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (get_buf(arg, &b, 0, "buffer") < 0) return NULL;
+    const uint64_t *p = (const uint64_t *)b.buf;
+    Py_ssize_t n = b.len / 8;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+    for (; i < n; i++) s0 += p[i];
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(s0 + s1 + s2 + s3);
+}
+
+static PyObject *py_kernel(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(SCAN_NAME); }
+
+static PyMethodDef methods[] = {
+    {"scan_topk", py_scan_topk, METH_VARARGS, "Running top-k Hamming scan (see module docs)."},
+    {"distances", py_distances, METH_VARARGS, "All query x row Hamming distances into out."},
+    {"read_sum", py_read_sum, METH_O, "Sum a buffer as uint64 words (memory-bandwidth floor)."},
+    {"kernel", py_kernel, METH_NOARGS, "Name of the scan kernel chosen for this CPU."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hamming",
+                                    "Popcount Hamming scan kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__hamming(void) {
+#ifdef HAVE_X86_DISPATCH
+    __builtin_cpu_init();
+    const char *force = getenv("ZEMBED_SCAN_KERNEL");
+    if (force && strcmp(force, "generic") == 0) {
+        /* keep generic */
+    } else if (__builtin_cpu_supports("avx512vpopcntdq") && !(force && strcmp(force, "popcnt") == 0)) {
+        SCAN = scan_avx512_dispatch; SCAN_NAME = "avx512vpopcntdq";
+    } else if (__builtin_cpu_supports("popcnt")) {
+        SCAN = scan_popcnt; SCAN_NAME = "popcnt";
+    }
+#endif
+    return PyModule_Create(&module);
+}

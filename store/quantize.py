@@ -1,0 +1,102 @@
+"""Pure functions: normalization, binarization, code padding and rescore-vector encoding.
+
+Codes are the sign bits of ``x > threshold`` packed most-significant-bit first and zero padded to
+whole bytes: exactly ``numpy.packbits(x > t, axis=-1)``, the same as sentence-transformers' ``ubinary``
+precision. In memory each code row is further zero padded to a multiple of 8 bytes (the scan kernel
+works on 64-bit words; zero padding XORs to zero and adds nothing to a distance).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+
+
+class RescoreDtype(str, Enum):
+    """How rescore vectors are stored on disk."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT8 = "int8"  # symmetric per-vector scale, stored as a float32 in front of the int8 values
+
+    @property
+    def bytes_per_dim(self) -> int:
+        return {"float32": 4, "float16": 2, "int8": 1}[self.value]
+
+
+def code_bytes(bits: int) -> int:
+    """Bytes of one packed code of ``bits`` dimensions (what ``np.packbits`` writes)."""
+    return (bits + 7) // 8
+
+
+def row_stride(bits: int) -> int:
+    """Bytes of one in-memory code row: the packed code padded to a multiple of 8."""
+    return (code_bytes(bits) + 7) // 8 * 8
+
+
+def l2_normalize(x: npt.NDArray[np.floating]) -> F32:
+    """Rows scaled to unit length in float32 (callers reject zero rows first)."""
+    x32 = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x32, axis=-1, keepdims=True)
+    return np.asarray(x32 / norms, dtype=np.float32)
+
+
+def binarize(x: npt.NDArray[np.floating], thresholds: F32 | None = None) -> U8:
+    """Packed codes of ``x > thresholds`` (0 when None), MSB first: ``np.packbits(x > t, axis=-1)``."""
+    t = 0.0 if thresholds is None else thresholds
+    return np.packbits(np.asarray(x) > t, axis=-1)
+
+
+def pad_rows(codes: U8, stride: int) -> U8:
+    """Codes ``[n, code_bytes]`` zero padded to ``[n, stride]``, C-contiguous."""
+    n, width = codes.shape
+    if width == stride:
+        return np.ascontiguousarray(codes)
+    out = np.zeros((n, stride), dtype=np.uint8)
+    out[:, :width] = codes
+    return out
+
+
+def sign_vectors(codes: U8, bits: int) -> F32:
+    """The +-1 vectors that packed codes stand for (first ``bits`` dimensions), float32."""
+    unpacked = np.unpackbits(codes, axis=-1, count=bits)
+    return unpacked.astype(np.float32) * 2.0 - 1.0
+
+
+def median_thresholds(x: npt.NDArray[np.floating]) -> F32:
+    """Per-dimension medians: the calibrated thresholds that make each bit split the data in half."""
+    return np.asarray(np.median(np.asarray(x, dtype=np.float32), axis=0), dtype=np.float32)
+
+
+def encode_rescore(x: F32, dtype: RescoreDtype) -> list[bytes]:
+    """Serialize unit-length rescore vectors, one ``bytes`` per row (little-endian)."""
+    if dtype is RescoreDtype.FLOAT32:
+        arr = np.ascontiguousarray(x, dtype="<f4")
+        return [arr[i].tobytes() for i in range(arr.shape[0])]
+    if dtype is RescoreDtype.FLOAT16:
+        arr16 = np.ascontiguousarray(x, dtype="<f2")
+        return [arr16[i].tobytes() for i in range(arr16.shape[0])]
+    scale = np.max(np.abs(x), axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype("<f4")
+    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    return [scale[i].tobytes() + q[i].tobytes() for i in range(q.shape[0])]
+
+
+def decode_rescore(blobs: list[bytes], dims: int, dtype: RescoreDtype) -> F32:
+    """Inverse of :func:`encode_rescore`: ``[n, dims]`` float32."""
+    if not blobs:
+        return np.zeros((0, dims), dtype=np.float32)
+    joined = b"".join(blobs)
+    if dtype is RescoreDtype.FLOAT32:
+        return np.frombuffer(joined, dtype="<f4").reshape(len(blobs), dims).astype(np.float32)
+    if dtype is RescoreDtype.FLOAT16:
+        return np.frombuffer(joined, dtype="<f2").reshape(len(blobs), dims).astype(np.float32)
+    rec = np.frombuffer(joined, dtype=np.uint8).reshape(len(blobs), 4 + dims)
+    scale = np.ascontiguousarray(rec[:, :4]).view("<f4").astype(np.float32)
+    vals = np.ascontiguousarray(rec[:, 4:]).view(np.int8).astype(np.float32)
+    return np.asarray(vals * scale, dtype=np.float32)
