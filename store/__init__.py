@@ -1,0 +1,36 @@
+"""zembed-serve's vector store: binary codes in memory for a popcount Hamming scan, float vectors in
+LMDB for rescoring the shortlist, plus ids and metadata. No gRPC and no model code in here.
+
+Public surface::
+
+    from store import Store, CollectionConfig, RescoreDtype, Calibration
+    with Store("/data") as s:
+        s.create_collection("docs", CollectionConfig(code_bits=640, rescore_dims=2560))
+        c = s.collection("docs")
+        c.upsert(ids, code_vectors, rescore_vectors, metadata)
+        hits = c.search(code_query, rescore_query, top_k=10, filter={"lang": {"$in": ["de", "fr"]}})
+"""
+
+from store.collection import DEFAULT_OVERSAMPLING, DEFAULT_REFINE, Collection, CollectionInfo, Hit, Record
+from store.config import Calibration, CollectionConfig
+from store.errors import AlreadyExists, FormatMismatch, InvalidArgument, NotFound, StoreError
+from store.quantize import RescoreDtype
+from store.store import Store
+
+__all__ = [
+    "DEFAULT_OVERSAMPLING",
+    "DEFAULT_REFINE",
+    "AlreadyExists",
+    "Calibration",
+    "Collection",
+    "CollectionConfig",
+    "CollectionInfo",
+    "FormatMismatch",
+    "Hit",
+    "InvalidArgument",
+    "NotFound",
+    "Record",
+    "RescoreDtype",
+    "Store",
+    "StoreError",
+]

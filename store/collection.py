@@ -1,0 +1,575 @@
+"""One collection: writes (one LMDB transaction per batch), reads, and the two-stage search.
+
+Search, per query:
+
+1. binarize the code-dims vector with the collection's thresholds and scan every visible row's code
+   (popcount Hamming, running top-k, filter and live masks applied inside the scan);
+2. with ``rescore`` on, the Hamming shortlist is ``top_k x oversampling x refine`` rows; the float
+   query is scored against those rows' +-1 bits (asymmetric, from memory) down to
+   ``top_k x oversampling`` candidates, whose float vectors are read from LMDB and scored exactly
+   (cosine: all vectors are unit length); ``refine=1`` skips the asymmetric step;
+3. with ``rescore`` off, the Hamming order is the answer and the score is ``1 - 2 * hamming / bits``
+   (the cosine of the two +-1 vectors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import lmdb
+import numpy as np
+import numpy.typing as npt
+
+from store import quantize, scan, validate
+from store.config import Calibration, CollectionConfig
+from store.errors import InvalidArgument
+from store.filters import FilterIndex, doc_keys, parse_filter
+from store.index import CHUNK_ROWS, CodeIndex, View
+from store.layout import (
+    ROW_SUBDBS,
+    Env,
+    cid_prefix,
+    id_key,
+    pack_rowid,
+    row_key,
+    unpack_rowid,
+)
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+DEFAULT_OVERSAMPLING = 4
+DEFAULT_REFINE = 5
+MAX_REFINE = 20
+_KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``hamming`` is the code distance; ``score`` the cosine (see module doc)."""
+
+    id: str
+    score: float
+    hamming: int
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored document as ``get`` returns it."""
+
+    id: str
+    metadata: dict[str, Any]
+    code: bytes
+    rescore: F32 | None
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    config: CollectionConfig
+    count: int
+    thresholds: tuple[float, ...] | None
+    calibrated: bool
+    index_bytes: int
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The collection's row in ``meta``: updated in the same transaction as every batch."""
+
+    cid: int
+    config: CollectionConfig
+    next_row: int = 0
+    count: int = 0
+    gen: int = 0
+    thresholds: tuple[float, ...] | None = None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "cid": self.cid,
+                "config": self.config.to_json(),
+                "next_row": self.next_row,
+                "count": self.count,
+                "gen": self.gen,
+                "thresholds": list(self.thresholds) if self.thresholds is not None else None,
+            }
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _Record:
+        d = json.loads(raw)
+        t = d.get("thresholds")
+        return cls(
+            cid=d["cid"],
+            config=CollectionConfig.from_json(d["config"]),
+            next_row=d["next_row"],
+            count=d["count"],
+            gen=d["gen"],
+            thresholds=tuple(t) if t is not None else None,
+        )
+
+    @property
+    def pending_calibration(self) -> bool:
+        return self.config.calibration is Calibration.MEDIAN and self.thresholds is None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    view: View
+    filters: FilterIndex
+    gen: int
+    thresholds: F32 | None
+
+
+_GEN = struct.Struct(">Q")
+
+
+def meta_key(name: str) -> bytes:
+    return b"coll:" + name.encode()
+
+
+def gen_key(cid: int) -> bytes:
+    return b"gen:" + cid_prefix(cid)
+
+
+class Collection:
+    """Created and opened by :class:`store.Store`; all methods are thread-safe."""
+
+    def __init__(self, env: Env, name: str, record: _Record) -> None:
+        self.env = env
+        self.name = name
+        self._rec = record
+        self.config = record.config
+        self.bits = self.config.code_bits
+        self.stride = quantize.row_stride(self.bits)
+        self._snap: _Snapshot
+        self._index: CodeIndex
+        self._filters: FilterIndex
+        self.dropped = False
+        self._load()
+
+    # ------------------------------------------------------------------ open / rebuild
+    def _load(self) -> None:
+        """Rebuild the in-memory index from LMDB (at open and after a recalibration)."""
+        cid = self._rec.cid
+        prefix = cid_prefix(cid)
+        index = CodeIndex(self.stride)
+        filters = FilterIndex(self.config.filterable)
+        with self.env.reader() as txn:
+            rec = _Record.from_bytes(txn.get(meta_key(self.name), db=self.env.dbs["meta"]))
+            keys: list[bytes] = []
+            vals: list[bytes] = []
+            cur = txn.cursor(db=self.env.dbs["codes"])
+            if cur.set_range(prefix):
+                for k, v in cur.iternext():
+                    if not k.startswith(prefix):
+                        break
+                    keys.append(k)
+                    vals.append(v)
+            rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
+            cb = quantize.code_bytes(self.bits)
+            codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
+            for start in range(0, len(rowids), CHUNK_ROWS):
+                part = codes[start : start + CHUNK_ROWS]
+                index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
+            if self.config.filterable:
+                cur = txn.cursor(db=self.env.dbs["fkeys"])
+                if cur.set_range(prefix):
+                    for k, v in cur.iternext():
+                        if not k.startswith(prefix):
+                            break
+                        pos = index.position(int(np.frombuffer(k, dtype=_KEY_DTYPE)["row"][0]))
+                        if pos is not None:
+                            filters.add(pos, _keys_from_json(v))
+        self._rec = rec
+        self._index = index
+        self._filters = filters
+        self._publish()
+
+    def _publish(self) -> None:
+        t = self._rec.thresholds
+        self._snap = _Snapshot(
+            self._index.publish(),
+            self._filters,
+            self._rec.gen,
+            np.asarray(t, dtype=np.float32) if t is not None else None,
+        )
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> CollectionInfo:
+        rec = self._rec
+        return CollectionInfo(
+            self.name,
+            self.config,
+            rec.count,
+            rec.thresholds if rec.thresholds is not None else self.config.thresholds,
+            rec.thresholds is not None,
+            self._index.nbytes,
+        )
+
+    @property
+    def cid(self) -> int:
+        return self._rec.cid
+
+    def count(self) -> int:
+        return self._snap.view.live
+
+    # ------------------------------------------------------------------ writes
+    def upsert(
+        self,
+        ids: Sequence[str],
+        code_vectors: Any,
+        rescore_vectors: Any | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """Insert or replace documents as one atomic, durable batch; returns the number written.
+
+        ``rescore_vectors`` may be None only when ``rescore_dims == code_bits`` (the same vector).
+        """
+        id_list = validate.ids(ids, "ids")
+        n = len(id_list)
+        code = validate.vectors(code_vectors, "code_vectors", n, self.bits)
+        if rescore_vectors is None:
+            if self.config.rescore_dims != self.bits:
+                raise InvalidArgument(
+                    "rescore_vectors", f"are required (length {self.config.rescore_dims}); given none"
+                )
+            resc = code
+        else:
+            resc = validate.vectors(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
+        meta = validate.metadata(metadata, n)
+        fkeys = [
+            _keys_to_json(doc_keys(json.loads(m), self.config.filterable)) if m else b"" for m in meta
+        ]
+        code_n = quantize.l2_normalize(code)
+        resc_blobs = quantize.encode_rescore(quantize.l2_normalize(resc), self.config.rescore_dtype)
+        calib_blobs = [np.ascontiguousarray(code_n[i]).tobytes() for i in range(n)]
+
+        with self.env.write_lock:
+            self._check_open()
+            thresholds = self._current_thresholds()
+            packed = quantize.binarize(code_n, thresholds)
+            dbs = self.env.dbs
+            cid = self._rec.cid
+
+            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], bool]:
+                rec = self._rec
+                old: list[int] = []
+                row = rec.next_row
+                for i, ext in enumerate(id_list):
+                    ik = id_key(cid, ext)
+                    prev = txn.get(ik, db=dbs["ids"])
+                    if prev is not None:
+                        old.append(unpack_rowid(prev))
+                        _delete_row(txn, dbs, cid, unpack_rowid(prev))
+                    rk = row_key(cid, row + i)
+                    txn.put(ik, pack_rowid(row + i), db=dbs["ids"])
+                    txn.put(rk, ext.encode(), db=dbs["rows"])
+                    txn.put(rk, packed[i].tobytes(), db=dbs["codes"])
+                    txn.put(rk, resc_blobs[i], db=dbs["vecs"])
+                    if meta[i]:
+                        txn.put(rk, meta[i], db=dbs["docs"])
+                    if fkeys[i]:
+                        txn.put(rk, fkeys[i], db=dbs["fkeys"])
+                    if rec.pending_calibration:
+                        txn.put(rk, calib_blobs[i], db=dbs["calib"])
+                new = replace(rec, next_row=row + n, count=rec.count - len(old) + n, gen=rec.gen + 1)
+                recalibrated = False
+                if new.pending_calibration and new.count >= self.config.calibration_sample:
+                    new = _calibrate_in_txn(txn, dbs, new, self.bits)
+                    recalibrated = True
+                self._write_record(txn, new)
+                return new, old, recalibrated
+
+            rec, old, recalibrated = self.env.write(txn_fn)
+            self._rec = rec
+            if recalibrated:
+                self._load()
+                return n
+            positions = [p for p in (self._index.position(r) for r in old) if p is not None]
+            self._index.kill(positions)
+            start_pos = self._index.staged
+            new_rowids = np.arange(rec.next_row - n, rec.next_row, dtype=np.int64)
+            self._index.append(new_rowids, quantize.pad_rows(packed, self.stride))
+            for i, fk in enumerate(fkeys):
+                if fk:
+                    self._filters.add(start_pos + i, _keys_from_json(fk))
+            self._publish()
+        return n
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents by id (missing ids are ignored); returns how many existed."""
+        id_list = validate.ids(ids, "ids", unique=False)
+        with self.env.write_lock:
+            self._check_open()
+            dbs = self.env.dbs
+            cid = self._rec.cid
+
+            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int]]:
+                old: list[int] = []
+                for ext in dict.fromkeys(id_list):
+                    ik = id_key(cid, ext)
+                    prev = txn.get(ik, db=dbs["ids"])
+                    if prev is None:
+                        continue
+                    txn.delete(ik, db=dbs["ids"])
+                    old.append(unpack_rowid(prev))
+                    _delete_row(txn, dbs, cid, unpack_rowid(prev))
+                rec = self._rec
+                new = replace(rec, count=rec.count - len(old), gen=rec.gen + (1 if old else 0))
+                if old:
+                    self._write_record(txn, new)
+                return new, old
+
+            rec, old = self.env.write(txn_fn)
+            self._rec = rec
+            if old:
+                self._index.kill([p for p in (self._index.position(r) for r in old) if p is not None])
+                self._publish()
+            return len(old)
+
+    def calibrate(self) -> tuple[float, ...]:
+        """Compute median thresholds now from the documents held, and rebuild every code."""
+        with self.env.write_lock:
+            self._check_open()
+            if self.config.calibration is not Calibration.MEDIAN:
+                raise InvalidArgument(
+                    "calibration", f"must be 'median' to calibrate; collection {self.name!r} has 'none'"
+                )
+            if not self._rec.pending_calibration:
+                raise InvalidArgument("calibration", f"collection {self.name!r} is already calibrated")
+            if self._rec.count < 2:
+                raise InvalidArgument(
+                    "calibration", f"needs at least 2 documents; given {self._rec.count}", value=self._rec.count
+                )
+
+            def txn_fn(txn: lmdb.Transaction) -> _Record:
+                new = _calibrate_in_txn(txn, self.env.dbs, replace(self._rec, gen=self._rec.gen + 1), self.bits)
+                self._write_record(txn, new)
+                return new
+
+            self._rec = self.env.write(txn_fn)
+            self._load()
+            assert self._rec.thresholds is not None
+            return self._rec.thresholds
+
+    def _write_record(self, txn: lmdb.Transaction, rec: _Record) -> None:
+        txn.put(meta_key(self.name), rec.to_bytes(), db=self.env.dbs["meta"])
+        txn.put(gen_key(rec.cid), _GEN.pack(rec.gen), db=self.env.dbs["meta"])
+
+    def _current_thresholds(self) -> F32 | None:
+        t = self._rec.thresholds if self._rec.thresholds is not None else self.config.thresholds
+        return np.asarray(t, dtype=np.float32) if t is not None else None
+
+    def _check_open(self) -> None:
+        if self.dropped:
+            from store.errors import NotFound
+
+            raise NotFound("collection", self.name)
+
+    # ------------------------------------------------------------------ reads
+    @contextlib.contextmanager
+    def _consistent(self) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
+        """A snapshot and a read transaction at the same generation (retried across a publish)."""
+        for _ in range(100_000):
+            with self.env.reader() as txn:
+                snap = self._snap
+                raw = txn.get(gen_key(self._rec.cid), db=self.env.dbs["meta"])
+                if (_GEN.unpack(raw)[0] if raw is not None else 0) == snap.gen:
+                    yield snap, txn
+                    return
+            time.sleep(0)  # a commit is being published right now
+        raise RuntimeError(f"collection {self.name!r}: no consistent snapshot after many tries")
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record | None]:
+        """Documents by id, in order; None for an id that is not stored."""
+        id_list = validate.ids(ids, "ids", unique=False)
+        dbs = self.env.dbs
+        cid = self._rec.cid
+        out: list[Record | None] = []
+        with self.env.reader() as txn:
+            for ext in id_list:
+                prev = txn.get(id_key(cid, ext), db=dbs["ids"])
+                if prev is None:
+                    out.append(None)
+                    continue
+                rk = row_key(cid, unpack_rowid(prev))
+                doc = txn.get(rk, db=dbs["docs"])
+                vec = None
+                if with_vectors:
+                    vec = quantize.decode_rescore(
+                        [txn.get(rk, db=dbs["vecs"])], self.config.rescore_dims, self.config.rescore_dtype
+                    )[0]
+                code = bytes(txn.get(rk, db=dbs["codes"]))
+                out.append(Record(ext, json.loads(doc) if doc else {}, code, vec))
+        return out
+
+    def _queries(
+        self, code_queries: Any, rescore_queries: Any | None, need_rescore: bool
+    ) -> tuple[F32, F32 | None]:
+        cq_arr = np.asarray(code_queries, dtype=np.float32)
+        nq = 1 if cq_arr.ndim == 1 else int(cq_arr.shape[0])
+        validate.int_range(nq, "queries", 1, validate.MAX_QUERIES)
+        cq = quantize.l2_normalize(validate.vectors(cq_arr, "code_queries", nq, self.bits))
+        if not need_rescore:
+            return cq, None
+        if rescore_queries is None:
+            if self.config.rescore_dims != self.bits:
+                raise InvalidArgument(
+                    "rescore_queries",
+                    f"are required with rescore on (length {self.config.rescore_dims}); given none",
+                )
+            return cq, cq
+        rq = validate.vectors(rescore_queries, "rescore_queries", nq, self.config.rescore_dims)
+        return cq, quantize.l2_normalize(rq)
+
+    def search(
+        self,
+        code_queries: Any,
+        rescore_queries: Any | None = None,
+        *,
+        top_k: int = 10,
+        oversampling: int = DEFAULT_OVERSAMPLING,
+        rescore: bool = True,
+        refine: int = DEFAULT_REFINE,
+        filter: Mapping[str, Any] | None = None,
+        include_metadata: bool = True,
+    ) -> list[list[Hit]]:
+        """Search a batch of queries (a 1-D vector is one query); one hit list per query."""
+        top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
+        oversampling = validate.int_range(oversampling, "oversampling", 1, validate.MAX_OVERSAMPLING)
+        refine = validate.int_range(refine, "refine", 1, MAX_REFINE)
+        cq, rq = self._queries(code_queries, rescore_queries, rescore)
+        conditions = parse_filter(filter, self.config.filterable)
+        shortlist = top_k * oversampling if rescore else top_k
+        first = shortlist * refine if rescore else shortlist
+        dbs = self.env.dbs
+        cid = self._rec.cid
+        with self._consistent() as (snap, txn):
+            view = snap.view
+            masks = self._masks(snap, conditions)
+            qcodes = quantize.pad_rows(quantize.binarize(cq, snap.thresholds), self.stride)
+            dist, pos = scan.topk(qcodes, view.codes, first, masks, limit=view.n)
+            results: list[list[Hit]] = []
+            for i in range(cq.shape[0]):
+                d, p = dist[i], pos[i]
+                if rescore and len(p) > shortlist:
+                    signs = quantize.sign_vectors(view.code_rows(p), self.bits)
+                    keep = np.argsort(-(signs @ cq[i]), kind="stable")[:shortlist]
+                    d, p = d[keep], p[keep]
+                keys = [row_key(cid, view.rowid(int(x))) for x in p]
+                if rescore:
+                    assert rq is not None
+                    blobs = [txn.get(k, db=dbs["vecs"]) for k in keys]
+                    vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
+                    scores = vecs @ rq[i]
+                    order = np.lexsort((p, -scores))[:top_k]
+                else:
+                    scores = 1.0 - 2.0 * d.astype(np.float32) / self.bits
+                    order = np.arange(min(top_k, len(p)))
+                results.append(
+                    [self._hit(txn, keys[j], float(scores[j]), int(d[j]), include_metadata) for j in order]
+                )
+            return results
+
+    def exact_search(
+        self,
+        rescore_queries: Any,
+        *,
+        top_k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        include_metadata: bool = False,
+    ) -> list[list[Hit]]:
+        """Exact float search over every visible rescore vector (for evaluation; reads them all).
+
+        Hits carry ``hamming = -1``: no code query is involved.
+        """
+        top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
+        arr = np.asarray(rescore_queries, dtype=np.float32)
+        nq = 1 if arr.ndim == 1 else int(arr.shape[0])
+        rq = quantize.l2_normalize(validate.vectors(arr, "rescore_queries", nq, self.config.rescore_dims))
+        conditions = parse_filter(filter, self.config.filterable)
+        dbs = self.env.dbs
+        with self._consistent() as (snap, txn):
+            view = snap.view
+            visible = view.live_mask()
+            fmask = snap.filters.mask(conditions, view.n)
+            if fmask is not None:
+                visible &= fmask
+            all_rowids = np.concatenate(view.rowids)[: view.n] if view.rowids else np.zeros(0, np.int64)
+            rowids = all_rowids[visible.astype(bool)]
+            positions = np.flatnonzero(visible)
+            keys = [row_key(self._rec.cid, int(r)) for r in rowids]
+            blobs = [txn.get(k, db=dbs["vecs"]) for k in keys]
+            vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
+            scores = rq @ vecs.T
+            results: list[list[Hit]] = []
+            for i in range(nq):
+                order = np.lexsort((positions, -scores[i]))[:top_k]
+                results.append(
+                    [self._hit(txn, keys[j], float(scores[i, j]), -1, include_metadata) for j in order]
+                )
+            return results
+
+    def _masks(self, snap: _Snapshot, conditions: list[Any]) -> tuple[U8, ...]:
+        view = snap.view
+        fmask = snap.filters.mask(conditions, view.n)
+        if fmask is None:
+            return view.masks
+        combined = view.live_mask() & fmask
+        return tuple(combined[c * CHUNK_ROWS : (c + 1) * CHUNK_ROWS] for c in range(len(view.codes)))
+
+    def _hit(self, txn: lmdb.Transaction, key: bytes, score: float, hamming: int, with_meta: bool) -> Hit:
+        dbs = self.env.dbs
+        ext = bytes(txn.get(key, db=dbs["rows"])).decode()
+        meta: dict[str, Any] | None = None
+        if with_meta:
+            raw = txn.get(key, db=dbs["docs"])
+            meta = json.loads(raw) if raw else {}
+        return Hit(ext, score, hamming, meta)
+
+
+def _delete_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: int) -> None:
+    rk = row_key(cid, rowid)
+    for name in ROW_SUBDBS:
+        txn.delete(rk, db=dbs[name])
+
+
+def _calibrate_in_txn(txn: lmdb.Transaction, dbs: Mapping[str, Any], rec: _Record, bits: int) -> _Record:
+    """Median thresholds from the kept code-dims vectors; rewrite those rows' codes; drop the vectors."""
+    prefix = cid_prefix(rec.cid)
+    keys: list[bytes] = []
+    vals: list[bytes] = []
+    cur = txn.cursor(db=dbs["calib"])
+    if cur.set_range(prefix):
+        for k, v in cur.iternext():
+            if not k.startswith(prefix):
+                break
+            keys.append(bytes(k))
+            vals.append(bytes(v))
+    x = np.frombuffer(b"".join(vals), dtype=np.float32).reshape(len(vals), bits)
+    t = quantize.median_thresholds(x)
+    codes = quantize.binarize(x, t)
+    for i, k in enumerate(keys):
+        txn.put(k, codes[i].tobytes(), db=dbs["codes"])
+        txn.delete(k, db=dbs["calib"])
+    return replace(rec, thresholds=tuple(float(v) for v in t))
+
+
+def _keys_to_json(keys: Mapping[str, list[tuple[str, Any]]]) -> bytes:
+    if not keys:
+        return b""
+    return json.dumps({f: [[t, v] for t, v in ks] for f, ks in keys.items()}, separators=(",", ":")).encode()
+
+
+def _keys_from_json(raw: bytes) -> dict[str, list[tuple[str, Any]]]:
+    return {f: [(t, v) for t, v in ks] for f, ks in json.loads(raw).items()}

@@ -1,0 +1,199 @@
+"""LMDB layout: one environment per data directory, named sub-databases, keys, the format record.
+
+Sub-databases (keys are big-endian so that a collection's rows sort by row id and appends stay
+sequential; ``cid`` is a collection's u32 number, ``rowid`` a u64 that only grows):
+
+=========  ===============================  ======================================================
+name       key                              value
+=========  ===============================  ======================================================
+meta       ``format``                       JSON format record (checked on open)
+meta       ``coll:<name>``                  JSON collection record: config, cid, next row id, count
+ids        cid + external id (UTF-8)        rowid (u64 BE)
+rows       cid + rowid                      external id (UTF-8)
+codes      cid + rowid                      packed code (``np.packbits``, unpadded)
+vecs       cid + rowid                      rescore vector (see ``quantize.encode_rescore``)
+docs       cid + rowid                      metadata as compact JSON (absent when empty)
+fkeys      cid + rowid                      JSON of the filterable fields only (fast index rebuild)
+calib      cid + rowid                      float32 code-dims vector, kept until thresholds exist
+=========  ===============================  ======================================================
+
+The map grows on demand: a write that hits ``MapFullError`` is aborted, the map is doubled while no
+read transaction is open (readers and the resize share a readers-writer gate), and the write retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from store.errors import FormatMismatch
+
+FORMAT_NAME = "zembed-store"
+FORMAT_VERSION = 1
+SUBDBS = ("meta", "ids", "rows", "codes", "vecs", "docs", "fkeys", "calib")
+ROW_SUBDBS = ("rows", "codes", "vecs", "docs", "fkeys", "calib")
+
+T = TypeVar("T")
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_CID_ROW = struct.Struct(">IQ")
+
+
+def row_key(cid: int, rowid: int) -> bytes:
+    return _CID_ROW.pack(cid, rowid)
+
+
+def rowid_of(key: bytes) -> int:
+    return int(_CID_ROW.unpack(key)[1])
+
+
+def id_key(cid: int, ext_id: str) -> bytes:
+    return _U32.pack(cid) + ext_id.encode("utf-8")
+
+
+def cid_prefix(cid: int) -> bytes:
+    return _U32.pack(cid)
+
+
+def pack_rowid(rowid: int) -> bytes:
+    return _U64.pack(rowid)
+
+
+def unpack_rowid(value: bytes) -> int:
+    return int(_U64.unpack(value)[0])
+
+
+class _Gate:
+    """Readers-writer gate: many read transactions, or one map resize."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Env:
+    """The LMDB environment of one data directory, with its sub-databases and growth policy."""
+
+    def __init__(self, path: Path, *, map_size: int, max_readers: int, readonly: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(SUBDBS) + 2,
+            max_readers=max_readers,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            subdir=True,
+            lock=True,
+            readonly=readonly,
+        )
+        self.map_size = int(self.env.info()["map_size"])
+        self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDBS}
+        self.gate = _Gate()
+        self.write_lock = threading.RLock()
+        self.resizes = 0
+
+    def check_format(self) -> None:
+        """Write the format record into a new environment, or check the existing one."""
+        with self.env.begin(write=False) as txn:
+            raw = txn.get(b"format", db=self.dbs["meta"])
+        if raw is None:
+            self.write(lambda txn: txn.put(b"format", self._format_record(), db=self.dbs["meta"]))
+            return
+        rec = json.loads(raw)
+        if rec.get("format") != FORMAT_NAME or rec.get("version") != FORMAT_VERSION:
+            raise FormatMismatch(
+                f"data directory {self.path} holds format {rec.get('format')!r} version "
+                f"{rec.get('version')!r}; this build reads {FORMAT_NAME!r} version {FORMAT_VERSION}. "
+                "Open it with a matching zembed-serve release, or restore into a new directory."
+            )
+
+    @staticmethod
+    def _format_record() -> bytes:
+        return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}).encode()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction (a consistent snapshot of the whole environment)."""
+        with self.gate.read(), self.env.begin(write=False, buffers=False) as txn:
+            yield txn
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction and commit with sync; grow the map and retry if full.
+
+        ``fn`` must have no side effects outside the transaction (it may run more than once).
+        """
+        with self.write_lock:
+            while True:
+                try:
+                    with self.gate.read():
+                        txn = self.env.begin(write=True)
+                        try:
+                            result = fn(txn)
+                        except BaseException:
+                            txn.abort()
+                            raise
+                        txn.commit()
+                    return result
+                except lmdb.MapFullError:
+                    self._grow()
+
+    def _grow(self) -> None:
+        with self.gate.exclusive():
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+            self.resizes += 1
+
+    def copy(self, dest: Path) -> None:
+        """Compacting hot copy into an empty directory (readers keep going meanwhile)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if any(dest.iterdir()):
+            raise FileExistsError(f"snapshot directory {dest} is not empty")
+        with self.gate.read():
+            self.env.copy(str(dest), compact=True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def stat(self) -> dict[str, Any]:
+        return dict(self.env.info())

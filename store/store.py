@@ -1,0 +1,155 @@
+"""The store: one LMDB environment per data directory holding any number of collections."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import lmdb
+
+from store import validate
+from store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
+from store.config import CollectionConfig
+from store.errors import AlreadyExists, FormatMismatch, NotFound
+from store.layout import SUBDBS, Env, cid_prefix
+
+DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
+DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
+
+
+class Store:
+    """Open (or create) the store in ``path``. Thread-safe; one instance per directory per process."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+    ) -> None:
+        self.path = Path(path)
+        self.env = Env(self.path, map_size=map_size, max_readers=max_readers)
+        self._lock = threading.RLock()
+        self._collections: dict[str, Collection] = {}
+        try:
+            self.env.check_format()
+            with self.env.reader() as txn:
+                cur = txn.cursor(db=self.env.dbs["meta"])
+                names: list[str] = []
+                if cur.set_range(b"coll:"):
+                    for k in cur.iternext(values=False):
+                        if not k.startswith(b"coll:"):
+                            break
+                        names.append(bytes(k[5:]).decode())
+            for name in names:
+                with self.env.reader() as txn:
+                    rec = _Record.from_bytes(txn.get(meta_key(name), db=self.env.dbs["meta"]))
+                self._collections[name] = Collection(self.env, name, rec)
+        except BaseException:
+            self.env.close()
+            raise
+
+    # ------------------------------------------------------------------ collections
+    def create_collection(self, name: str, config: CollectionConfig | None = None) -> CollectionInfo:
+        """Create a collection; ``AlreadyExists`` if the name is taken."""
+        validate.name(name)
+        config = config or CollectionConfig()
+        with self._lock, self.env.write_lock:
+            if name in self._collections:
+                raise AlreadyExists(f"collection {name!r} already exists")
+
+            def txn_fn(txn: lmdb.Transaction) -> _Record:
+                meta = self.env.dbs["meta"]
+                raw = txn.get(b"next_cid", db=meta)
+                cid = int(raw) if raw is not None else 1
+                txn.put(b"next_cid", str(cid + 1).encode(), db=meta)
+                rec = _Record(cid=cid, config=config)
+                txn.put(meta_key(name), rec.to_bytes(), db=meta)
+                txn.put(gen_key(cid), (0).to_bytes(8, "big"), db=meta)
+                return rec
+
+            self.env.write(txn_fn)
+            coll = Collection(self.env, name, _load_record(self.env, name))
+            self._collections[name] = coll
+            return coll.info()
+
+    def ensure_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+        """Create the collection, or check that the existing one has exactly this configuration."""
+        with self._lock:
+            if name in self._collections:
+                have = self._collections[name].config
+                if have != config:
+                    raise FormatMismatch(
+                        f"collection {name!r} in {self.path} was created with {have.to_json()}; "
+                        f"expected {config.to_json()}. Use another collection name or data directory."
+                    )
+                return self._collections[name].info()
+            return self.create_collection(name, config)
+
+    def collection(self, name: str) -> Collection:
+        validate.name(name)
+        try:
+            return self._collections[name]
+        except KeyError:
+            raise NotFound("collection", name) from None
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._lock:
+            return [self._collections[n].info() for n in sorted(self._collections)]
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and all its documents (one transaction)."""
+        with self._lock, self.env.write_lock:
+            coll = self.collection(name)
+            prefix = cid_prefix(coll.cid)
+
+            def txn_fn(txn: lmdb.Transaction) -> None:
+                for db_name in SUBDBS[1:]:
+                    cur = txn.cursor(db=self.env.dbs[db_name])
+                    while cur.set_range(prefix) and cur.key().startswith(prefix):
+                        cur.delete()
+                meta = self.env.dbs["meta"]
+                txn.delete(meta_key(name), db=meta)
+                txn.delete(gen_key(coll.cid), db=meta)
+
+            self.env.write(txn_fn)
+            coll.dropped = True
+            del self._collections[name]
+
+    # ------------------------------------------------------------------ environment
+    def snapshot(self, dest: str | Path) -> Path:
+        """Compacting hot copy into an empty directory; open it with ``Store(dest)`` to restore."""
+        dest = Path(dest)
+        self.env.copy(dest)
+        return dest
+
+    def stats(self) -> dict[str, object]:
+        info = self.env.stat()
+        return {
+            "path": str(self.path),
+            "map_size": info["map_size"],
+            "map_resizes": self.env.resizes,
+            "collections": {c.name: c.count for c in self.list_collections()},
+            "index_bytes": sum(c.index_bytes for c in self.list_collections()),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _load_record(env: Env, name: str) -> _Record:
+    with env.reader() as txn:
+        raw = txn.get(meta_key(name), db=env.dbs["meta"])
+    if raw is None:
+        raise NotFound("collection", name)
+    return _Record.from_bytes(raw)
+
+
+__all__ = ["Store"]

@@ -1,0 +1,136 @@
+"""Input validation and the documented limits. Every check raises ``InvalidArgument`` naming the field.
+
+Validation happens before any transaction starts, so a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from store.errors import InvalidArgument
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MAX_CODE_BITS = 1016  # a code is at most 127 bytes
+MAX_RESCORE_DIMS = 16384
+MAX_ID_BYTES = 256
+MAX_METADATA_BYTES = 64 * 1024
+MAX_BATCH = 100_000
+MAX_QUERIES = 4096
+MAX_TOP_K = 1000
+MAX_OVERSAMPLING = 100
+MAX_FILTERABLE = 32
+
+F32 = npt.NDArray[np.float32]
+
+
+def name(value: Any, field: str = "name") -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise InvalidArgument(
+            field, f"must match {NAME_RE.pattern}; given {value!r}", value=value, limit=NAME_RE.pattern
+        )
+    return value
+
+
+def int_range(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InvalidArgument(field, f"must be an integer; given {value!r}", value=value)
+    if not lo <= int(value) <= hi:
+        raise InvalidArgument(
+            field, f"must be in [{lo}, {hi}]; given {value}", value=int(value), limit=(lo, hi)
+        )
+    return int(value)
+
+
+def ids(values: Sequence[Any], field: str = "ids", *, unique: bool = True) -> list[str]:
+    if len(values) == 0:
+        raise InvalidArgument(field, "must not be empty", value=0)
+    if len(values) > MAX_BATCH:
+        raise InvalidArgument(
+            field, f"must hold at most {MAX_BATCH} items; given {len(values)}", limit=MAX_BATCH
+        )
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise InvalidArgument(f"{field}[{i}]", f"must be a non-empty string; given {v!r}", value=v)
+        size = len(v.encode("utf-8", errors="strict"))
+        if size > MAX_ID_BYTES:
+            raise InvalidArgument(
+                f"{field}[{i}]",
+                f"must be at most {MAX_ID_BYTES} UTF-8 bytes; given {size}",
+                value=size,
+                limit=MAX_ID_BYTES,
+            )
+        if unique:
+            if v in seen:
+                raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {v!r}", value=v)
+            seen.add(v)
+    return list(values)
+
+
+def vectors(value: Any, field: str, rows: int, dims: int) -> F32:
+    """A finite, non-zero float matrix ``[rows, dims]`` (a 1-D vector counts as one row)."""
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] != dims:
+        got = arr.shape[1] if arr.ndim == 2 else arr.shape
+        if arr.ndim == 2 and arr.shape[0] != rows:
+            raise InvalidArgument(field, f"must hold {rows} vectors; given {arr.shape[0]}", value=arr.shape[0])
+        raise InvalidArgument(
+            field, f"must have length {dims}; given {got}", value=got, limit=dims
+        )
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
+    norms = np.linalg.norm(arr, axis=1)
+    if not (norms > 0).all():
+        i = int(np.argmin(norms > 0))
+        raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
+    return np.ascontiguousarray(arr)
+
+
+def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> list[bytes]:
+    """Compact JSON of each document's metadata (empty bytes for none)."""
+    if values is None:
+        return [b""] * rows
+    if len(values) != rows:
+        raise InvalidArgument("metadata", f"must hold {rows} items; given {len(values)}", value=len(values))
+    out = []
+    for i, m in enumerate(values):
+        if m is None or m == {}:
+            out.append(b"")
+            continue
+        if not isinstance(m, Mapping) or not all(isinstance(k, str) for k in m):
+            raise InvalidArgument(f"metadata[{i}]", "must be a map with string keys", value=type(m).__name__)
+        try:
+            raw = json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"metadata[{i}]", f"must be JSON-compatible: {exc}") from None
+        if len(raw) > MAX_METADATA_BYTES:
+            raise InvalidArgument(
+                f"metadata[{i}]",
+                f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON; given {len(raw)}",
+                value=len(raw),
+                limit=MAX_METADATA_BYTES,
+            )
+        out.append(raw)
+    return out
+
+
+def thresholds(value: Sequence[float] | None, bits: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    t = tuple(float(x) for x in value)
+    if len(t) != bits:
+        raise InvalidArgument("thresholds", f"must have length {bits}; given {len(t)}", value=len(t))
+    if not all(math.isfinite(x) for x in t):
+        raise InvalidArgument("thresholds", "must be finite")
+    return t
