@@ -1,0 +1,63 @@
+"""Codes are np.packbits(x > t) MSB first (= sentence-transformers' ubinary); rescore encodings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from store import RescoreDtype, quantize
+
+
+def test_binarize_is_packbits_msb_first() -> None:
+    x = np.array([[1.0, -1.0, 0.0, 2.0, -3.0, 0.5, 0.5, -0.1, 9.0]], dtype=np.float32)
+    code = quantize.binarize(x)
+    # bits 1,0,0,1,0,1,1,0 | 1 then zero padding
+    assert code.tolist() == [[0b10010110, 0b10000000]]
+    np.testing.assert_array_equal(code, np.packbits(x > 0, axis=-1))
+
+
+def test_binarize_matches_sentence_transformers_ubinary(rng: np.random.Generator) -> None:
+    st_q = pytest.importorskip(
+        "sentence_transformers.quantization", reason="sentence-transformers is in the export extra"
+    )
+    x = rng.normal(size=(20, 640)).astype(np.float32)
+    theirs = st_q.quantize_embeddings(x, precision="ubinary")
+    np.testing.assert_array_equal(quantize.binarize(x), theirs)
+
+
+def test_thresholds_shift_the_split(rng: np.random.Generator) -> None:
+    x = rng.normal(loc=3.0, size=(1001, 16)).astype(np.float32)
+    assert quantize.binarize(x).all() or np.unpackbits(quantize.binarize(x)).mean() > 0.99
+    t = quantize.median_thresholds(x)
+    bits = np.unpackbits(quantize.binarize(x, t), axis=-1)
+    assert abs(bits.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("bits", [1, 7, 8, 9, 640, 1016])
+def test_strides_and_padding(bits: int) -> None:
+    assert quantize.code_bytes(bits) == (bits + 7) // 8
+    stride = quantize.row_stride(bits)
+    assert stride % 8 == 0 and stride >= quantize.code_bytes(bits) and stride - quantize.code_bytes(bits) < 8
+    codes = np.full((3, quantize.code_bytes(bits)), 255, dtype=np.uint8)
+    padded = quantize.pad_rows(codes, stride)
+    assert padded[:, quantize.code_bytes(bits) :].sum() == 0
+    assert quantize.row_stride(1016) == 128
+
+
+@pytest.mark.parametrize("dtype,tol", [(RescoreDtype.FLOAT32, 0.0), (RescoreDtype.FLOAT16, 1e-3),
+                                       (RescoreDtype.INT8, 1e-2)])
+def test_rescore_roundtrip(dtype: RescoreDtype, tol: float, rng: np.random.Generator) -> None:
+    x = quantize.l2_normalize(rng.normal(size=(50, 384)))
+    back = quantize.decode_rescore(quantize.encode_rescore(x, dtype), 384, dtype)
+    assert back.shape == x.shape
+    cos = (back * x).sum(1) / np.linalg.norm(back, axis=1)
+    assert cos.min() >= 1 - tol - 1e-6
+    if dtype is RescoreDtype.FLOAT32:
+        np.testing.assert_array_equal(back, x)
+    assert len(quantize.encode_rescore(x, dtype)[0]) == 384 * dtype.bytes_per_dim + (4 if dtype is RescoreDtype.INT8 else 0)
+
+
+def test_sign_vectors_invert_packing(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(4, 33)).astype(np.float32)
+    s = quantize.sign_vectors(quantize.pad_rows(quantize.binarize(x), 8), 33)
+    np.testing.assert_array_equal(s, np.where(x > 0, 1.0, -1.0))
