@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import CACHE  # noqa: E402
-from passages import passages  # noqa: E402
+from common import CACHE
+from passages import passages
 
 F32 = npt.NDArray[np.float32]
 

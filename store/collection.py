@@ -35,9 +35,13 @@ from store.layout import (
     ROW_SUBDBS,
     Env,
     cid_prefix,
+    get,
     id_key,
+    iter_prefix,
+    must,
     pack_rowid,
     row_key,
+    rowid_of,
     unpack_rowid,
 )
 
@@ -165,16 +169,12 @@ class Collection:
         index = CodeIndex(self.stride)
         filters = FilterIndex(self.config.filterable)
         with self.env.reader() as txn:
-            rec = _Record.from_bytes(txn.get(meta_key(self.name), db=self.env.dbs["meta"]))
+            rec = _Record.from_bytes(must(get(txn, meta_key(self.name), self.env.dbs["meta"])))
             keys: list[bytes] = []
             vals: list[bytes] = []
-            cur = txn.cursor(db=self.env.dbs["codes"])
-            if cur.set_range(prefix):
-                for k, v in cur.iternext():
-                    if not k.startswith(prefix):
-                        break
-                    keys.append(k)
-                    vals.append(v)
+            for k, v in iter_prefix(txn, self.env.dbs["codes"], prefix):
+                keys.append(k)
+                vals.append(v)
             rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
             cb = quantize.code_bytes(self.bits)
             codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
@@ -182,14 +182,10 @@ class Collection:
                 part = codes[start : start + CHUNK_ROWS]
                 index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
             if self.config.filterable:
-                cur = txn.cursor(db=self.env.dbs["fkeys"])
-                if cur.set_range(prefix):
-                    for k, v in cur.iternext():
-                        if not k.startswith(prefix):
-                            break
-                        pos = index.position(int(np.frombuffer(k, dtype=_KEY_DTYPE)["row"][0]))
-                        if pos is not None:
-                            filters.add(pos, _keys_from_json(v))
+                for k, v in iter_prefix(txn, self.env.dbs["fkeys"], prefix):
+                    pos = index.position(rowid_of(k))
+                    if pos is not None:
+                        filters.add(pos, _keys_from_json(v))
         self._rec = rec
         self._index = index
         self._filters = filters
@@ -247,9 +243,7 @@ class Collection:
         else:
             resc = validate.vectors(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
         meta = validate.metadata(metadata, n)
-        fkeys = [
-            _keys_to_json(doc_keys(json.loads(m), self.config.filterable)) if m else b"" for m in meta
-        ]
+        fkeys = [_keys_to_json(doc_keys(json.loads(m), self.config.filterable)) if m else b"" for m in meta]
         code_n = quantize.l2_normalize(code)
         resc_blobs = quantize.encode_rescore(quantize.l2_normalize(resc), self.config.rescore_dtype)
         calib_blobs = [np.ascontiguousarray(code_n[i]).tobytes() for i in range(n)]
@@ -267,7 +261,7 @@ class Collection:
                 row = rec.next_row
                 for i, ext in enumerate(id_list):
                     ik = id_key(cid, ext)
-                    prev = txn.get(ik, db=dbs["ids"])
+                    prev = get(txn, ik, dbs["ids"])
                     if prev is not None:
                         old.append(unpack_rowid(prev))
                         _delete_row(txn, dbs, cid, unpack_rowid(prev))
@@ -318,7 +312,7 @@ class Collection:
                 old: list[int] = []
                 for ext in dict.fromkeys(id_list):
                     ik = id_key(cid, ext)
-                    prev = txn.get(ik, db=dbs["ids"])
+                    prev = get(txn, ik, dbs["ids"])
                     if prev is None:
                         continue
                     txn.delete(ik, db=dbs["ids"])
@@ -349,11 +343,15 @@ class Collection:
                 raise InvalidArgument("calibration", f"collection {self.name!r} is already calibrated")
             if self._rec.count < 2:
                 raise InvalidArgument(
-                    "calibration", f"needs at least 2 documents; given {self._rec.count}", value=self._rec.count
+                    "calibration",
+                    f"needs at least 2 documents; given {self._rec.count}",
+                    value=self._rec.count,
                 )
 
             def txn_fn(txn: lmdb.Transaction) -> _Record:
-                new = _calibrate_in_txn(txn, self.env.dbs, replace(self._rec, gen=self._rec.gen + 1), self.bits)
+                new = _calibrate_in_txn(
+                    txn, self.env.dbs, replace(self._rec, gen=self._rec.gen + 1), self.bits
+                )
                 self._write_record(txn, new)
                 return new
 
@@ -383,7 +381,7 @@ class Collection:
         for _ in range(100_000):
             with self.env.reader() as txn:
                 snap = self._snap
-                raw = txn.get(gen_key(self._rec.cid), db=self.env.dbs["meta"])
+                raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
                 if (_GEN.unpack(raw)[0] if raw is not None else 0) == snap.gen:
                     yield snap, txn
                     return
@@ -398,18 +396,18 @@ class Collection:
         out: list[Record | None] = []
         with self.env.reader() as txn:
             for ext in id_list:
-                prev = txn.get(id_key(cid, ext), db=dbs["ids"])
+                prev = get(txn, id_key(cid, ext), dbs["ids"])
                 if prev is None:
                     out.append(None)
                     continue
                 rk = row_key(cid, unpack_rowid(prev))
-                doc = txn.get(rk, db=dbs["docs"])
+                doc = get(txn, rk, dbs["docs"])
                 vec = None
                 if with_vectors:
                     vec = quantize.decode_rescore(
-                        [txn.get(rk, db=dbs["vecs"])], self.config.rescore_dims, self.config.rescore_dtype
+                        [must(get(txn, rk, dbs["vecs"]))], self.config.rescore_dims, self.config.rescore_dtype
                     )[0]
-                code = bytes(txn.get(rk, db=dbs["codes"]))
+                code = must(get(txn, rk, dbs["codes"]))
                 out.append(Record(ext, json.loads(doc) if doc else {}, code, vec))
         return out
 
@@ -469,7 +467,7 @@ class Collection:
                 keys = [row_key(cid, view.rowid(int(x))) for x in p]
                 if rescore:
                     assert rq is not None
-                    blobs = [txn.get(k, db=dbs["vecs"]) for k in keys]
+                    blobs = [must(get(txn, k, dbs["vecs"])) for k in keys]
                     vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
                     scores = vecs @ rq[i]
                     order = np.lexsort((p, -scores))[:top_k]
@@ -509,7 +507,7 @@ class Collection:
             rowids = all_rowids[visible.astype(bool)]
             positions = np.flatnonzero(visible)
             keys = [row_key(self._rec.cid, int(r)) for r in rowids]
-            blobs = [txn.get(k, db=dbs["vecs"]) for k in keys]
+            blobs = [must(get(txn, k, dbs["vecs"])) for k in keys]
             vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
             scores = rq @ vecs.T
             results: list[list[Hit]] = []
@@ -530,10 +528,10 @@ class Collection:
 
     def _hit(self, txn: lmdb.Transaction, key: bytes, score: float, hamming: int, with_meta: bool) -> Hit:
         dbs = self.env.dbs
-        ext = bytes(txn.get(key, db=dbs["rows"])).decode()
+        ext = must(get(txn, key, dbs["rows"])).decode()
         meta: dict[str, Any] | None = None
         if with_meta:
-            raw = txn.get(key, db=dbs["docs"])
+            raw = get(txn, key, dbs["docs"])
             meta = json.loads(raw) if raw else {}
         return Hit(ext, score, hamming, meta)
 
@@ -549,13 +547,9 @@ def _calibrate_in_txn(txn: lmdb.Transaction, dbs: Mapping[str, Any], rec: _Recor
     prefix = cid_prefix(rec.cid)
     keys: list[bytes] = []
     vals: list[bytes] = []
-    cur = txn.cursor(db=dbs["calib"])
-    if cur.set_range(prefix):
-        for k, v in cur.iternext():
-            if not k.startswith(prefix):
-                break
-            keys.append(bytes(k))
-            vals.append(bytes(v))
+    for k, v in iter_prefix(txn, dbs["calib"], prefix):
+        keys.append(k)
+        vals.append(v)
     x = np.frombuffer(b"".join(vals), dtype=np.float32).reshape(len(vals), bits)
     t = quantize.median_thresholds(x)
     codes = quantize.binarize(x, t)

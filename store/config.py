@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from store import validate
@@ -11,7 +11,7 @@ from store.errors import InvalidArgument
 from store.quantize import RescoreDtype
 
 
-class Calibration(str, Enum):
+class Calibration(StrEnum):
     """When the binarization thresholds are set.
 
     - ``none``: thresholds are 0 (sign bits) unless explicit ``thresholds`` are given.

@@ -136,7 +136,7 @@ class Env:
     def check_format(self) -> None:
         """Write the format record into a new environment, or check the existing one."""
         with self.env.begin(write=False) as txn:
-            raw = txn.get(b"format", db=self.dbs["meta"])
+            raw = get(txn, b"format", self.dbs["meta"])
         if raw is None:
             self.write(lambda txn: txn.put(b"format", self._format_record(), db=self.dbs["meta"]))
             return
@@ -197,3 +197,28 @@ class Env:
 
     def stat(self) -> dict[str, Any]:
         return dict(self.env.info())
+
+
+def must(value: bytes | None) -> bytes:
+    """A value that the layout guarantees is there (its absence means a corrupted environment)."""
+    if value is None:
+        raise FormatMismatch("a record that must exist is missing: the environment is damaged")
+    return value
+
+
+def get(txn: lmdb.Transaction, key: bytes, db: Any) -> bytes | None:
+    """``txn.get`` as plain bytes (transactions here are opened with ``buffers=False``)."""
+    value = txn.get(key, db=db)
+    return None if value is None else bytes(value)
+
+
+def iter_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) whose key starts with ``prefix``, in key order."""
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    for k, v in cur.iternext():
+        key = bytes(k)
+        if not key.startswith(prefix):
+            return
+        yield key, bytes(v)

@@ -8,7 +8,7 @@ works on 64-bit words; zero padding XORs to zero and adds nothing to a distance)
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +17,7 @@ F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
 
-class RescoreDtype(str, Enum):
+class RescoreDtype(StrEnum):
     """How rescore vectors are stored on disk."""
 
     FLOAT32 = "float32"

@@ -11,7 +11,7 @@ from store import validate
 from store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
 from store.config import CollectionConfig
 from store.errors import AlreadyExists, FormatMismatch, NotFound
-from store.layout import SUBDBS, Env, cid_prefix
+from store.layout import SUBDBS, Env, cid_prefix, get, iter_prefix
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
 DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
@@ -34,17 +34,9 @@ class Store:
         try:
             self.env.check_format()
             with self.env.reader() as txn:
-                cur = txn.cursor(db=self.env.dbs["meta"])
-                names: list[str] = []
-                if cur.set_range(b"coll:"):
-                    for k in cur.iternext(values=False):
-                        if not k.startswith(b"coll:"):
-                            break
-                        names.append(bytes(k[5:]).decode())
+                names = [k[5:].decode() for k, _ in iter_prefix(txn, self.env.dbs["meta"], b"coll:")]
             for name in names:
-                with self.env.reader() as txn:
-                    rec = _Record.from_bytes(txn.get(meta_key(name), db=self.env.dbs["meta"]))
-                self._collections[name] = Collection(self.env, name, rec)
+                self._collections[name] = Collection(self.env, name, _load_record(self.env, name))
         except BaseException:
             self.env.close()
             raise
@@ -60,7 +52,7 @@ class Store:
 
             def txn_fn(txn: lmdb.Transaction) -> _Record:
                 meta = self.env.dbs["meta"]
-                raw = txn.get(b"next_cid", db=meta)
+                raw = get(txn, b"next_cid", meta)
                 cid = int(raw) if raw is not None else 1
                 txn.put(b"next_cid", str(cid + 1).encode(), db=meta)
                 rec = _Record(cid=cid, config=config)
@@ -106,7 +98,7 @@ class Store:
             def txn_fn(txn: lmdb.Transaction) -> None:
                 for db_name in SUBDBS[1:]:
                     cur = txn.cursor(db=self.env.dbs[db_name])
-                    while cur.set_range(prefix) and cur.key().startswith(prefix):
+                    while cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
                         cur.delete()
                 meta = self.env.dbs["meta"]
                 txn.delete(meta_key(name), db=meta)
@@ -146,7 +138,7 @@ class Store:
 
 def _load_record(env: Env, name: str) -> _Record:
     with env.reader() as txn:
-        raw = txn.get(meta_key(name), db=env.dbs["meta"])
+        raw = get(txn, meta_key(name), env.dbs["meta"])
     if raw is None:
         raise NotFound("collection", name)
     return _Record.from_bytes(raw)

@@ -82,10 +82,10 @@ def vectors(value: Any, field: str, rows: int, dims: int) -> F32:
     if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] != dims:
         got = arr.shape[1] if arr.ndim == 2 else arr.shape
         if arr.ndim == 2 and arr.shape[0] != rows:
-            raise InvalidArgument(field, f"must hold {rows} vectors; given {arr.shape[0]}", value=arr.shape[0])
-        raise InvalidArgument(
-            field, f"must have length {dims}; given {got}", value=got, limit=dims
-        )
+            raise InvalidArgument(
+                field, f"must hold {rows} vectors; given {arr.shape[0]}", value=arr.shape[0]
+            )
+        raise InvalidArgument(field, f"must have length {dims}; given {got}", value=got, limit=dims)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
         i = int(np.argmin(finite))

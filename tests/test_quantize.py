@@ -44,8 +44,9 @@ def test_strides_and_padding(bits: int) -> None:
     assert quantize.row_stride(1016) == 128
 
 
-@pytest.mark.parametrize("dtype,tol", [(RescoreDtype.FLOAT32, 0.0), (RescoreDtype.FLOAT16, 1e-3),
-                                       (RescoreDtype.INT8, 1e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol", [(RescoreDtype.FLOAT32, 0.0), (RescoreDtype.FLOAT16, 1e-3), (RescoreDtype.INT8, 1e-2)]
+)
 def test_rescore_roundtrip(dtype: RescoreDtype, tol: float, rng: np.random.Generator) -> None:
     x = quantize.l2_normalize(rng.normal(size=(50, 384)))
     back = quantize.decode_rescore(quantize.encode_rescore(x, dtype), 384, dtype)
@@ -54,7 +55,9 @@ def test_rescore_roundtrip(dtype: RescoreDtype, tol: float, rng: np.random.Gener
     assert cos.min() >= 1 - tol - 1e-6
     if dtype is RescoreDtype.FLOAT32:
         np.testing.assert_array_equal(back, x)
-    assert len(quantize.encode_rescore(x, dtype)[0]) == 384 * dtype.bytes_per_dim + (4 if dtype is RescoreDtype.INT8 else 0)
+    assert len(quantize.encode_rescore(x, dtype)[0]) == 384 * dtype.bytes_per_dim + (
+        4 if dtype is RescoreDtype.INT8 else 0
+    )
 
 
 def test_sign_vectors_invert_packing(rng: np.random.Generator) -> None:

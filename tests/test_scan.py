@@ -16,7 +16,8 @@ def slow_hamming(q: npt.NDArray[np.uint8], codes: npt.NDArray[np.uint8]) -> npt.
     """Bit-by-bit reference: unpack and count differing bits."""
     qb = np.unpackbits(q, axis=-1).astype(np.int64)
     cb = np.unpackbits(codes, axis=-1).astype(np.int64)
-    return np.abs(qb[:, None, :] - cb[None, :, :]).sum(-1)
+    out: npt.NDArray[np.int64] = np.abs(qb[:, None, :] - cb[None, :, :]).sum(-1)
+    return out
 
 
 def codes_for(bits: int, n: int, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
@@ -95,10 +96,10 @@ def test_fewer_visible_rows_than_k(rng: np.random.Generator) -> None:
     codes = quantize.pad_rows(codes_for(64, 100, rng), 8)
     mask = np.zeros(100, dtype=np.uint8)
     mask[[3, 50, 99]] = 1
-    dist, pos = scan.topk(codes[:4], [codes], 10, [mask])
+    _, pos = scan.topk(codes[:4], [codes], 10, [mask])
     assert pos.shape == (4, 3)
     assert set(pos[0].tolist()) == {3, 50, 99}
-    dist, pos = scan.topk(codes[:1], [codes], 10, limit=0)
+    _dist, pos = scan.topk(codes[:1], [codes], 10, limit=0)
     assert pos.shape == (1, 0)
 
 

@@ -138,7 +138,9 @@ def test_filters_equality_membership_negation_lists(store: Store, rng: np.random
     c = store.collection("c")
     ids, x = docs(rng, 400)
     langs = ["de", "fr", "en", "es"]
-    meta = [{"lang": langs[i % 4], "tags": ["a", "b"] if i % 10 == 0 else ["c"], "n": i % 3} for i in range(400)]
+    meta = [
+        {"lang": langs[i % 4], "tags": ["a", "b"] if i % 10 == 0 else ["c"], "n": i % 3} for i in range(400)
+    ]
     c.upsert(ids, x[:, :64], x, meta)
     q = rng.normal(size=96).astype(np.float32)
 
@@ -196,7 +198,9 @@ def test_format_record_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     env = lmdb.open(str(tmp_path / "d"), max_dbs=16)
     meta = env.open_db(b"meta")
     with env.begin(write=True) as txn:
-        txn.put(b"format", json.dumps({"format": "zembed-store", "version": FORMAT_VERSION + 1}).encode(), db=meta)
+        txn.put(
+            b"format", json.dumps({"format": "zembed-store", "version": FORMAT_VERSION + 1}).encode(), db=meta
+        )
     env.close()
     with pytest.raises(FormatMismatch, match="version"):
         Store(tmp_path / "d")
@@ -259,8 +263,12 @@ def test_median_calibration_at_sample_size(store: Store, rng: np.random.Generato
     # an anisotropic set: a shared direction dominates, so sign bits are nearly constant
     common = rng.normal(size=64).astype(np.float32) * 3
     x = (common + rng.normal(size=(300, 64))).astype(np.float32)
-    store.create_collection("c", CollectionConfig(code_bits=64, rescore_dims=64, calibration="median",
-                                                  calibration_sample=200))
+    store.create_collection(
+        "c",
+        CollectionConfig(
+            code_bits=64, rescore_dims=64, calibration=Calibration.MEDIAN, calibration_sample=200
+        ),
+    )
     c = store.collection("c")
     c.upsert([str(i) for i in range(150)], x[:150])
     assert not c.info().calibrated
@@ -277,7 +285,9 @@ def test_median_calibration_at_sample_size(store: Store, rng: np.random.Generato
 
 
 def test_calibrate_on_request(store: Store, rng: np.random.Generator) -> None:
-    store.create_collection("c", CollectionConfig(code_bits=32, rescore_dims=32, calibration=Calibration.MEDIAN))
+    store.create_collection(
+        "c", CollectionConfig(code_bits=32, rescore_dims=32, calibration=Calibration.MEDIAN)
+    )
     c = store.collection("c")
     x = rng.normal(loc=1.0, size=(50, 32)).astype(np.float32)
     c.upsert([str(i) for i in range(50)], x)
@@ -298,4 +308,6 @@ def test_explicit_thresholds(store: Store, rng: np.random.Generator) -> None:
     c.upsert(["a", "b", "c"], x)
     rec = c.get(["b"])[0]
     assert rec is not None
-    assert rec.code == np.packbits(quantize.l2_normalize(x[1:2])[0] > np.float32(t)).tobytes()
+    assert (
+        rec.code == np.packbits(quantize.l2_normalize(x[1:2])[0] > np.asarray(t, dtype=np.float32)).tobytes()
+    )
