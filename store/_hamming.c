@@ -309,12 +309,65 @@ static PyObject *py_read_sum(PyObject *self, PyObject *arg) {
     return PyLong_FromUnsignedLongLong(s0 + s1 + s2 + s3);
 }
 
+
+/* scale_to_f16(src_f32[n, d], inv_f32[n], dst_u16[n, d]): dst = half(src * inv[row]), rounding to
+ * nearest even like numpy's astype(float16). One pass with F16C; returns False where the CPU lacks it
+ * (the caller then uses numpy). */
+#ifdef HAVE_X86_DISPATCH
+__attribute__((target("avx2,f16c,fma")))
+static void scale_f16_f16c(const float *src, const float *inv, uint16_t *dst, Py_ssize_t n, Py_ssize_t d) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *s = src + i * d;
+        uint16_t *o = dst + i * d;
+        __m256 sc = _mm256_set1_ps(inv[i]);
+        Py_ssize_t j = 0;
+        for (; j + 8 <= d; j += 8) {
+            __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + j), sc), _MM_FROUND_TO_NEAREST_INT);
+            _mm_storeu_si128((__m128i *)(o + j), h);
+        }
+        if (j < d) {
+            float tmp[8] = {0};
+            uint16_t th[8];
+            for (Py_ssize_t r = 0; j + r < d; r++) tmp[r] = s[j + r];
+            __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(tmp), sc), _MM_FROUND_TO_NEAREST_INT);
+            _mm_storeu_si128((__m128i *)th, h);
+            for (Py_ssize_t r = 0; j + r < d; r++) o[j + r] = th[r];
+        }
+    }
+}
+#endif
+
+static PyObject *py_scale_to_f16(PyObject *self, PyObject *args) {
+    PyObject *os, *oi, *od;
+    Py_ssize_t n, d;
+    if (!PyArg_ParseTuple(args, "OOOnn", &os, &oi, &od, &n, &d)) return NULL;
+#ifdef HAVE_X86_DISPATCH
+    if (!__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("avx2")) Py_RETURN_FALSE;
+    Py_buffer bs, bi, bd;
+    if (get_buf(os, &bs, 0, "src") < 0) return NULL;
+    if (get_buf(oi, &bi, 0, "inv") < 0) { PyBuffer_Release(&bs); return NULL; }
+    if (get_buf(od, &bd, 1, "dst") < 0) { PyBuffer_Release(&bi); PyBuffer_Release(&bs); return NULL; }
+    int ok = bs.len == n * d * 4 && bi.len == n * 4 && bd.len == n * d * 2;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        scale_f16_f16c((const float *)bs.buf, (const float *)bi.buf, (uint16_t *)bd.buf, n, d);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&bd); PyBuffer_Release(&bi); PyBuffer_Release(&bs);
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "scale_to_f16: inconsistent buffer sizes"); return NULL; }
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(SCAN_NAME); }
 
 static PyMethodDef methods[] = {
     {"scan_topk", py_scan_topk, METH_VARARGS, "Running top-k Hamming scan (see module docs)."},
     {"distances", py_distances, METH_VARARGS, "All query x row Hamming distances into out."},
     {"read_sum", py_read_sum, METH_O, "Sum a buffer as uint64 words (memory-bandwidth floor)."},
+    {"scale_to_f16", py_scale_to_f16, METH_VARARGS, "dst = float16(src * inv[row]) with F16C."},
     {"kernel", py_kernel, METH_NOARGS, "Name of the scan kernel chosen for this CPU."},
     {NULL, NULL, 0, NULL},
 };

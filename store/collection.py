@@ -18,7 +18,7 @@ import contextlib
 import json
 import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -244,38 +244,35 @@ class Collection:
             resc = validate.vectors(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
         meta = validate.metadata(metadata, n)
         fkeys = [_keys_to_json(doc_keys(json.loads(m), self.config.filterable)) if m else b"" for m in meta]
-        code_n = quantize.l2_normalize(code)
-        resc_blobs = quantize.encode_rescore(quantize.l2_normalize(resc), self.config.rescore_dtype)
-        calib_blobs = [np.ascontiguousarray(code_n[i]).tobytes() for i in range(n)]
+        resc_blobs = quantize.encode_rescore(resc.raw, self.config.rescore_dtype, resc.inv_norm)
+        ext_bytes = [e.encode() for e in id_list]
 
         with self.env.write_lock:
             self._check_open()
             thresholds = self._current_thresholds()
-            packed = quantize.binarize(code_n, thresholds)
+            # sign bits need no normalization; calibrated thresholds apply to unit vectors
+            packed = quantize.binarize(code.raw if thresholds is None else code.unit(), thresholds)
             dbs = self.env.dbs
             cid = self._rec.cid
 
             def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], bool]:
                 rec = self._rec
-                old: list[int] = []
                 row = rec.next_row
-                for i, ext in enumerate(id_list):
-                    ik = id_key(cid, ext)
-                    prev = get(txn, ik, dbs["ids"])
-                    if prev is not None:
-                        old.append(unpack_rowid(prev))
-                        _delete_row(txn, dbs, cid, unpack_rowid(prev))
-                    rk = row_key(cid, row + i)
-                    txn.put(ik, pack_rowid(row + i), db=dbs["ids"])
-                    txn.put(rk, ext.encode(), db=dbs["rows"])
-                    txn.put(rk, packed[i].tobytes(), db=dbs["codes"])
-                    txn.put(rk, resc_blobs[i], db=dbs["vecs"])
-                    if meta[i]:
-                        txn.put(rk, meta[i], db=dbs["docs"])
-                    if fkeys[i]:
-                        txn.put(rk, fkeys[i], db=dbs["fkeys"])
-                    if rec.pending_calibration:
-                        txn.put(rk, calib_blobs[i], db=dbs["calib"])
+                id_keys = [id_key(cid, e) for e in id_list]
+                old = [unpack_rowid(v) for _, v in txn.cursor(db=dbs["ids"]).getmulti(id_keys)]
+                for r in old:
+                    _delete_row(txn, dbs, cid, r)
+                rks = [row_key(cid, row + i) for i in range(n)]
+                code_rows = quantize.split_rows(packed)
+                _putmulti(txn, dbs["ids"], zip(id_keys, (pack_rowid(row + i) for i in range(n)), strict=True))
+                _putmulti(txn, dbs["rows"], zip(rks, ext_bytes, strict=True))
+                _putmulti(txn, dbs["codes"], zip(rks, code_rows, strict=True))
+                _putmulti(txn, dbs["vecs"], zip(rks, resc_blobs, strict=True))
+                _putmulti(txn, dbs["docs"], ((k, m) for k, m in zip(rks, meta, strict=True) if m))
+                _putmulti(txn, dbs["fkeys"], ((k, f) for k, f in zip(rks, fkeys, strict=True) if f))
+                if rec.pending_calibration:
+                    unit = code.unit()
+                    _putmulti(txn, dbs["calib"], ((rks[i], unit[i].tobytes()) for i in range(n)))
                 new = replace(rec, next_row=row + n, count=rec.count - len(old) + n, gen=rec.gen + 1)
                 recalibrated = False
                 if new.pending_calibration and new.count >= self.config.calibration_sample:
@@ -417,7 +414,7 @@ class Collection:
         cq_arr = np.asarray(code_queries, dtype=np.float32)
         nq = 1 if cq_arr.ndim == 1 else int(cq_arr.shape[0])
         validate.int_range(nq, "queries", 1, validate.MAX_QUERIES)
-        cq = quantize.l2_normalize(validate.vectors(cq_arr, "code_queries", nq, self.bits))
+        cq = validate.vectors(cq_arr, "code_queries", nq, self.bits).unit()
         if not need_rescore:
             return cq, None
         if rescore_queries is None:
@@ -427,8 +424,7 @@ class Collection:
                     f"are required with rescore on (length {self.config.rescore_dims}); given none",
                 )
             return cq, cq
-        rq = validate.vectors(rescore_queries, "rescore_queries", nq, self.config.rescore_dims)
-        return cq, quantize.l2_normalize(rq)
+        return cq, validate.vectors(rescore_queries, "rescore_queries", nq, self.config.rescore_dims).unit()
 
     def search(
         self,
@@ -494,7 +490,7 @@ class Collection:
         top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
         arr = np.asarray(rescore_queries, dtype=np.float32)
         nq = 1 if arr.ndim == 1 else int(arr.shape[0])
-        rq = quantize.l2_normalize(validate.vectors(arr, "rescore_queries", nq, self.config.rescore_dims))
+        rq = validate.vectors(arr, "rescore_queries", nq, self.config.rescore_dims).unit()
         conditions = parse_filter(filter, self.config.filterable)
         dbs = self.env.dbs
         with self._consistent() as (snap, txn):
@@ -534,6 +530,11 @@ class Collection:
             raw = get(txn, key, dbs["docs"])
             meta = json.loads(raw) if raw else {}
         return Hit(ext, score, hamming, meta)
+
+
+def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, bytes]]) -> None:
+    """Put many items in one C-level loop (overwriting)."""
+    txn.cursor(db=db).putmulti(items, dupdata=False, overwrite=True)
 
 
 def _delete_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: int) -> None:

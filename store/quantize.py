@@ -13,6 +13,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from store import _hamming
+
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
@@ -73,18 +75,36 @@ def median_thresholds(x: npt.NDArray[np.floating]) -> F32:
     return np.asarray(np.median(np.asarray(x, dtype=np.float32), axis=0), dtype=np.float32)
 
 
-def encode_rescore(x: F32, dtype: RescoreDtype) -> list[bytes]:
-    """Serialize unit-length rescore vectors, one ``bytes`` per row (little-endian)."""
-    if dtype is RescoreDtype.FLOAT32:
-        arr = np.ascontiguousarray(x, dtype="<f4")
-        return [arr[i].tobytes() for i in range(arr.shape[0])]
+def encode_rescore(x: F32, dtype: RescoreDtype, inv_norm: F32 | None = None) -> list[bytes]:
+    """Serialize rescore vectors scaled to unit length, one ``bytes`` per row (little-endian).
+
+    ``inv_norm`` (one factor per row) is applied first; None means ``x`` is already unit length.
+    """
+    n, d = x.shape
+    inv = np.ones(n, dtype=np.float32) if inv_norm is None else np.ascontiguousarray(inv_norm, np.float32)
     if dtype is RescoreDtype.FLOAT16:
-        arr16 = np.ascontiguousarray(x, dtype="<f2")
-        return [arr16[i].tobytes() for i in range(arr16.shape[0])]
-    scale = np.max(np.abs(x), axis=1) / 127.0
+        out16 = np.empty((n, d), dtype="<f2")
+        src = np.ascontiguousarray(x, dtype=np.float32)
+        if not _hamming.scale_to_f16(src, inv, out16.view(np.uint16), n, d):
+            out16[:] = src * inv[:, None]
+        return _split(out16.tobytes(), n)
+    unit = np.asarray(x * inv[:, None], dtype=np.float32)
+    if dtype is RescoreDtype.FLOAT32:
+        return _split(np.ascontiguousarray(unit, dtype="<f4").tobytes(), n)
+    scale = np.max(np.abs(unit), axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype("<f4")
-    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
-    return [scale[i].tobytes() + q[i].tobytes() for i in range(q.shape[0])]
+    q = np.clip(np.rint(unit / scale[:, None]), -127, 127).astype(np.int8)
+    return [scale[i].tobytes() + q[i].tobytes() for i in range(n)]
+
+
+def split_rows(x: npt.NDArray[np.generic]) -> list[bytes]:
+    """Each row of a C-contiguous matrix as ``bytes``."""
+    return _split(np.ascontiguousarray(x).tobytes(), x.shape[0])
+
+
+def _split(buf: bytes, n: int) -> list[bytes]:
+    size = len(buf) // n if n else 0
+    return [buf[i * size : (i + 1) * size] for i in range(n)]
 
 
 def decode_rescore(blobs: list[bytes], dims: int, dtype: RescoreDtype) -> F32:

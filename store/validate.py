@@ -9,7 +9,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -74,27 +74,38 @@ def ids(values: Sequence[Any], field: str = "ids", *, unique: bool = True) -> li
     return list(values)
 
 
-def vectors(value: Any, field: str, rows: int, dims: int) -> F32:
+class Vectors(NamedTuple):
+    """Validated vectors as given (float32, C-contiguous) and their inverse L2 norms."""
+
+    raw: F32
+    inv_norm: F32
+
+    def unit(self) -> F32:
+        out: F32 = self.raw * self.inv_norm[:, None]
+        return out
+
+
+def vectors(value: Any, field: str, rows: int, dims: int) -> Vectors:
     """A finite, non-zero float matrix ``[rows, dims]`` (a 1-D vector counts as one row)."""
-    arr = np.asarray(value, dtype=np.float32)
+    arr = np.ascontiguousarray(value, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] != dims:
-        got = arr.shape[1] if arr.ndim == 2 else arr.shape
-        if arr.ndim == 2 and arr.shape[0] != rows:
-            raise InvalidArgument(
-                field, f"must hold {rows} vectors; given {arr.shape[0]}", value=arr.shape[0]
-            )
-        raise InvalidArgument(field, f"must have length {dims}; given {got}", value=got, limit=dims)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        i = int(np.argmin(finite))
+    if arr.ndim != 2:
+        raise InvalidArgument(field, f"must be a matrix [{rows}, {dims}]; given shape {arr.shape}")
+    if arr.shape[0] != rows:
+        raise InvalidArgument(field, f"must hold {rows} vectors; given {arr.shape[0]}", value=arr.shape[0])
+    if arr.shape[1] != dims:
+        raise InvalidArgument(
+            field, f"must have length {dims}; given {arr.shape[1]}", value=arr.shape[1], limit=dims
+        )
+    sq = np.einsum("ij,ij->i", arr, arr)
+    if not np.isfinite(sq).all():
+        i = int(np.argmin(np.isfinite(arr).all(axis=1)))
         raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
-    norms = np.linalg.norm(arr, axis=1)
-    if not (norms > 0).all():
-        i = int(np.argmin(norms > 0))
+    if not (sq > 0).all():
+        i = int(np.argmin(sq > 0))
         raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
-    return np.ascontiguousarray(arr)
+    return Vectors(arr, np.asarray(1.0 / np.sqrt(sq), dtype=np.float32))
 
 
 def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> list[bytes]:

@@ -64,3 +64,13 @@ def test_sign_vectors_invert_packing(rng: np.random.Generator) -> None:
     x = rng.normal(size=(4, 33)).astype(np.float32)
     s = quantize.sign_vectors(quantize.pad_rows(quantize.binarize(x), 8), 33)
     np.testing.assert_array_equal(s, np.where(x > 0, 1.0, -1.0))
+
+
+def test_float16_encoding_is_numpy_rounding(rng: np.random.Generator) -> None:
+    """The F16C fast path rounds exactly like numpy's astype(float16), tails and tiny values included."""
+    x = rng.normal(size=(37, 1283)).astype(np.float32)
+    x[0, :10] = [1e-8, -1e-8, 6e-5, 65504.0, -0.0, 1e-3, 3.14159, 2.0**-24, 2.0**-25, 1.0]
+    inv = (1.0 / np.linalg.norm(x, axis=1)).astype(np.float32)
+    got = np.frombuffer(b"".join(quantize.encode_rescore(x, RescoreDtype.FLOAT16, inv)), dtype="<f2")
+    want = (x * inv[:, None]).astype("<f2").ravel()
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
