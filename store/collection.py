@@ -259,7 +259,7 @@ class Collection:
                 rec = self._rec
                 row = rec.next_row
                 id_keys = [id_key(cid, e) for e in id_list]
-                old = [unpack_rowid(v) for _, v in txn.cursor(db=dbs["ids"]).getmulti(id_keys)]
+                old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(id_keys)]
                 for r in old:
                     _delete_row(txn, dbs, cid, r)
                 rks = [row_key(cid, row + i) for i in range(n)]
