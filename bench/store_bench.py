@@ -294,7 +294,8 @@ def main() -> None:
         ],
     ]
     print(
-        f"kernel: {s['kernel']}   e2e store on disk: {e2e['disk_bytes'] / 1e9:.2f} GB, built at {e2e['build_upsert_per_s']:,.0f} docs/s (2560 f16 + metadata)"
+        f"kernel: {s['kernel']}   e2e store on disk: {e2e['disk_bytes'] / 1e9:.2f} GB, "
+        f"built at {e2e['build_upsert_per_s']:,.0f} docs/s (2560 f16 + metadata)"
     )
     print(table(["measure", "ours", "baseline", "baseline value", "ratio", "bar"], rows))
     path = write_json("store", {"scan": s, "big": big, "e2e": e2e, "upsert": up, "quick": args.quick})
