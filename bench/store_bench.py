@@ -64,7 +64,7 @@ def scan_bench(n: int, queries: int, batch: int) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)
     index = build_index(n, 0)
     view = index.view
-    codes = np.concatenate([c for c in view.codes])[:n]
+    codes = np.concatenate([scan.rows_of(c, np.arange(c.shape[0] * 8)) for c in view.codes])[:n]
     fidx = faiss.IndexBinaryFlat(CODE_BYTES * 8)
     fidx.add(codes)
     rng = np.random.default_rng(1)

@@ -1,15 +1,19 @@
 /*
  * Popcount Hamming scan over packed binary codes, with a running top-k per query.
  *
- * Codes are rows of `stride` bytes (a multiple of 8, zero padded past the code width), so each row is
- * `stride / 8` little 64-bit words and the XOR of zero padding counts nothing. The scan keeps, for each
- * query, a max-heap of the best (distance, index) pairs seen so far; the heaps live in caller-owned
- * buffers so that a scan over several chunks of rows carries its state from one call to the next.
- * Rows are visited in index order, so on equal distance the lower index wins and a newcomer must be
- * strictly closer than the heap's worst to enter: results are deterministic.
+ * Layout. A code row is `W = stride / 8` 64-bit words (zero padded past the code width, so padding
+ * XORs to zero and counts nothing). The scan reads codes in a *blocked* layout: blocks of 8 rows,
+ * word-major inside a block (`codes[block][w][lane]`), so word w of 8 consecutive rows is one 64-byte
+ * vector. One query then costs W vector XOR+POPCNT+ADD per 8 rows, which keeps a single-query scan at
+ * the memory-bandwidth floor, and a batch scores each tile of rows (read once, hot in L1/L2) against
+ * every query. Row-major codes (np.packbits output) are converted by store.scan.blocked().
  *
- * Batched queries are scanned tile by tile: each tile of rows is read from memory once and scored
- * against every query while it sits in L1/L2. The GIL is released during the scan.
+ * Top-k. Each query keeps a max-heap of the best (distance, index) pairs in caller-owned buffers, so a
+ * scan over several chunks carries its state from call to call. Rows are visited in index order: on
+ * equal distance the lower index wins and a newcomer must be strictly closer than the heap's worst.
+ * Results are deterministic. A 0 in the optional per-row mask hides a row inside the scan.
+ *
+ * The GIL is released during scans.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TILE_ROWS 256
+#define TILE_BLOCKS 32 /* 256 rows: W * 2 KiB at most, stays in L1/L2 while every query passes */
 #define MAX_WORDS 16
 
 typedef struct {
@@ -43,8 +47,7 @@ static inline void heap_push(int32_t *hd, int64_t *hi, int32_t *cnt, int k, int3
         hd[i] = d; hi[i] = ix; *cnt = n + 1;
         return;
     }
-    /* replace the root (the worst) and sift down */
-    int i = 0;
+    int i = 0; /* replace the root (the worst) and sift down */
     for (;;) {
         int l = 2 * i + 1, r = l + 1, m = i;
         int32_t md = d; int64_t mi = ix;
@@ -56,83 +59,141 @@ static inline void heap_push(int32_t *hd, int64_t *hi, int32_t *cnt, int k, int3
     hd[i] = d; hi[i] = ix;
 }
 
-/* One kernel body, instantiated per ISA and per word count so the compiler unrolls the row loop. */
-#define SCAN_BODY(W)                                                                              \
-    for (Py_ssize_t t0 = 0; t0 < n; t0 += TILE_ROWS) {                                            \
-        Py_ssize_t t1 = t0 + TILE_ROWS < n ? t0 + TILE_ROWS : n;                                  \
+static inline int32_t heap_threshold(const heaps_t *h, Py_ssize_t q) {
+    return h->count[q] < h->k ? INT32_MAX : h->dist[q * h->k];
+}
+
+/* Portable kernel: scalar popcounts over the blocked layout. */
+#define GENERIC_BODY(W)                                                                           \
+    for (Py_ssize_t b0 = 0; b0 < nblocks; b0 += TILE_BLOCKS) {                                    \
+        Py_ssize_t b1 = b0 + TILE_BLOCKS < nblocks ? b0 + TILE_BLOCKS : nblocks;                  \
         for (Py_ssize_t q = 0; q < nq; q++) {                                                     \
             const uint64_t *qv = queries + q * (W);                                               \
-            uint64_t qw[MAX_WORDS];                                                               \
-            for (int w = 0; w < (W); w++) qw[w] = qv[w];                                          \
-            int32_t *hd = h->dist + q * h->k;                                                     \
-            int64_t *hi = h->idx + q * h->k;                                                      \
-            int32_t *cnt = h->count + q;                                                          \
-            int32_t thr = *cnt < h->k ? INT32_MAX : hd[0];                                        \
-            for (Py_ssize_t i = t0; i < t1; i++) {                                                \
-                const uint64_t *row = codes + i * (W);                                            \
-                int32_t d = 0;                                                                    \
-                for (int w = 0; w < (W); w++) d += __builtin_popcountll(row[w] ^ qw[w]);          \
-                if (d < thr && (mask == NULL || mask[i])) {                                       \
-                    heap_push(hd, hi, cnt, h->k, d, base + i);                                    \
-                    thr = *cnt < h->k ? INT32_MAX : hd[0];                                        \
+            int32_t thr = heap_threshold(h, q);                                                   \
+            for (Py_ssize_t b = b0; b < b1; b++) {                                                \
+                const uint64_t *blk = codes + b * (W) * 8;                                        \
+                for (int l = 0; l < 8; l++) {                                                     \
+                    Py_ssize_t i = b * 8 + l;                                                     \
+                    if (i >= n) break;                                                            \
+                    int32_t d = 0;                                                                \
+                    for (int w = 0; w < (W); w++) d += __builtin_popcountll(blk[w * 8 + l] ^ qv[w]); \
+                    if (d < thr && (mask == NULL || mask[i])) {                                   \
+                        heap_push(h->dist + q * h->k, h->idx + q * h->k, h->count + q, h->k, d,   \
+                                  base + i);                                                      \
+                        thr = heap_threshold(h, q);                                               \
+                    }                                                                             \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
     }
 
-#define DEFINE_SCAN(NAME, ATTR)                                                                   \
-    ATTR static void NAME(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,          \
-                          Py_ssize_t n, int words, const uint8_t *mask, int64_t base,             \
-                          heaps_t *h) {                                                           \
-        switch (words) {                                                                          \
-            case 1: SCAN_BODY(1) break;   case 2: SCAN_BODY(2) break;                             \
-            case 3: SCAN_BODY(3) break;   case 4: SCAN_BODY(4) break;                             \
-            case 5: SCAN_BODY(5) break;   case 6: SCAN_BODY(6) break;                             \
-            case 7: SCAN_BODY(7) break;   case 8: SCAN_BODY(8) break;                             \
-            case 9: SCAN_BODY(9) break;   case 10: SCAN_BODY(10) break;                           \
-            case 11: SCAN_BODY(11) break; case 12: SCAN_BODY(12) break;                           \
-            case 13: SCAN_BODY(13) break; case 14: SCAN_BODY(14) break;                           \
-            case 15: SCAN_BODY(15) break; default: SCAN_BODY(16) break;                           \
+#define WORD_SWITCH(BODY)                                                                         \
+    switch (words) {                                                                              \
+        case 1: BODY(1) break;   case 2: BODY(2) break;   case 3: BODY(3) break;                  \
+        case 4: BODY(4) break;   case 5: BODY(5) break;   case 6: BODY(6) break;                  \
+        case 7: BODY(7) break;   case 8: BODY(8) break;   case 9: BODY(9) break;                  \
+        case 10: BODY(10) break; case 11: BODY(11) break; case 12: BODY(12) break;                \
+        case 13: BODY(13) break; case 14: BODY(14) break; case 15: BODY(15) break;                \
+        default: BODY(16) break;                                                                  \
+    }
+
+#define SCAN_ARGS                                                                                 \
+    const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes, Py_ssize_t n, int words,       \
+        const uint8_t *mask, int64_t base, heaps_t *h
+
+static void scan_generic(SCAN_ARGS) {
+    Py_ssize_t nblocks = (n + 7) / 8;
+    WORD_SWITCH(GENERIC_BODY)
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_X86_DISPATCH 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,popcnt,bmi2")))
+
+__attribute__((target("popcnt"))) static void scan_popcnt(SCAN_ARGS) {
+    Py_ssize_t nblocks = (n + 7) / 8;
+    WORD_SWITCH(GENERIC_BODY)
+}
+
+/* Lanes of the block that are real rows (the last block may be partial) and visible in the mask. */
+AVX512 static inline __mmask8 lane_mask(const uint8_t *mask, Py_ssize_t b, Py_ssize_t n) {
+    Py_ssize_t first = b * 8;
+    __mmask8 m = n - first >= 8 ? 0xFF : (__mmask8)((1u << (n - first)) - 1);
+    if (mask != NULL) {
+        uint64_t bytes = 0;
+        memcpy(&bytes, mask + first, (size_t)(n - first >= 8 ? 8 : n - first));
+        m &= (__mmask8)_pext_u64(bytes, 0x0101010101010101ULL);
+    }
+    return m;
+}
+
+#define AVX_BODY(W)                                                                               \
+    for (Py_ssize_t b0 = 0; b0 < nblocks; b0 += TILE_BLOCKS) {                                    \
+        Py_ssize_t b1 = b0 + TILE_BLOCKS < nblocks ? b0 + TILE_BLOCKS : nblocks;                  \
+        for (Py_ssize_t q = 0; q < nq; q++) {                                                     \
+            const uint64_t *qv = queries + q * (W);                                               \
+            __m512i qw[MAX_WORDS];                                                                \
+            for (int w = 0; w < (W); w++) qw[w] = _mm512_set1_epi64((long long)qv[w]);            \
+            __m512i thr = _mm512_set1_epi64(heap_threshold(h, q));                                \
+            for (Py_ssize_t b = b0; b < b1; b++) {                                                \
+                const uint64_t *blk = codes + b * (W) * 8;                                        \
+                __m512i acc = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(blk), qw[0])); \
+                for (int w = 1; w < (W); w++)                                                     \
+                    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(             \
+                                                    _mm512_loadu_si512(blk + w * 8), qw[w])));    \
+                __mmask8 hit = _mm512_cmplt_epi64_mask(acc, thr);                                 \
+                if (hit) {                                                                        \
+                    hit &= lane_mask(mask, b, n);                                                 \
+                    if (!hit) continue;                                                           \
+                    int64_t dl[8];                                                                \
+                    _mm512_storeu_si512(dl, acc);                                                 \
+                    while (hit) { /* lanes in row order: lower index first */                     \
+                        int l = __builtin_ctz(hit);                                               \
+                        hit &= hit - 1;                                                           \
+                        if (dl[l] >= heap_threshold(h, q)) continue;                              \
+                        heap_push(h->dist + q * h->k, h->idx + q * h->k, h->count + q, h->k,      \
+                                  (int32_t)dl[l], base + b * 8 + l);                              \
+                    }                                                                             \
+                    thr = _mm512_set1_epi64(heap_threshold(h, q));                                \
+                }                                                                                 \
+            }                                                                                     \
         }                                                                                         \
     }
 
-DEFINE_SCAN(scan_generic, )
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_X86_DISPATCH 1
-DEFINE_SCAN(scan_popcnt, __attribute__((target("popcnt"))))
-DEFINE_SCAN(scan_avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,popcnt"))))
-#endif
+AVX512 static void scan_avx512(SCAN_ARGS) {
+    Py_ssize_t nblocks = (n + 7) / 8;
+    WORD_SWITCH(AVX_BODY)
+}
 
-
-#ifdef HAVE_X86_DISPATCH
-#include <immintrin.h>
 /*
- * Batched AVX-512 kernel: queries in groups of 8 lanes (word w of 8 queries in one register). Each row
- * word is broadcast and XORed against the 8 queries at once, so one tile of rows read from memory is
- * scored against every query with ~W vector popcounts per 8 (row, query) pairs. Lanes past the last
- * query get a threshold of -1 and never enter a heap.
+ * Batches: query lanes. Word w of 8 queries sits in one register; each row word is broadcast and
+ * XORed against the 8 queries at once. A tile of rows is read from memory once and scored against
+ * every group of 8 queries while hot in L1. Lanes past the last query get threshold -1 (never hit).
  */
-#define VSCAN_BODY(W)                                                                             \
-    for (Py_ssize_t t0 = 0; t0 < n; t0 += TILE_ROWS) {                                            \
-        Py_ssize_t t1 = t0 + TILE_ROWS < n ? t0 + TILE_ROWS : n;                                  \
+#define QLANE_BODY(W)                                                                             \
+    for (Py_ssize_t b0 = 0; b0 < nblocks; b0 += TILE_BLOCKS) {                                    \
+        Py_ssize_t b1 = b0 + TILE_BLOCKS < nblocks ? b0 + TILE_BLOCKS : nblocks;                  \
         for (Py_ssize_t g = 0; g < groups; g++) {                                                 \
             __m512i qv[MAX_WORDS];                                                                \
             for (int w = 0; w < (W); w++) qv[w] = _mm512_loadu_si512(qt + (g * MAX_WORDS + w) * 8); \
             int64_t thr[8];                                                                       \
-            for (int l = 0; l < 8; l++) {                                                         \
-                Py_ssize_t q = g * 8 + l;                                                         \
-                thr[l] = q >= nq ? -1 : (h->count[q] < h->k ? INT32_MAX : h->dist[q * h->k]);     \
-            }                                                                                     \
+            for (int l = 0; l < 8; l++)                                                           \
+                thr[l] = g * 8 + l >= nq ? -1 : heap_threshold(h, g * 8 + l);                     \
             __m512i tv = _mm512_loadu_si512(thr);                                                 \
-            for (Py_ssize_t i = t0; i < t1; i++) {                                                \
-                if (mask != NULL && !mask[i]) continue;                                           \
-                const uint64_t *row = codes + i * (W);                                            \
-                __m512i acc = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_set1_epi64(row[0]), qv[0])); \
-                for (int w = 1; w < (W); w++)                                                     \
-                    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(                              \
-                        _mm512_xor_si512(_mm512_set1_epi64(row[w]), qv[w])));                     \
-                __mmask8 hit = _mm512_cmplt_epi64_mask(acc, tv);                                  \
-                if (hit) {                                                                        \
+            for (Py_ssize_t b = b0; b < b1; b++) {                                                \
+                const uint64_t *blk = codes + b * (W) * 8;                                        \
+                __mmask8 rows_ok = lane_mask(mask, b, n);                                         \
+                while (rows_ok) {                                                                 \
+                    int r = __builtin_ctz(rows_ok);                                               \
+                    rows_ok &= rows_ok - 1;                                                       \
+                    __m512i acc = _mm512_popcnt_epi64(                                            \
+                        _mm512_xor_si512(_mm512_set1_epi64((long long)blk[r]), qv[0]));           \
+                    for (int w = 1; w < (W); w++)                                                 \
+                        acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(         \
+                                                        _mm512_set1_epi64((long long)blk[w * 8 + r]), qv[w]))); \
+                    __mmask8 hit = _mm512_cmplt_epi64_mask(acc, tv);                              \
+                    if (!hit) continue;                                                           \
                     int64_t dl[8];                                                                \
                     _mm512_storeu_si512(dl, acc);                                                 \
                     while (hit) {                                                                 \
@@ -140,8 +201,8 @@ DEFINE_SCAN(scan_avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512
                         hit &= hit - 1;                                                           \
                         Py_ssize_t q = g * 8 + l;                                                 \
                         heap_push(h->dist + q * h->k, h->idx + q * h->k, h->count + q, h->k,      \
-                                  (int32_t)dl[l], base + i);                                      \
-                        thr[l] = h->count[q] < h->k ? INT32_MAX : h->dist[q * h->k];              \
+                                  (int32_t)dl[l], base + b * 8 + r);                              \
+                        thr[l] = heap_threshold(h, q);                                            \
                     }                                                                             \
                     tv = _mm512_loadu_si512(thr);                                                 \
                 }                                                                                 \
@@ -149,39 +210,27 @@ DEFINE_SCAN(scan_avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512
         }                                                                                         \
     }
 
-__attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq,popcnt")))
-static void vscan_avx512(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,
-                         Py_ssize_t n, int words, const uint8_t *mask, int64_t base, heaps_t *h) {
-    Py_ssize_t groups = (nq + 7) / 8;
-    uint64_t *qt = (uint64_t *)aligned_alloc(64, (size_t)groups * MAX_WORDS * 8 * sizeof(uint64_t));
+AVX512 static void scan_avx512_qlanes(SCAN_ARGS) {
+    Py_ssize_t nblocks = (n + 7) / 8, groups = (nq + 7) / 8;
+    size_t bytes = (size_t)groups * MAX_WORDS * 8 * sizeof(uint64_t);
+    uint64_t *qt = (uint64_t *)aligned_alloc(64, bytes);
     if (qt == NULL) { scan_avx512(queries, nq, codes, n, words, mask, base, h); return; }
-    memset(qt, 0, (size_t)groups * MAX_WORDS * 8 * sizeof(uint64_t));
+    memset(qt, 0, bytes);
     for (Py_ssize_t q = 0; q < nq; q++)
         for (int w = 0; w < words; w++) qt[((q / 8) * MAX_WORDS + w) * 8 + q % 8] = queries[q * words + w];
-    switch (words) {
-        case 1: VSCAN_BODY(1) break;   case 2: VSCAN_BODY(2) break;
-        case 3: VSCAN_BODY(3) break;   case 4: VSCAN_BODY(4) break;
-        case 5: VSCAN_BODY(5) break;   case 6: VSCAN_BODY(6) break;
-        case 7: VSCAN_BODY(7) break;   case 8: VSCAN_BODY(8) break;
-        case 9: VSCAN_BODY(9) break;   case 10: VSCAN_BODY(10) break;
-        case 11: VSCAN_BODY(11) break; case 12: VSCAN_BODY(12) break;
-        case 13: VSCAN_BODY(13) break; case 14: VSCAN_BODY(14) break;
-        case 15: VSCAN_BODY(15) break; default: VSCAN_BODY(16) break;
-    }
+    WORD_SWITCH(QLANE_BODY)
     free(qt);
 }
 
-/* One query scans fastest with scalar popcounts (memory bound); several use the lane kernel. */
-static void scan_avx512_dispatch(const uint64_t *queries, Py_ssize_t nq, const uint64_t *codes,
-                                 Py_ssize_t n, int words, const uint8_t *mask, int64_t base,
-                                 heaps_t *h) {
-    if (nq >= 2) vscan_avx512(queries, nq, codes, n, words, mask, base, h);
+/* One query (or a few) scans rows in lanes; larger batches put queries in lanes. */
+static int QLANE_MIN = 4;
+AVX512 static void scan_avx512_auto(SCAN_ARGS) {
+    if (nq >= QLANE_MIN) scan_avx512_qlanes(queries, nq, codes, n, words, mask, base, h);
     else scan_avx512(queries, nq, codes, n, words, mask, base, h);
 }
 #endif
 
-typedef void (*scan_fn)(const uint64_t *, Py_ssize_t, const uint64_t *, Py_ssize_t, int,
-                        const uint8_t *, int64_t, heaps_t *);
+typedef void (*scan_fn)(SCAN_ARGS);
 static scan_fn SCAN = scan_generic;
 static const char *SCAN_NAME = "generic";
 
@@ -212,12 +261,13 @@ static int get_buf(PyObject *obj, Py_buffer *view, int writable, const char *nam
     return 0;
 }
 
-/* scan_topk(queries, codes, words, mask_or_None, base, heap_dist, heap_idx, heap_count) */
+/* scan_topk(queries, blocked_codes, n_rows, words, mask_or_None, base, heap_dist, heap_idx, heap_count) */
 static PyObject *py_scan_topk(PyObject *self, PyObject *args) {
     PyObject *oq, *oc, *om, *ohd, *ohi, *ohc;
     int words;
     long long base;
-    if (!PyArg_ParseTuple(args, "OOiOLOOO", &oq, &oc, &words, &om, &base, &ohd, &ohi, &ohc))
+    Py_ssize_t n_rows;
+    if (!PyArg_ParseTuple(args, "OOniOLOOO", &oq, &oc, &n_rows, &words, &om, &base, &ohd, &ohi, &ohc))
         return NULL;
     if (words < 1 || words > MAX_WORDS) {
         PyErr_Format(PyExc_ValueError, "words must be in [1, %d]; given %d", MAX_WORDS, words);
@@ -235,9 +285,10 @@ static PyObject *py_scan_topk(PyObject *self, PyObject *args) {
     if (get_buf(ohc, &bhc, 1, "heap_count") < 0) goto fail5;
     {
         Py_ssize_t row_bytes = (Py_ssize_t)words * 8;
-        Py_ssize_t nq = bq.len / row_bytes, n = bc.len / row_bytes;
+        Py_ssize_t nq = bq.len / row_bytes, n = n_rows;
         Py_ssize_t k = nq ? bhd.len / (Py_ssize_t)sizeof(int32_t) / nq : 0;
-        int ok = bq.len % row_bytes == 0 && bc.len % row_bytes == 0 && nq > 0 && k > 0 &&
+        int ok = bq.len % row_bytes == 0 && n >= 0 && bc.len >= (n + 7) / 8 * 8 * row_bytes &&
+                 nq > 0 && k > 0 &&
                  bhd.len == nq * k * (Py_ssize_t)sizeof(int32_t) &&
                  bhi.len == nq * k * (Py_ssize_t)sizeof(int64_t) &&
                  bhc.len == nq * (Py_ssize_t)sizeof(int32_t) && (!have_mask || bm.len >= n) &&
@@ -381,8 +432,11 @@ PyMODINIT_FUNC PyInit__hamming(void) {
     const char *force = getenv("ZEMBED_SCAN_KERNEL");
     if (force && strcmp(force, "generic") == 0) {
         /* keep generic */
-    } else if (__builtin_cpu_supports("avx512vpopcntdq") && !(force && strcmp(force, "popcnt") == 0)) {
-        SCAN = scan_avx512_dispatch; SCAN_NAME = "avx512vpopcntdq";
+    } else if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("bmi2") &&
+               !(force && strcmp(force, "popcnt") == 0)) {
+        SCAN = scan_avx512_auto; SCAN_NAME = "avx512vpopcntdq";
+        const char *qmin = getenv("ZEMBED_SCAN_QLANE_MIN");
+        if (qmin) QLANE_MIN = atoi(qmin);
     } else if (__builtin_cpu_supports("popcnt")) {
         SCAN = scan_popcnt; SCAN_NAME = "popcnt";
     }

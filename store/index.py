@@ -1,5 +1,8 @@
 """The in-memory part of a collection: chunked code rows, a live mask and position -> row id.
 
+Code chunks are kept in the scan kernel's blocked layout (``scan.blocked``): uint64
+``[CHUNK_ROWS / 8, words, 8]``.
+
 Rows are appended in row-id order into fixed-size chunks (no reallocation, no copy on growth). A
 search works on an immutable :class:`View` (tuple of chunks, tuple of mask chunks, visible row count)
 taken at its start. A writer appends past the visible count (invisible to readers), copies only the
@@ -15,7 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from store import scan
+
 U8 = npt.NDArray[np.uint8]
+U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 
 CHUNK_ROWS = 1 << 16
@@ -25,7 +31,7 @@ CHUNK_ROWS = 1 << 16
 class View:
     """What one search sees."""
 
-    codes: tuple[U8, ...]
+    codes: tuple[U64, ...]
     masks: tuple[U8, ...]
     rowids: tuple[I64, ...]
     n: int  # positions [0, n) are visible (subject to masks)
@@ -35,11 +41,15 @@ class View:
         return int(self.rowids[pos // CHUNK_ROWS][pos % CHUNK_ROWS])
 
     def code_rows(self, positions: I64) -> U8:
-        """Padded code rows at the given positions, ``[len, stride]``."""
-        stride = self.codes[0].shape[1] if self.codes else 0
-        out = np.empty((len(positions), stride), dtype=np.uint8)
-        for i, p in enumerate(positions.tolist()):
-            out[i] = self.codes[p // CHUNK_ROWS][p % CHUNK_ROWS]
+        """Row-major padded code rows at the given positions, ``[len, stride]``."""
+        if not self.codes:
+            return np.zeros((0, 0), dtype=np.uint8)
+        words = self.codes[0].shape[1]
+        out = np.empty((len(positions), words * 8), dtype=np.uint8)
+        chunk_of = positions // CHUNK_ROWS
+        for ci in np.unique(chunk_of).tolist():
+            sel = np.flatnonzero(chunk_of == ci)
+            out[sel] = scan.rows_of(self.codes[ci], (positions[sel] % CHUNK_ROWS).astype(np.intp))
         return out
 
     def live_mask(self) -> U8:
@@ -54,7 +64,7 @@ class CodeIndex:
 
     def __init__(self, stride: int) -> None:
         self.stride = stride
-        self._codes: list[U8] = []
+        self._codes: list[U64] = []
         self._masks: list[U8] = []
         self._rowids: list[I64] = []
         self._first_rowid: list[int] = []
@@ -75,12 +85,14 @@ class CodeIndex:
         while start < total:
             ci, off = divmod(self._n, CHUNK_ROWS)
             if ci == len(self._codes):
-                self._codes.append(np.zeros((CHUNK_ROWS, self.stride), dtype=np.uint8))
+                self._codes.append(np.zeros((CHUNK_ROWS // 8, self.stride // 8, 8), dtype=np.uint64))
                 self._masks.append(np.zeros(CHUNK_ROWS, dtype=np.uint8))
                 self._rowids.append(np.full(CHUNK_ROWS, np.iinfo(np.int64).max, dtype=np.int64))
                 self._first_rowid.append(int(rowids[start]))
             take = min(CHUNK_ROWS - off, total - start)
-            self._codes[ci][off : off + take] = codes[start : start + take]
+            lanes = np.arange(off, off + take)
+            words = np.ascontiguousarray(codes[start : start + take]).view(np.uint64)
+            self._codes[ci][lanes // 8, :, lanes % 8] = words
             self._rowids[ci][off : off + take] = rowids[start : start + take]
             # the mask chunk may be shared with a published view: copy before writing
             mask = self._masks[ci].copy()

@@ -1,9 +1,12 @@
 """Hamming top-k over chunked code matrices: thin, typed wrappers around the C kernel.
 
-``topk`` scans a sequence of chunks (each ``[rows, stride]`` uint8, C-contiguous) with an optional
-per-chunk visibility mask and returns, per query, the ``k`` nearest rows by Hamming distance sorted by
-(distance, position). Masked rows are skipped inside the kernel, so filtered and deleted rows never
-take a place in the shortlist.
+Codes are scanned in a blocked layout (see ``_hamming.c``): a chunk is a uint64 array
+``[rows / 8, words, 8]`` holding word ``w`` of 8 consecutive rows side by side. :func:`blocked` and
+:func:`rows_of` convert from and to row-major padded codes.
+
+``topk`` scans a sequence of chunks with an optional per-chunk visibility mask and returns, per query,
+the ``k`` nearest rows by Hamming distance sorted by (distance, position). Masked rows are skipped
+inside the kernel, so filtered and deleted rows never take a place in the shortlist.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy.typing as npt
 from store import _hamming
 
 U8 = npt.NDArray[np.uint8]
+U64 = npt.NDArray[np.uint64]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
@@ -25,16 +29,34 @@ def kernel_name() -> str:
     return str(_hamming.kernel())
 
 
+def blocked(codes: U8) -> U64:
+    """Row-major padded codes ``[n, stride]`` as one blocked chunk ``[ceil(n/8), stride/8, 8]``."""
+    n, stride = codes.shape
+    words = stride // 8
+    nb = (n + 7) // 8
+    rows = np.zeros((nb * 8, words), dtype=np.uint64)
+    rows[:n] = np.ascontiguousarray(codes).view(np.uint64).reshape(n, words)
+    return np.ascontiguousarray(rows.reshape(nb, 8, words).transpose(0, 2, 1))
+
+
+def rows_of(chunk: U64, lanes: npt.NDArray[np.intp]) -> U8:
+    """Row-major padded codes of the given row offsets within one blocked chunk."""
+    words = chunk.shape[1]
+    out = chunk[lanes // 8, :, lanes % 8]  # [len, words]
+    return np.ascontiguousarray(out).view(np.uint8).reshape(len(lanes), words * 8)
+
+
 def topk(
     queries: U8,
-    chunks: Sequence[U8],
+    chunks: Sequence[U64],
     k: int,
     masks: Sequence[U8 | None] | None = None,
     limit: int | None = None,
 ) -> tuple[I32, I64]:
     """Per query the ``k`` nearest rows: ``(dist [Q, m], pos [Q, m])`` with ``m <= k``, pos global.
 
-    ``queries`` is ``[Q, stride]``; ``limit`` caps the rows scanned (rows at or past it are invisible).
+    ``queries`` is ``[Q, stride]``; ``limit`` caps the rows scanned (rows at or past it are invisible;
+    a chunk made by :func:`blocked` from a row count that is not a multiple of 8 needs it, or a mask).
     Every query gets the same number of results (the number of visible rows, at most ``k``).
     """
     q = np.ascontiguousarray(queries, dtype=np.uint8)
@@ -47,15 +69,18 @@ def topk(
     hc = np.zeros(nq, dtype=np.int32)
     base = 0
     for ci, chunk in enumerate(chunks):
-        rows = chunk.shape[0]
+        if chunk.ndim != 3 or chunk.shape[1] != words or chunk.shape[2] != 8:
+            raise ValueError(f"chunk {ci} must be blocked [blocks, {words}, 8]; given {chunk.shape}")
+        rows = chunk.shape[0] * 8
         if limit is not None:
             rows = max(0, min(rows, limit - base))
         if rows == 0:
             break
-        view = chunk[:rows]
         mask = None if masks is None else masks[ci]
-        _hamming.scan_topk(q, view, words, None if mask is None else mask[:rows], base, hd, hi, hc)
-        base += chunk.shape[0]
+        if mask is not None:
+            rows = min(rows, mask.shape[0])  # rows past the mask's end are invisible
+        _hamming.scan_topk(q, chunk, rows, words, None if mask is None else mask[:rows], base, hd, hi, hc)
+        base += chunk.shape[0] * 8
     m = int(hc[0])
     dist = np.empty((nq, m), dtype=np.int32)
     pos = np.empty((nq, m), dtype=np.int64)

@@ -64,7 +64,7 @@ def test_topk_matches_faiss_within_ties(bits: int, nq: int, rng: np.random.Gener
     queries = codes_for(bits, nq, rng)
     stride = quantize.row_stride(bits)
     padded = quantize.pad_rows(codes, stride)
-    chunks = [padded[i : i + 1000] for i in range(0, n, 1000)]  # several chunks carry the heap
+    chunks = [scan.blocked(padded[i : i + 1000]) for i in range(0, n, 1000)]  # the heap crosses chunks
     dist, pos = scan.topk(quantize.pad_rows(queries, stride), chunks, k)
     ref = slow_hamming(queries, codes)
     index = faiss.IndexBinaryFlat(quantize.code_bytes(bits) * 8)
@@ -83,7 +83,7 @@ def test_mask_excludes_rows_during_scan(rng: np.random.Generator) -> None:
     codes = quantize.pad_rows(codes_for(640, n, rng), 80)
     q = quantize.pad_rows(codes_for(640, 2, rng), 80)
     mask = (rng.random(n) < 0.1).astype(np.uint8)
-    dist, pos = scan.topk(q, [codes], k, [mask])
+    dist, pos = scan.topk(q, [scan.blocked(codes)], k, [mask])
     assert dist.shape == (2, k)
     assert mask[pos].all()
     ref = slow_hamming(q, codes)
@@ -96,17 +96,17 @@ def test_fewer_visible_rows_than_k(rng: np.random.Generator) -> None:
     codes = quantize.pad_rows(codes_for(64, 100, rng), 8)
     mask = np.zeros(100, dtype=np.uint8)
     mask[[3, 50, 99]] = 1
-    _, pos = scan.topk(codes[:4], [codes], 10, [mask])
+    _, pos = scan.topk(codes[:4], [scan.blocked(codes)], 10, [mask])
     assert pos.shape == (4, 3)
     assert set(pos[0].tolist()) == {3, 50, 99}
-    _dist, pos = scan.topk(codes[:1], [codes], 10, limit=0)
+    _dist, pos = scan.topk(codes[:1], [scan.blocked(codes)], 10, limit=0)
     assert pos.shape == (1, 0)
 
 
 def test_batch_equals_single_queries_across_chunk_boundary(rng: np.random.Generator) -> None:
     n = CHUNK_ROWS + 300
     codes = quantize.pad_rows(codes_for(640, n, rng), 80)
-    chunks = [codes[:CHUNK_ROWS], codes[CHUNK_ROWS:]]
+    chunks = [scan.blocked(codes[:CHUNK_ROWS]), scan.blocked(codes[CHUNK_ROWS:])]
     q = quantize.pad_rows(codes_for(640, 11, rng), 80)
     bd, bp = scan.topk(q, chunks, 30)
     for i in range(11):
@@ -122,3 +122,23 @@ def test_kernel_name_is_reported() -> None:
 def test_read_sum_reads_every_word() -> None:
     data = np.arange(1001, dtype=np.uint64)
     assert scan.read_sum(data) == int(data.sum())
+
+
+@pytest.mark.parametrize("kernel", ["generic", "popcnt"])
+def test_portable_kernels_agree(kernel: str, tmp_path: object) -> None:
+    """The scalar kernels (chosen on CPUs without AVX-512) give the same top-k, masks and ties."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from store import scan, quantize;"
+        "r=np.random.default_rng(3); c=quantize.pad_rows(np.packbits(r.normal(size=(999,70))>0,axis=-1),16);"
+        "m=(r.random(999)<.5).astype(np.uint8); d,p=scan.topk(c[:5],[scan.blocked(c)],40,[m]);"
+        "print(scan.kernel_name()); print(d.tolist()); print(p.tolist())"
+    )
+    env = {**__import__("os").environ, "ZEMBED_SCAN_KERNEL": kernel}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    name, d, p = out.stdout.splitlines()
+    assert name == kernel
+    assert (d, p) == tuple(default.stdout.splitlines()[1:])
