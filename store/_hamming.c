@@ -412,6 +412,67 @@ static PyObject *py_scale_to_f16(PyObject *self, PyObject *args) {
 #endif
 }
 
+
+/* dot_f16(buffers, query_f32, out_f32): out[i] = dot(float16 vector in buffers[i], query), read in
+ * place (zero copy from LMDB's map) with F16C + FMA. Returns False where the CPU lacks F16C. */
+#ifdef HAVE_X86_DISPATCH
+__attribute__((target("avx2,f16c,fma")))
+static float dot_f16_f16c(const uint16_t *v, const float *q, Py_ssize_t d) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j))), _mm256_loadu_ps(q + j), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j + 8))), _mm256_loadu_ps(q + j + 8), acc1);
+    }
+    acc0 = _mm256_add_ps(acc0, acc1);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc0);
+    float sum = 0.f;
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+    for (; j < d; j++) {
+        __m128 one = _mm_cvtph_ps(_mm_cvtsi32_si128(v[j]));
+        sum += _mm_cvtss_f32(one) * q[j];
+    }
+    return sum;
+}
+#endif
+
+static PyObject *py_dot_f16(PyObject *self, PyObject *args) {
+    PyObject *seq, *oq, *oo;
+    if (!PyArg_ParseTuple(args, "OOO", &seq, &oq, &oo)) return NULL;
+#ifdef HAVE_X86_DISPATCH
+    if (!__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("fma")) Py_RETURN_FALSE;
+    PyObject *fast = PySequence_Fast(seq, "buffers must be a sequence");
+    if (fast == NULL) return NULL;
+    Py_buffer bq, bo;
+    if (get_buf(oq, &bq, 0, "query") < 0) { Py_DECREF(fast); return NULL; }
+    if (get_buf(oo, &bo, 1, "out") < 0) { PyBuffer_Release(&bq); Py_DECREF(fast); return NULL; }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), d = bq.len / 4;
+    if (bo.len != n * 4) {
+        PyErr_SetString(PyExc_ValueError, "dot_f16: out must hold one float32 per buffer");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_buffer bv;
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, i), &bv, 0, "buffers[i]") < 0) goto fail;
+        if (bv.len != d * 2) {
+            PyBuffer_Release(&bv);
+            PyErr_Format(PyExc_ValueError, "dot_f16: buffers[%zd] holds %zd bytes; expected %zd", i, bv.len, d * 2);
+            goto fail;
+        }
+        ((float *)bo.buf)[i] = dot_f16_f16c((const uint16_t *)bv.buf, (const float *)bq.buf, d);
+        PyBuffer_Release(&bv);
+    }
+    PyBuffer_Release(&bo); PyBuffer_Release(&bq); Py_DECREF(fast);
+    Py_RETURN_TRUE;
+fail:
+    PyBuffer_Release(&bo); PyBuffer_Release(&bq); Py_DECREF(fast);
+    return NULL;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(SCAN_NAME); }
 
 static PyMethodDef methods[] = {
@@ -419,6 +480,7 @@ static PyMethodDef methods[] = {
     {"distances", py_distances, METH_VARARGS, "All query x row Hamming distances into out."},
     {"read_sum", py_read_sum, METH_O, "Sum a buffer as uint64 words (memory-bandwidth floor)."},
     {"scale_to_f16", py_scale_to_f16, METH_VARARGS, "dst = float16(src * inv[row]) with F16C."},
+    {"dot_f16", py_dot_f16, METH_VARARGS, "out[i] = dot(float16 buffers[i], float32 query)."},
     {"kernel", py_kernel, METH_NOARGS, "Name of the scan kernel chosen for this CPU."},
     {NULL, NULL, 0, NULL},
 };

@@ -15,6 +15,7 @@ Search, per query:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import struct
 import time
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from store import quantize, scan, validate
 from store.config import Calibration, CollectionConfig
-from store.errors import InvalidArgument
+from store.errors import FormatMismatch, InvalidArgument
 from store.filters import FilterIndex, doc_keys, parse_filter
 from store.index import CHUNK_ROWS, CodeIndex, View
 from store.layout import (
@@ -170,11 +171,7 @@ class Collection:
         filters = FilterIndex(self.config.filterable)
         with self.env.reader() as txn:
             rec = _Record.from_bytes(must(get(txn, meta_key(self.name), self.env.dbs["meta"])))
-            keys: list[bytes] = []
-            vals: list[bytes] = []
-            for k, v in iter_prefix(txn, self.env.dbs["codes"], prefix):
-                keys.append(k)
-                vals.append(v)
+            keys, vals = _read_rows(txn, self.env.dbs["codes"], prefix, rec.count)
             rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
             cb = quantize.code_bytes(self.bits)
             codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
@@ -182,10 +179,14 @@ class Collection:
                 part = codes[start : start + CHUNK_ROWS]
                 index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
             if self.config.filterable:
+                # rows with the same filterable values share one JSON text: parse each text once and
+                # add its rows' positions in bulk (positions follow row ids: one searchsorted)
+                groups: dict[bytes, list[int]] = {}
                 for k, v in iter_prefix(txn, self.env.dbs["fkeys"], prefix):
-                    pos = index.position(rowid_of(k))
-                    if pos is not None:
-                        filters.add(pos, _keys_from_json(v))
+                    groups.setdefault(v, []).append(rowid_of(k))
+                for raw, rows in groups.items():
+                    pos = np.searchsorted(rowids, np.asarray(rows, dtype=np.int64))
+                    filters.add_many(pos, _keys_from_json(raw))
         self._rec = rec
         self._index = index
         self._filters = filters
@@ -376,7 +377,7 @@ class Collection:
     def _consistent(self) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
         """A snapshot and a read transaction at the same generation (retried across a publish)."""
         for _ in range(100_000):
-            with self.env.reader() as txn:
+            with self.env.reader(buffers=True) as txn:
                 snap = self._snap
                 raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
                 if (_GEN.unpack(raw)[0] if raw is not None else 0) == snap.gen:
@@ -463,9 +464,12 @@ class Collection:
                 keys = [row_key(cid, view.rowid(int(x))) for x in p]
                 if rescore:
                     assert rq is not None
-                    blobs = [must(get(txn, k, dbs["vecs"])) for k in keys]
-                    vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
-                    scores = vecs @ rq[i]
+                    vdb = dbs["vecs"]
+                    # zero-copy views into the map, valid while the transaction lives
+                    blobs: list[quantize.Buffer] = [view_of(txn.get(k, db=vdb)) for k in keys]
+                    scores = quantize.rescore_dots(
+                        blobs, self.config.rescore_dims, self.config.rescore_dtype, rq[i]
+                    )
                     order = np.lexsort((p, -scores))[:top_k]
                 else:
                     scores = 1.0 - 2.0 * d.astype(np.float32) / self.bits
@@ -532,7 +536,35 @@ class Collection:
         return Hit(ext, score, hamming, meta)
 
 
-def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, bytes]]) -> None:
+def view_of(value: object) -> quantize.Buffer:
+    if not isinstance(value, bytes | memoryview):
+        raise FormatMismatch("a row's vector is missing: the environment is damaged")
+    return value
+
+
+def _read_rows(
+    txn: lmdb.Transaction, db: Any, prefix: bytes, count: int
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The ``count`` rows under ``prefix`` in key order, read in C-level loops (fast reopen)."""
+    if count == 0:
+        return (), ()
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        raise FormatMismatch(f"collection rows under {prefix.hex()} are missing: the environment is damaged")
+    items = list(itertools.islice(cur.iternext(), count))
+    keys, vals = zip(*items, strict=True)
+    if len(keys) != count or not bytes(keys[-1]).startswith(prefix) or not bytes(keys[0]).startswith(prefix):
+        raise FormatMismatch(
+            f"collection rows under {prefix.hex()} do not match its count: the environment is damaged"
+        )
+    if cur.next() and bytes(cur.key()).startswith(prefix):
+        raise FormatMismatch(
+            f"collection under {prefix.hex()} has more rows than its count: the environment is damaged"
+        )
+    return keys, vals
+
+
+def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, quantize.Buffer]]) -> None:
     """Put many items in one C-level loop (overwriting)."""
     txn.cursor(db=db).putmulti(items, dupdata=False, overwrite=True)
 

@@ -110,13 +110,17 @@ class _Postings:
         self.state: tuple[I64, int] = (np.empty(16, dtype=np.int64), 0)
 
     def add(self, pos: int) -> None:
+        self.extend(np.array([pos], dtype=np.int64))
+
+    def extend(self, pos: I64) -> None:
         arr, n = self.state
-        if n == arr.shape[0]:
-            grown = np.empty(n * 2, dtype=np.int64)
-            grown[:n] = arr
+        need = n + len(pos)
+        if need > arr.shape[0]:
+            grown = np.empty(max(need, 2 * arr.shape[0]), dtype=np.int64)
+            grown[:n] = arr[:n]
             arr = grown
-        arr[n] = pos
-        self.state = (arr, n + 1)
+        arr[n:need] = pos
+        self.state = (arr, need)
 
     def positions(self) -> I64:
         arr, n = self.state
@@ -138,6 +142,16 @@ class FilterIndex:
                 if p is None:
                     p = bucket[k] = _Postings()
                 p.add(pos)
+
+    def add_many(self, positions: I64, keys: Mapping[str, list[Key]]) -> None:
+        """Add several positions (ascending) that share the same keys."""
+        for field, ks in keys.items():
+            bucket = self._index[field]
+            for k in set(ks):
+                p = bucket.get(k)
+                if p is None:
+                    p = bucket[k] = _Postings()
+                p.extend(positions)
 
     def mask(self, conditions: list[Condition], n: int) -> U8 | None:
         """A 0/1 mask over positions ``[0, n)``, or None when there are no conditions."""

@@ -8,6 +8,7 @@ works on 64-bit words; zero padding XORs to zero and adds nothing to a distance)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy.typing as npt
 from store import _hamming
 
 F32 = npt.NDArray[np.float32]
+Buffer = bytes | memoryview  # what LMDB hands out and takes
 U8 = npt.NDArray[np.uint8]
 
 
@@ -75,10 +77,11 @@ def median_thresholds(x: npt.NDArray[np.floating]) -> F32:
     return np.asarray(np.median(np.asarray(x, dtype=np.float32), axis=0), dtype=np.float32)
 
 
-def encode_rescore(x: F32, dtype: RescoreDtype, inv_norm: F32 | None = None) -> list[bytes]:
-    """Serialize rescore vectors scaled to unit length, one ``bytes`` per row (little-endian).
+def encode_rescore(x: F32, dtype: RescoreDtype, inv_norm: F32 | None = None) -> list[memoryview]:
+    """Serialize rescore vectors scaled to unit length, one little-endian record per row.
 
     ``inv_norm`` (one factor per row) is applied first; None means ``x`` is already unit length.
+    The records are views into one buffer (no per-row copies); LMDB copies them on put.
     """
     n, d = x.shape
     inv = np.ones(n, dtype=np.float32) if inv_norm is None else np.ascontiguousarray(inv_norm, np.float32)
@@ -87,27 +90,43 @@ def encode_rescore(x: F32, dtype: RescoreDtype, inv_norm: F32 | None = None) -> 
         src = np.ascontiguousarray(x, dtype=np.float32)
         if not _hamming.scale_to_f16(src, inv, out16.view(np.uint16), n, d):
             out16[:] = src * inv[:, None]
-        return _split(out16.tobytes(), n)
+        return _views(out16)
     unit = np.asarray(x * inv[:, None], dtype=np.float32)
     if dtype is RescoreDtype.FLOAT32:
-        return _split(np.ascontiguousarray(unit, dtype="<f4").tobytes(), n)
+        return _views(np.ascontiguousarray(unit, dtype="<f4"))
     scale = np.max(np.abs(unit), axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype("<f4")
     q = np.clip(np.rint(unit / scale[:, None]), -127, 127).astype(np.int8)
-    return [scale[i].tobytes() + q[i].tobytes() for i in range(n)]
+    rec = np.empty((n, 4 + d), dtype=np.uint8)
+    rec[:, :4] = scale.view(np.uint8).reshape(n, 4)
+    rec[:, 4:] = q.view(np.uint8)
+    return _views(rec)
 
 
-def split_rows(x: npt.NDArray[np.generic]) -> list[bytes]:
-    """Each row of a C-contiguous matrix as ``bytes``."""
-    return _split(np.ascontiguousarray(x).tobytes(), x.shape[0])
+def _views(arr: npt.NDArray[np.generic]) -> list[memoryview]:
+    flat = memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]
+    size = len(flat) // arr.shape[0] if arr.shape[0] else 0
+    return [flat[i * size : (i + 1) * size] for i in range(arr.shape[0])]
 
 
-def _split(buf: bytes, n: int) -> list[bytes]:
-    size = len(buf) // n if n else 0
-    return [buf[i * size : (i + 1) * size] for i in range(n)]
+def split_rows(x: npt.NDArray[np.generic]) -> list[memoryview]:
+    """Each row of a matrix as a view into one contiguous buffer."""
+    return _views(x)
 
 
-def decode_rescore(blobs: list[bytes], dims: int, dtype: RescoreDtype) -> F32:
+def rescore_dots(blobs: Sequence[Buffer], dims: int, dtype: RescoreDtype, query: F32) -> F32:
+    """``decode_rescore(blobs) @ query`` without materializing float32 copies where avoidable."""
+    out = np.empty(len(blobs), dtype=np.float32)
+    if not blobs:
+        return out
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    if dtype is RescoreDtype.FLOAT16 and _hamming.dot_f16(blobs, q, out):
+        return out
+    res: F32 = decode_rescore(blobs, dims, dtype) @ q
+    return res
+
+
+def decode_rescore(blobs: Sequence[Buffer], dims: int, dtype: RescoreDtype) -> F32:
     """Inverse of :func:`encode_rescore`: ``[n, dims]`` float32."""
     if not blobs:
         return np.zeros((0, dims), dtype=np.float32)

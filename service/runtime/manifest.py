@@ -92,7 +92,9 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         return Manifest.from_dict(data)
     except TypeError as exc:
-        raise ManifestError(f"{path} is missing or has unknown fields ({exc}); re-run `zembed export`.") from None
+        raise ManifestError(
+            f"{path} is missing or has unknown fields ({exc}); re-run `zembed export`."
+        ) from None
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:

@@ -1,0 +1,233 @@
+"""Export a sentence-transformers folder to a self-contained ONNX folder with a manifest.
+
+Route: ``torch.onnx.export(dynamo=True)`` at opset 23 on :class:`export.graph.EmbeddingGraph` (the
+standard Attention / RMSNormalization / RotaryEmbedding ops, exact parity; see the README for why not
+optimum). float16: the backbone is loaded in half precision (no fp32 copy is ever made, so the real 4B
+model fits in 24 GiB) and pooled/normalized in fp32 inside the graph. int8: dynamic quantization of
+the MatMul weights of the fp32 graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.source import Source, read_source
+from service.runtime.manifest import MANIFEST, Manifest, TensorSpec, sha256_file
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+GRAPH = "model.onnx"
+EXTERNAL_DATA_OVER = 1_800_000_000  # bytes of weights; protobuf's hard limit is 2 GB
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    dtype: str = "float32"  # float32 | float16 | int8
+    device: str = "cpu"
+    max_length: int | None = None
+    opset: int = 23
+    parity: bool = True
+    model_id: str | None = None
+    revision: str | None = None
+
+
+def _say(step: str, progress: Callable[[str], None] | None) -> None:
+    if progress is not None:
+        progress(step)
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tokenizers", "zembed-serve"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[pkg] = importlib.metadata.version(pkg)
+    return out
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --force to clean it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _export_graph(source: Source, dest: Path, dtype: str, device: str, opset: int) -> None:
+    import torch
+    from transformers import AutoModel
+
+    from export.graph import EmbeddingGraph
+
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    backbone = AutoModel.from_pretrained(str(source.transformer_path), dtype=torch_dtype).eval().to(device)
+    rope = getattr(backbone.config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(backbone.config, "rope_theta", None))
+    src_cfg = __import__("json").loads((source.transformer_path / "config.json").read_text())
+    want = (src_cfg.get("rope_parameters") or {}).get("rope_theta", src_cfg.get("rope_theta"))
+    if want is not None and theta is not None and float(theta) != float(want):
+        raise RuntimeError(
+            f"loaded rope_theta {theta} differs from config.json's {want}: transformers version trap"
+        )
+    graph = EmbeddingGraph(backbone, source.pooling, source.normalize, decoder=source.pooling == "lasttoken")
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]], device=device)
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]], device=device)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (ids, mask),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            verbose=False,
+        )
+    n_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
+    del backbone, graph
+    assert program is not None
+    program.save(str(dest), external_data=n_bytes > EXTERNAL_DATA_OVER)
+
+
+def _quantize_int8(fp32_graph: Path, dest: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    big = sum(f.stat().st_size for f in fp32_graph.parent.iterdir()) > EXTERNAL_DATA_OVER
+    quantize_dynamic(
+        str(fp32_graph),
+        str(dest),
+        op_types_to_quantize=["MatMul"],  # at opset 23 anything more writes an invalid QAttention
+        weight_type=QuantType.QInt8,
+        use_external_data_format=big,
+    )
+
+
+def parity_report(source: Source, out: Path, dtype: str) -> dict[str, Any]:
+    """Min/mean cosine of the exported folder (runtime, padded batch) against the PyTorch reference."""
+    from export.reference import Reference
+    from export.samples import SAMPLES
+    from service.runtime.model import EmbeddingModel
+
+    ref = Reference(source)
+    model = EmbeddingModel(
+        out, providers=["CPUExecutionProvider"], allow_fp16_on_cpu=True, verify_hashes=False
+    )
+    report: dict[str, Any] = {"texts": len(SAMPLES), "provider": "CPUExecutionProvider", "dims": {}}
+    input_types: list[str | None] = [*source.prompts] or [None]
+    for it in input_types:
+        want = ref.embed(SAMPLES, it)
+        got = model.run(model.encode(SAMPLES, it))
+        ids_equal = all(
+            model.encode([t], it)[0] == ref.token_ids(t, it)
+            for t in SAMPLES
+            if len(ref.token_ids(t, it)) <= model.manifest.max_length
+        )
+        report.setdefault("token_ids_equal", True)
+        report["token_ids_equal"] = report["token_ids_equal"] and ids_equal
+        for dim in [source.hidden_size, *source.projection_dims]:
+            a, b = model.project(got, dim), ref.project(want, dim)
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            prev = report["dims"].get(str(dim), {"min_cosine": 1.0, "mean_cosine": 0.0, "n": 0})
+            n = prev["n"] + len(cos)
+            report["dims"][str(dim)] = {
+                "min_cosine": float(min(prev["min_cosine"], cos.min())),
+                "mean_cosine": float((prev["mean_cosine"] * prev["n"] + cos.sum()) / n),
+                "n": n,
+            }
+    report["min_cosine"] = min(d["min_cosine"] for d in report["dims"].values())
+    report["dtype"] = dtype
+    return report
+
+
+def export(
+    source_path: Path,
+    out: Path,
+    opts: ExportOptions,
+    *,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Manifest:
+    t0 = time.perf_counter()
+    if opts.dtype not in ("float32", "float16", "int8"):
+        raise ValueError(f"dtype must be float32, float16 or int8; given {opts.dtype!r}")
+    if opts.dtype == "int8" and opts.device != "cpu":
+        raise ValueError("int8 graphs are for CPU: use --device cpu")
+    _say(f"reading {source_path}", progress)
+    source = read_source(source_path, opts.model_id, opts.revision)
+    prepare_out(out, force)
+    max_length = opts.max_length or source.max_length
+    _say(
+        f"exporting {source.model_type} ({source.pooling} pooling) to ONNX "
+        f"opset {opts.opset} as {opts.dtype}",
+        progress,
+    )
+    if opts.dtype == "int8":
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            fp32 = Path(tmp) / GRAPH
+            _export_graph(source, fp32, "float32", opts.device, opts.opset)
+            _say("quantizing MatMul weights to int8 (dynamic)", progress)
+            _quantize_int8(fp32, out / GRAPH)
+    else:
+        _export_graph(source, out / GRAPH, opts.dtype, opts.device, opts.opset)
+    _say("copying tokenizer and projections", progress)
+    for name in TOKENIZER_FILES:
+        if (source.path / name).exists():
+            shutil.copy2(source.path / name, out / name)
+    if not (out / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"{source.path / 'tokenizer.json'} is missing: the runtime needs a fast tokenizer"
+        )
+    projections = None
+    if source.projection_dims:
+        projections = "projections.safetensors"
+        shutil.copy2(source.path / projections, out / projections)
+    source_files = {
+        str(p.relative_to(source.path)): sha256_file(p)
+        for p in sorted(source.path.rglob("*"))
+        if p.is_file() and ".cache" not in p.parts
+    }
+    manifest = Manifest(
+        model_id=source.model_id,
+        revision=source.revision,
+        architecture=source.model_type,
+        pooling=source.pooling,
+        normalize=source.normalize,
+        prompts=source.prompts,
+        default_prompt=source.default_prompt,
+        suffix=source.suffix,
+        hidden_size=source.hidden_size,
+        dims=[source.hidden_size, *source.projection_dims],
+        max_length=max_length,
+        dtype=opts.dtype,
+        opset=opts.opset,
+        graph=GRAPH,
+        inputs=[
+            TensorSpec("input_ids", "int64", ["batch", "seq"]),
+            TensorSpec("attention_mask", "int64", ["batch", "seq"]),
+        ],
+        outputs=[TensorSpec("sentence_embedding", "float32", ["batch", source.hidden_size])],
+        projections=projections,
+        files={},
+        source_files=source_files,
+        tools=_tool_versions(),
+    )
+    (out / MANIFEST).write_text(manifest.to_json())
+    if opts.parity:
+        _say("checking parity against the PyTorch reference", progress)
+        report = parity_report(source, out, opts.dtype)
+        manifest = Manifest(**{**manifest.__dict__, "parity": report})
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = Manifest(**{**manifest.__dict__, "files": files})
+    (out / MANIFEST).write_text(manifest.to_json())
+    _say(f"done in {time.perf_counter() - t0:.1f} s: {out}", progress)
+    return manifest
