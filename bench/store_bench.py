@@ -156,6 +156,16 @@ def store_bench(n: int, root: Path, queries: int) -> dict[str, Any]:
     out["reopen_s"] = time.perf_counter() - t
     c = s.collection("c")
     view = c._snap.view
+    cold = []
+    for _ in range(queries):  # first queries after open: every page is touched for the first time
+        q = rng.standard_normal(2560, dtype=np.float32)
+        t = time.perf_counter()
+        c.search(q[:640], q, top_k=10, oversampling=10, refine=1)
+        cold.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    touched = c.prefetch()
+    out["prefetch_s"] = time.perf_counter() - t
+    out["prefetch_bytes"] = touched
     e2e, e2e_refine, scan_only = [], [], []
     for _ in range(queries):
         q = rng.standard_normal(2560, dtype=np.float32)
@@ -175,6 +185,7 @@ def store_bench(n: int, root: Path, queries: int) -> dict[str, Any]:
     out.update(
         scan_ms=med(scan_only) * 1e3,
         e2e_ms=med(e2e) * 1e3,
+        e2e_cold_ms=med(cold) * 1e3,
         e2e_default_ms=med(e2e_refine) * 1e3,
         disk_bytes=sum(f.stat().st_size for f in path.iterdir()),
     )
@@ -261,12 +272,20 @@ def main() -> None:
             "~1.0",
         ],
         [
-            f"e2e search {e2e['n']:,} docs (100 rescored)",
+            f"e2e search {e2e['n']:,} docs (100 rescored, warm)",
             f"{e2e['e2e_ms']:.2f} ms",
             "scan alone",
             f"{e2e['scan_ms']:.2f} ms",
             e2e["e2e_ms"] / e2e["scan_ms"],
             "<= 1.3",
+        ],
+        [
+            "e2e, first queries after open (no prefetch)",
+            f"{e2e['e2e_cold_ms']:.2f} ms",
+            "scan alone",
+            f"{e2e['scan_ms']:.2f} ms",
+            e2e["e2e_cold_ms"] / e2e["scan_ms"],
+            "(info)",
         ],
         [
             "e2e search, defaults (refine 5, 40 rescored)",

@@ -9,9 +9,10 @@ texts are untrusted and that matters to you).
 
 Over-length policy (``max_length`` tokens, prompt and suffix included):
 
-- ``truncate`` (default): keep the prompt and the suffix and cut the text at a token boundary, so
-  that the pooled last token is still the suffix's; the result is the tokenization of
-  ``prompt + text[:cut] + suffix`` for the longest ``cut`` that fits;
+- ``truncate`` (default): keep every token of the prompt and of the suffix (and the tokenizer's own
+  special tokens) and drop the text's last tokens until the whole fits, so that the pooled last token
+  is still the suffix's; with no prompt and no suffix this is the usual right truncation
+  (``[CLS] first tokens [SEP]`` for BERT-style models, as sentence-transformers does);
 - ``strict``: refuse with :class:`TooLong` (the service answers INVALID_ARGUMENT).
 """
 
@@ -75,17 +76,16 @@ class TextEncoder:
         return [len(e.ids) for e in self.tokenizer.encode_batch(fulls, add_special_tokens=True)]
 
     def _truncate(self, text: str, input_type: str | None, enc: Encoding) -> list[int]:
-        prompt_len = len(self.prompts.get(input_type, "") if input_type else "")
-        fixed = len(self.tokenizer.encode(self.full_text("", input_type), add_special_tokens=True).ids)
+        """Keep the prompt's and the suffix's tokens; keep the text's first tokens that fit."""
+        start = len(self.prompts.get(input_type, "") if input_type else "")
+        end = start + len(text)
+        in_text = [i for i, (s, e) in enumerate(enc.offsets) if start <= s < end and e > s]
+        ids = list(enc.ids)
+        if not in_text:
+            return ids[: self.max_length]
+        first, last = in_text[0], in_text[-1] + 1
+        fixed = len(ids) - (last - first)
         budget = self.max_length - fixed
         if budget < 0:
             raise TooLong(0, fixed, self.max_length)
-        # cut points: where the text's tokens start in the full tokenization; take the longest that fits
-        starts = [s - prompt_len for s, _ in enc.offsets if prompt_len <= s < prompt_len + len(text)]
-        for j in range(min(budget, len(starts) - 1), -1, -1):
-            ids = self.tokenizer.encode(
-                self.full_text(text[: starts[j]], input_type), add_special_tokens=True
-            ).ids
-            if len(ids) <= self.max_length:
-                return list(ids)
-        return list(self.tokenizer.encode(self.full_text("", input_type), add_special_tokens=True).ids)
+        return ids[: first + budget] + ids[last:]
