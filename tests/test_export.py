@@ -306,7 +306,7 @@ def test_graph_missing_an_output(broken: Path) -> None:
 
 
 def test_missing_manifest_and_fp16_on_cpu(tmp_path: Path, tiny_fp16: Path) -> None:
-    with pytest.raises(ManifestError, match="manifest.json is missing.*zembed export"):
+    with pytest.raises(ManifestError, match=r"manifest\.json is missing.*zembed export"):
         EmbeddingModel(tmp_path)
     with pytest.raises(ManifestError, match="float16 graph, which runs only on a GPU"):
         EmbeddingModel(tiny_fp16, providers=["CPUExecutionProvider"])
