@@ -42,6 +42,7 @@ from store.layout import (
     must,
     pack_rowid,
     row_key,
+    row_keys,
     rowid_of,
     unpack_rowid,
 )
@@ -483,7 +484,7 @@ class Collection:
                     signs = quantize.sign_vectors(view.code_rows(p), self.bits)
                     keep = np.argsort(-(signs @ cq[i]), kind="stable")[:shortlist]
                     d, p = d[keep], p[keep]
-                keys = [row_key(cid, view.rowid(int(x))) for x in p]
+                keys = row_keys(cid, view.rowids_of(p))
                 if rescore:
                     assert rq is not None
                     vdb = dbs["vecs"]

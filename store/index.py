@@ -40,6 +40,15 @@ class View:
     def rowid(self, pos: int) -> int:
         return int(self.rowids[pos // CHUNK_ROWS][pos % CHUNK_ROWS])
 
+    def rowids_of(self, positions: I64) -> I64:
+        """Row ids of many positions (vectorized per chunk)."""
+        out = np.empty(len(positions), dtype=np.int64)
+        chunk = positions // CHUNK_ROWS
+        for ci in np.unique(chunk).tolist():
+            sel = chunk == ci
+            out[sel] = self.rowids[ci][positions[sel] % CHUNK_ROWS]
+        return out
+
     def code_rows(self, positions: I64) -> U8:
         """Row-major padded code rows at the given positions, ``[len, stride]``."""
         if not self.codes:

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import numpy as np
+import numpy.typing as npt
 
 from store.errors import FormatMismatch
 
@@ -51,6 +53,15 @@ _CID_ROW = struct.Struct(">IQ")
 
 def row_key(cid: int, rowid: int) -> bytes:
     return _CID_ROW.pack(cid, rowid)
+
+
+def row_keys(cid: int, rowids: npt.NDArray[np.int64]) -> list[bytes]:
+    """``row_key`` for many row ids at once."""
+    arr = np.empty(len(rowids), dtype=[("cid", ">u4"), ("row", ">u8")])
+    arr["cid"] = cid
+    arr["row"] = rowids
+    raw = arr.tobytes()
+    return [raw[i : i + 12] for i in range(0, len(raw), 12)]
 
 
 def rowid_of(key: bytes) -> int:

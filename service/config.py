@@ -1,0 +1,161 @@
+"""One frozen settings object, built once from flags and ``ZEMBED_*`` environment variables.
+
+Every flag ``--some-flag`` can also be set as ``ZEMBED_SOME_FLAG``; a flag beats the environment.
+Cross-field rules are checked in :meth:`Settings.validate` before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag and its environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0  # 0 disables the HTTP metrics endpoint
+    token: str | None = None  # bearer token; None disables auth
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set for mutual TLS
+    providers: tuple[str, ...] = ()  # empty: TensorRT, CUDA, CPU as available
+    max_batch: int = 64  # items per inference batch
+    max_batch_tokens: int = 16384  # padded tokens per inference batch (rows x longest)
+    max_wait_ms: float = 2.0  # how long a batch waits to fill up
+    queue_items: int = 1024  # items waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED
+    stream_in_flight: int = 64  # items per stream being processed at once
+    max_inputs: int = 256  # inputs per Embed call
+    max_chars: int = 32768  # characters per input
+    max_top_k: int = 1000
+    max_message_mb: int = 64
+    default_collection: str = ""  # created at start with model-aware defaults when set
+    prefetch: bool = False  # touch every stored vector at start (see Collection.prefetch)
+    grace_s: float = 10.0  # SIGTERM drain period
+    intra_op_threads: int = 0  # onnxruntime threads; 0 lets it choose
+    log_level: str = "INFO"
+
+    def validate(self) -> Settings:
+        if not (self.model / "manifest.json").is_file():
+            raise ConfigError(
+                f"--model / ZEMBED_MODEL: {self.model} has no manifest.json; create one with "
+                f"`zembed export SOURCE --out {self.model}`"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key (ZEMBED_TLS_CERT / ZEMBED_TLS_KEY) go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            p = getattr(self, name)
+            if p is not None and not p.is_file():
+                raise ConfigError(f"--{name.replace('_', '-')}: {p} is not a file")
+        for name, lo in (("max_batch", 1), ("max_batch_tokens", 1), ("queue_items", 1), ("stream_in_flight", 1),
+                         ("max_inputs", 1), ("max_chars", 1), ("max_top_k", 1), ("max_message_mb", 1)):
+            if getattr(self, name) < lo:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
+        if self.queue_items < self.max_inputs:
+            raise ConfigError(
+                f"--queue-items ({self.queue_items}) must be >= --max-inputs ({self.max_inputs}): "
+                "a full-size call could never be queued"
+            )
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("--token / ZEMBED_TOKEN must be at least 16 characters")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["token"]:
+            out["token"] = "***"
+        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+_HELP = {
+    "model": "export folder to serve (zembed export ... --out DIR)",
+    "data": "data directory of the LMDB store (created if missing)",
+    "host": "address to listen on (0.0.0.0 inside a container)",
+    "port": "gRPC port (0 picks a free one and logs it)",
+    "metrics_port": "HTTP port for Prometheus /metrics (0 disables)",
+    "token": "require `authorization: Bearer TOKEN` on every call except health",
+    "tls_cert": "PEM certificate chain (enables TLS)",
+    "tls_key": "PEM private key",
+    "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
+    "providers": "comma-separated onnxruntime execution providers, in order of preference",
+    "max_batch": "max inputs per inference batch",
+    "max_batch_tokens": "max padded tokens (rows x longest) per inference batch",
+    "max_wait_ms": "max milliseconds a batch waits to fill",
+    "queue_items": "max inputs waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED",
+    "stream_in_flight": "max items being processed per stream",
+    "max_inputs": "max inputs per Embed call",
+    "max_chars": "max characters per input",
+    "max_top_k": "max top_k per search",
+    "max_message_mb": "max gRPC message size in MiB",
+    "default_collection": "create this collection at start with model-aware defaults",
+    "prefetch": "touch every stored vector at start so first searches skip page faults",
+    "grace_s": "seconds in-flight calls get to finish after SIGTERM",
+    "intra_op_threads": "onnxruntime intra-op threads (0: its default)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = "ZEMBED_" + f.name.upper()
+        default = f.default if f.default is not f.default_factory else None  # type: ignore[comparison-overlap]
+        shown = "required" if f.name in ("model", "data") else f"default: {default}"
+        help_text = f"{_HELP[f.name]} [{env}; {shown}]"
+        if f.type in ("bool",):
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            p.add_argument(flag, default=None, help=help_text)
+
+
+def from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(ns, f.name, None)
+        if raw is None:
+            raw = env.get("ZEMBED_" + f.name.upper())
+        if raw is None:
+            continue
+        values[f.name] = _convert(f.name, str(f.type), raw)
+    for required in ("model", "data"):
+        if required not in values:
+            raise ConfigError(f"--{required} (or ZEMBED_{required.upper()}) is required")
+    return Settings(**values).validate()
+
+
+def _convert(name: str, type_name: str, raw: Any) -> Any:
+    flag = f"--{name.replace('_', '-')} / ZEMBED_{name.upper()}"
+    try:
+        if isinstance(raw, bool):
+            return raw
+        if type_name == "bool":
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if "Path" in type_name:
+            return Path(raw)
+        if "tuple" in type_name:
+            return tuple(x.strip() for x in str(raw).split(",") if x.strip())
+        if "str | None" in type_name:
+            return str(raw) or None
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{flag}: cannot parse {raw!r} as {type_name}") from None

@@ -1,0 +1,1 @@
+"""Generated gRPC code for the zembed.v1 contract (make protos); do not edit."""
