@@ -26,8 +26,39 @@ def main(argv: list[str] | None = None) -> int:
             p.set_defaults(func=lambda _a: _missing_export(missing))
         else:
             add_parser(sub)
+    if everything or cmd == "serve":
+        from service.config import add_arguments
+
+        p = sub.add_parser(
+            "serve",
+            help="serve an export folder over gRPC with an embedded LMDB store",
+            description="Serve embeddings and search. Every flag can also be set as ZEMBED_<FLAG> "
+            "(e.g. ZEMBED_PORT=50051); a flag beats the environment.",
+        )
+        add_arguments(p)
+        p.set_defaults(func=_serve)
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from service.config import ConfigError, from_args
+    from service.server import JsonFormatter, serve
+
+    try:
+        settings = from_args(args)
+    except ConfigError as exc:
+        print(f"zembed serve: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    logging.getLogger("zembed").info("settings %s", settings.redacted())
+    asyncio.run(serve(settings))
+    return 0
 
 
 def _missing_export(exc: str) -> int:

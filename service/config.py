@@ -58,8 +58,16 @@ class Settings:
             p = getattr(self, name)
             if p is not None and not p.is_file():
                 raise ConfigError(f"--{name.replace('_', '-')}: {p} is not a file")
-        for name, lo in (("max_batch", 1), ("max_batch_tokens", 1), ("queue_items", 1), ("stream_in_flight", 1),
-                         ("max_inputs", 1), ("max_chars", 1), ("max_top_k", 1), ("max_message_mb", 1)):
+        for name, lo in (
+            ("max_batch", 1),
+            ("max_batch_tokens", 1),
+            ("queue_items", 1),
+            ("stream_in_flight", 1),
+            ("max_inputs", 1),
+            ("max_chars", 1),
+            ("max_top_k", 1),
+            ("max_message_mb", 1),
+        ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
         if self.queue_items < self.max_inputs:

@@ -1,0 +1,163 @@
+"""Proto <-> domain conversions, all in one place (no business logic)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import InvalidArgument
+from service.runtime.text import Overflow
+from store import CollectionInfo, Hit
+from zembed.v1 import zembed_pb2 as pb
+
+F32 = npt.NDArray[np.float32]
+
+INPUT_TYPES = {
+    pb.INPUT_TYPE_UNSPECIFIED: None,
+    pb.INPUT_TYPE_QUERY: "query",
+    pb.INPUT_TYPE_DOCUMENT: "document",
+}
+OVERFLOW = {
+    pb.TRUNCATION_UNSPECIFIED: Overflow.TRUNCATE,
+    pb.TRUNCATION_TRUNCATE: Overflow.TRUNCATE,
+    pb.TRUNCATION_STRICT: Overflow.STRICT,
+}
+ENCODINGS = {
+    pb.ENCODING_UNSPECIFIED,
+    pb.ENCODING_FLOAT32,
+    pb.ENCODING_FLOAT16,
+    pb.ENCODING_INT8,
+    pb.ENCODING_BINARY,
+    pb.ENCODING_FLOAT_LIST,
+}
+
+
+def input_type(value: int, field: str = "input_type") -> str | None:
+    if value not in INPUT_TYPES:
+        raise InvalidArgument(field, f"must be one of {sorted(INPUT_TYPES)}; given {value}")
+    return INPUT_TYPES[value]
+
+
+def overflow(value: int, field: str = "truncation") -> Overflow:
+    if value not in OVERFLOW:
+        raise InvalidArgument(field, f"must be one of {sorted(OVERFLOW)}; given {value}")
+    return OVERFLOW[value]
+
+
+def check_encoding(value: int, field: str = "encoding") -> int:
+    if value not in ENCODINGS:
+        raise InvalidArgument(field, f"must be one of {sorted(ENCODINGS)}; given {value}")
+    return pb.ENCODING_FLOAT32 if value == pb.ENCODING_UNSPECIFIED else value
+
+
+def encode_embedding(vec: F32, encoding: int, tokens: int, truncated: bool) -> pb.Embedding:
+    """One vector in the requested encoding (see the Encoding enum's comments)."""
+    out = pb.Embedding(tokens=tokens, truncated=truncated)
+    if encoding == pb.ENCODING_FLOAT32:
+        out.data = np.asarray(vec, dtype="<f4").tobytes()
+    elif encoding == pb.ENCODING_FLOAT16:
+        out.data = np.asarray(vec, dtype="<f2").tobytes()
+    elif encoding == pb.ENCODING_INT8:
+        scale = float(np.max(np.abs(vec))) / 127.0 or 1.0
+        out.data = np.clip(np.rint(vec / scale), -127, 127).astype(np.int8).tobytes()
+        out.scale = scale
+    elif encoding == pb.ENCODING_BINARY:
+        out.data = np.packbits(vec > 0).tobytes()
+    else:
+        out.values.extend(vec.tolist())
+    return out
+
+
+def metadata_to_dict(m: Mapping[str, pb.MetadataValue], field: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in m.items():
+        kind = v.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(f"{field}.{key}", "must set a value")
+        if kind == "string_list":
+            out[key] = list(v.string_list.values)
+        elif kind == "double_value":
+            if not math.isfinite(v.double_value):
+                raise InvalidArgument(f"{field}.{key}", f"must be finite; given {v.double_value}")
+            out[key] = v.double_value
+        else:
+            out[key] = getattr(v, kind)
+    return out
+
+
+def value_to_proto(v: Any) -> pb.MetadataValue:
+    if isinstance(v, bool):
+        return pb.MetadataValue(bool_value=v)
+    if isinstance(v, int):
+        return pb.MetadataValue(int_value=v)
+    if isinstance(v, float):
+        return pb.MetadataValue(double_value=v)
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return pb.MetadataValue(string_list=pb.StringList(values=v))
+    return pb.MetadataValue(string_value=str(v))
+
+
+def dict_to_metadata(d: Mapping[str, Any]) -> dict[str, pb.MetadataValue]:
+    return {k: value_to_proto(v) for k, v in d.items()}
+
+
+def filter_from_proto(conds: Iterable[pb.Condition]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for i, c in enumerate(conds):
+        field = f"filter[{i}]"
+        if not c.field:
+            raise InvalidArgument(f"{field}.field", "must not be empty")
+        if c.field in out:
+            raise InvalidArgument(f"{field}.field", f"repeats {c.field!r}; put all values in one any_of")
+        if not c.any_of:
+            raise InvalidArgument(f"{field}.any_of", "must hold at least one value")
+        values = []
+        for v in c.any_of:
+            kind = v.WhichOneof("kind")
+            if kind not in ("string_value", "int_value", "bool_value"):
+                raise InvalidArgument(
+                    f"{field}.any_of", f"values must be strings, integers or booleans; given {kind}"
+                )
+            values.append(getattr(v, kind))
+        out[c.field] = {"$nin" if c.negate else "$in": values}
+    return out or None
+
+
+def vector(values: Iterable[float], field: str) -> F32:
+    arr = np.asarray(list(values), dtype=np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise InvalidArgument(
+            f"{field}[{int(np.argmin(np.isfinite(arr)))}]", "must be finite; given NaN or infinity"
+        )
+    return arr
+
+
+def hit_to_proto(h: Hit) -> pb.Hit:
+    return pb.Hit(id=h.id, score=h.score, hamming=h.hamming, metadata=dict_to_metadata(h.metadata or {}))
+
+
+def collection_to_proto(info: CollectionInfo) -> pb.Collection:
+    c = info.config
+    return pb.Collection(
+        name=info.name,
+        config=pb.CollectionConfig(
+            code_bits=c.code_bits,
+            rescore_dims=c.rescore_dims,
+            rescore_dtype=c.rescore_dtype.value,
+            calibration=c.calibration.value,
+            calibration_sample=c.calibration_sample,
+            filterable=list(c.filterable),
+        ),
+        count=info.count,
+        calibrated=info.calibrated,
+        index_bytes=info.index_bytes,
+        model_id=c.model,
+    )
+
+
+def status(code: int = 0, message: str = "") -> pb.Status:
+    return pb.Status(code=code, message=message)

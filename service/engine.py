@@ -1,0 +1,226 @@
+"""The service's domain layer: embedding through the batcher, and the store, behind plain methods.
+
+No gRPC here: servicers convert protos to these calls and back. Blocking store work (synced commits,
+scans) runs in worker threads so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.batcher import Batcher
+from service.config import Settings
+from service.errors import InvalidArgument
+from service.runtime.model import EmbeddingModel
+from service.runtime.text import Overflow
+from store import CollectionConfig, Hit, RescoreDtype, Store
+from store.config import Calibration
+
+F32 = npt.NDArray[np.float32]
+HOSTED_BYTES_PER_INPUT = 150  # the hosted zembed API's byte count: 150 + UTF-8 length per input
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: F32  # [n, dim], unit length
+    tokens: list[int]
+    truncated: list[bool]
+    dim: int
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens)
+
+
+def usage_bytes(texts: Sequence[str]) -> int:
+    return sum(HOSTED_BYTES_PER_INPUT + len(t.encode("utf-8")) for t in texts)
+
+
+class Engine:
+    def __init__(self, settings: Settings, model: EmbeddingModel, store: Store) -> None:
+        self.settings = settings
+        self.model = model
+        self.store = store
+        self.batcher = Batcher(
+            model.run,
+            max_batch=settings.max_batch,
+            max_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            capacity=settings.queue_items,
+        )
+
+    # ------------------------------------------------------------------ embedding
+    def check_texts(self, texts: Sequence[str], field: str = "inputs") -> None:
+        if not texts:
+            raise InvalidArgument(field, "must not be empty")
+        if len(texts) > self.settings.max_inputs:
+            raise InvalidArgument(
+                field, f"must hold at most {self.settings.max_inputs} inputs; given {len(texts)}"
+            )
+        for i, t in enumerate(texts):
+            if not t:
+                raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+            if len(t) > self.settings.max_chars:
+                raise InvalidArgument(
+                    f"{field}[{i}]", f"must be at most {self.settings.max_chars} characters; given {len(t)}"
+                )
+
+    def check_dim(self, dim: int, field: str = "dimensions") -> int:
+        if dim == 0:
+            return self.model.manifest.hidden_size
+        if dim not in self.model.dims:
+            raise InvalidArgument(field, f"must be one of {self.model.dims} (or 0 for native); given {dim}")
+        return dim
+
+    def input_type(self, name: str | None) -> str | None:
+        return name if name is not None else self.model.manifest.default_prompt
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        input_type: str | None,
+        dim: int,
+        overflow: Overflow = Overflow.TRUNCATE,
+        *,
+        wait: bool = False,
+        field: str = "inputs",
+    ) -> Embedded:
+        self.check_texts(texts, field)
+        dim = self.check_dim(dim)
+        it = self.input_type(input_type)
+        full = self.model.text.count(texts, it)
+        try:
+            ids = self.model.encode(texts, it, overflow)
+        except Exception as exc:
+            from service.runtime.text import TooLong
+
+            if isinstance(exc, TooLong):
+                raise InvalidArgument(
+                    f"{field}[{exc.index}]",
+                    f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); given {exc.tokens}",
+                ) from None
+            raise
+        emb = await self.batcher.submit(ids, wait=wait)
+        vectors = self.model.project(emb, dim)
+        return Embedded(
+            vectors, [len(x) for x in ids], [len(x) < n for x, n in zip(ids, full, strict=True)], dim
+        )
+
+    # ------------------------------------------------------------------ collections
+    def default_config(self, code_bits: int = 0, rescore_dims: int = 0, **kw: Any) -> CollectionConfig:
+        """Model-aware defaults: 640-bit codes when the model offers 640 dims, else native; rescore native."""
+        m = self.model.manifest
+        if code_bits == 0:
+            code_bits = 640 if 640 in m.dims else m.hidden_size
+        if rescore_dims == 0:
+            rescore_dims = m.hidden_size
+        if kw.get("rescore_dtype") in (None, ""):
+            kw["rescore_dtype"] = RescoreDtype.FLOAT16
+        if kw.get("calibration") in (None, ""):
+            kw["calibration"] = Calibration.NONE
+        if not kw.get("calibration_sample"):
+            kw.pop("calibration_sample", None)
+        return CollectionConfig(code_bits=code_bits, rescore_dims=rescore_dims, model=m.model_id, **kw)
+
+    def vectors_from_embedding(self, cfg: CollectionConfig, emb: F32, field: str) -> tuple[F32, F32]:
+        """The code-dims and rescore-dims vectors of native embeddings, for a collection's config."""
+        for dim, what in ((cfg.code_bits, "code_bits"), (cfg.rescore_dims, "rescore_dims")):
+            if dim not in self.model.dims:
+                raise InvalidArgument(
+                    field,
+                    f"cannot be embedded server-side: the collection's {what} {dim} is not one of the "
+                    f"model's dims {self.model.dims}; send precomputed vectors",
+                )
+        return self.model.project(emb, cfg.code_bits), self.model.project(emb, cfg.rescore_dims)
+
+    async def upsert(
+        self,
+        name: str,
+        ids: list[str],
+        texts: list[str | None],
+        code: list[F32 | None],
+        rescore: list[F32 | None],
+        metadata: list[Mapping[str, Any]],
+        *,
+        wait: bool = False,
+    ) -> tuple[int, int, int]:
+        """Returns (written, tokens, bytes). Texts are embedded as documents; all-or-nothing."""
+        coll = self.store.collection(name)
+        cfg = coll.config
+        n = len(ids)
+        code_rows: list[F32 | None] = list(code)
+        resc_rows: list[F32 | None] = list(rescore)
+        text_idx = [i for i, t in enumerate(texts) if t is not None]
+        tokens = 0
+        nbytes = 0
+        if text_idx:
+            batch_texts = [texts[i] or "" for i in text_idx]
+            emb = await self.embed(batch_texts, "document", 0, wait=wait, field="documents.text")
+            cv, rv = self.vectors_from_embedding(cfg, emb.vectors, "documents.text")
+            for j, i in enumerate(text_idx):
+                code_rows[i], resc_rows[i] = cv[j], rv[j]
+            tokens, nbytes = emb.total_tokens, usage_bytes(batch_texts)
+        for i in range(n):
+            if code_rows[i] is None:
+                raise InvalidArgument(f"documents[{i}]", "must have text or vectors")
+        code_m = _stack(code_rows, cfg.code_bits, "documents[{i}].vectors.code")
+        same = cfg.rescore_dims == cfg.code_bits and all(r is None or len(r) == 0 for r in resc_rows)
+        resc_m = None if same else _stack(resc_rows, cfg.rescore_dims, "documents[{i}].vectors.rescore")
+        written = await asyncio.to_thread(coll.upsert, ids, code_m, resc_m, metadata)
+        return written, tokens, nbytes
+
+    async def search(
+        self,
+        name: str,
+        text: str | None,
+        code: F32 | None,
+        rescore: F32 | None,
+        *,
+        top_k: int,
+        oversampling: int,
+        rescore_on: bool,
+        flt: Mapping[str, Any] | None,
+        include_metadata: bool,
+        overflow: Overflow = Overflow.TRUNCATE,
+        wait: bool = False,
+    ) -> tuple[list[Hit], int, int]:
+        coll = self.store.collection(name)
+        if top_k > self.settings.max_top_k:
+            raise InvalidArgument("top_k", f"must be in [1, {self.settings.max_top_k}]; given {top_k}")
+        tokens = nbytes = 0
+        if text is not None:
+            emb = await self.embed([text], "query", 0, overflow, wait=wait, field="text")
+            cv, rv = self.vectors_from_embedding(coll.config, emb.vectors, "text")
+            code, rescore = cv[0], rv[0]
+            tokens, nbytes = emb.total_tokens, usage_bytes([text])
+        if code is None:
+            raise InvalidArgument("query", "must be text or vectors")
+        if rescore is not None and len(rescore) == 0:
+            rescore = None
+        hits = await asyncio.to_thread(
+            coll.search,
+            code,
+            rescore,
+            top_k=top_k,
+            oversampling=oversampling,
+            rescore=rescore_on,
+            filter=flt,
+            include_metadata=include_metadata,
+        )
+        return hits[0], tokens, nbytes
+
+
+def _stack(rows: Sequence[F32 | None], dims: int, field: str) -> F32:
+    out = np.empty((len(rows), dims), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r is None or len(r) != dims:
+            got = 0 if r is None else len(r)
+            raise InvalidArgument(field.format(i=i), f"must have length {dims}; given {got}")
+        out[i] = r
+    return out

@@ -1,0 +1,42 @@
+"""Prometheus metrics (text format on an HTTP port): requests and latency per RPC, batch sizes,
+queue depth, tokens, store size."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "zembed_requests", "RPCs by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "zembed_request_seconds",
+            "RPC latency",
+            ["method"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch_size = Histogram(
+            "zembed_batch_size",
+            "inputs per inference batch",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.batch_seconds = Histogram("zembed_batch_seconds", "inference time per batch", registry=r)
+        self.tokens = Counter("zembed_tokens", "tokens embedded", registry=r)
+        self.queue_depth = Gauge("zembed_queue_depth", "inputs waiting for inference", registry=r)
+        self.documents = Gauge(
+            "zembed_store_documents", "documents per collection", ["collection"], registry=r
+        )
+
+    def on_batch(self, size: int, tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.tokens.inc(tokens)
+
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,343 @@
+"""gRPC servicers: validate the request's shape, convert with ``convert``, call the engine, convert
+back. Every method runs inside ``guarded``: domain errors map to status codes through the one table in
+``service.errors``; metrics are recorded per method and status."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from service import convert
+from service.engine import Engine, usage_bytes
+from service.errors import InvalidArgument, Unavailable, status_of
+from service.metrics import Metrics
+from zembed.v1 import zembed_pb2 as pb
+from zembed.v1 import zembed_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        t = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code, message = status_of(exc)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+        finally:
+            self.metrics.requests.labels(name, code.name).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - t)
+
+    return wrapper
+
+
+async def bounded_stream(
+    requests: AsyncIterator[Req], limit: int, handle: Callable[[Req], Awaitable[Resp]]
+) -> AsyncIterator[Resp]:
+    """Process stream items concurrently, at most ``limit`` at once; yield results as they finish."""
+    sem = asyncio.Semaphore(limit)
+    out: asyncio.Queue[Resp | None] = asyncio.Queue()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(item: Req) -> None:
+        try:
+            await out.put(await handle(item))
+        finally:
+            sem.release()
+
+    async def reader() -> None:
+        async for item in requests:
+            await sem.acquire()  # stop reading while `limit` items are pending
+            task = asyncio.create_task(run(item))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        await out.put(None)
+
+    feeder = asyncio.create_task(reader())
+    try:
+        while (res := await out.get()) is not None:
+            yield res
+        await feeder
+    finally:
+        feeder.cancel()
+        for t in list(tasks):
+            t.cancel()
+
+
+def item_status(exc: BaseException) -> pb.Status:
+    code, message = status_of(exc)
+    return convert.status(code.value[0], message)
+
+
+class _Base:
+    """Holds the engine once it is ready; until then every call is UNAVAILABLE."""
+
+    def __init__(self, engine: Engine | None, metrics: Metrics) -> None:
+        self._engine = engine
+        self.metrics = metrics
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise Unavailable("the server is starting (model loading); retry shortly")
+        return self._engine
+
+
+class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
+    @guarded
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        encoding = convert.check_encoding(request.encoding)
+        texts = list(request.inputs)
+        emb = await self.engine.embed(
+            texts,
+            convert.input_type(request.input_type),
+            request.dimensions,
+            convert.overflow(request.truncation),
+        )
+        return pb.EmbedResponse(
+            embeddings=[
+                convert.encode_embedding(v, encoding, t, tr)
+                for v, t, tr in zip(emb.vectors, emb.tokens, emb.truncated, strict=True)
+            ],
+            usage=pb.Usage(total_tokens=emb.total_tokens, total_bytes=usage_bytes(texts)),
+            dimensions=emb.dim,
+        )
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        async def handle(req: pb.EmbedStreamRequest) -> pb.EmbedStreamResponse:
+            try:
+                encoding = convert.check_encoding(req.encoding)
+                emb = await self.engine.embed(
+                    [req.input],
+                    convert.input_type(req.input_type),
+                    req.dimensions,
+                    convert.overflow(req.truncation),
+                    wait=True,
+                    field="input",
+                )
+                return pb.EmbedStreamResponse(
+                    id=req.id,
+                    status=convert.status(),
+                    dimensions=emb.dim,
+                    embedding=convert.encode_embedding(
+                        emb.vectors[0], encoding, emb.tokens[0], emb.truncated[0]
+                    ),
+                )
+            except Exception as exc:
+                return pb.EmbedStreamResponse(id=req.id, status=item_status(exc))
+
+        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
+            yield res
+
+    @guarded
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        texts = list(request.inputs)
+        self.engine.check_texts(texts)
+        it = self.engine.input_type(convert.input_type(request.input_type))
+        return pb.CountTokensResponse(
+            tokens=self.engine.model.text.count(texts, it), max_tokens=self.engine.model.manifest.max_length
+        )
+
+    @guarded
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        m = self.engine.model.manifest
+        return pb.GetModelInfoResponse(
+            model_id=m.model_id,
+            dimensions=m.dims,
+            max_tokens=m.max_length,
+            prompt_names=sorted(m.prompts),
+            dtype=m.dtype,
+            provider=self.engine.model.provider,
+            pooling=m.pooling,
+        )
+
+
+class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
+    @guarded
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCollectionResponse:
+        c = request.config
+        cfg = self.engine.default_config(
+            c.code_bits,
+            c.rescore_dims,
+            rescore_dtype=c.rescore_dtype or None,
+            calibration=c.calibration or None,
+            calibration_sample=c.calibration_sample,
+            filterable=tuple(c.filterable),
+        )
+        info = await asyncio.to_thread(self.engine.store.create_collection, request.name, cfg)
+        return pb.CreateCollectionResponse(collection=convert.collection_to_proto(info))
+
+    @guarded
+    async def GetCollection(
+        self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCollectionResponse:
+        info = self.engine.store.collection(request.name).info()
+        return pb.GetCollectionResponse(collection=convert.collection_to_proto(info))
+
+    @guarded
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            raise InvalidArgument(
+                "page_size", f"must be in [1, 1000] (0 means 100); given {request.page_size}"
+            )
+        infos = [i for i in self.engine.store.list_collections() if i.name > request.page_token]
+        page = infos[:size]
+        token = page[-1].name if len(infos) > size else ""
+        return pb.ListCollectionsResponse(
+            collections=[convert.collection_to_proto(i) for i in page], next_page_token=token
+        )
+
+    @guarded
+    async def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteCollectionResponse:
+        await asyncio.to_thread(self.engine.store.drop_collection, request.name)
+        return pb.DeleteCollectionResponse()
+
+    async def _upsert(self, collection: str, docs: list[pb.Document], wait: bool) -> tuple[int, int, int]:
+        if not docs:
+            raise InvalidArgument("documents", "must not be empty")
+        if len(docs) > 10_000:
+            raise InvalidArgument("documents", f"must hold at most 10000 documents; given {len(docs)}")
+        ids, texts, code, rescore, meta = [], [], [], [], []
+        for i, d in enumerate(docs):
+            kind = d.WhichOneof("content")
+            if kind is None:
+                raise InvalidArgument(f"documents[{i}]", "must have text or vectors")
+            ids.append(d.id)
+            texts.append(d.text if kind == "text" else None)
+            if kind == "text" and not d.text:
+                raise InvalidArgument(f"documents[{i}].text", "must not be empty")
+            code.append(
+                convert.vector(d.vectors.code, f"documents[{i}].vectors.code") if kind == "vectors" else None
+            )
+            rescore.append(
+                convert.vector(d.vectors.rescore, f"documents[{i}].vectors.rescore")
+                if kind == "vectors"
+                else None
+            )
+            meta.append(convert.metadata_to_dict(d.metadata, f"documents[{i}].metadata"))
+        return await self.engine.upsert(collection, ids, texts, code, rescore, meta, wait=wait)
+
+    @guarded
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        n, tokens, nbytes = await self._upsert(request.collection, list(request.documents), wait=False)
+        return pb.UpsertResponse(upserted=n, usage=pb.Usage(total_tokens=tokens, total_bytes=nbytes))
+
+    async def UpsertStream(
+        self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.UpsertStreamResponse]:
+        async def handle(req: pb.UpsertStreamRequest) -> pb.UpsertStreamResponse:
+            try:
+                await self._upsert(req.collection, [req.document], wait=True)
+                return pb.UpsertStreamResponse(id=req.document.id, status=convert.status())
+            except Exception as exc:
+                return pb.UpsertStreamResponse(id=req.document.id, status=item_status(exc))
+
+        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
+            yield res
+
+    @guarded
+    async def DeleteDocuments(
+        self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentsResponse:
+        coll = self.engine.store.collection(request.collection)
+        n = await asyncio.to_thread(coll.delete, list(request.ids))
+        return pb.DeleteDocumentsResponse(deleted=n)
+
+    @guarded
+    async def GetDocuments(
+        self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetDocumentsResponse:
+        coll = self.engine.store.collection(request.collection)
+        recs = await asyncio.to_thread(coll.get, list(request.ids), with_vectors=request.include_vectors)
+        out = []
+        for ext, r in zip(request.ids, recs, strict=True):
+            if r is None:
+                out.append(pb.StoredDocument(id=ext, found=False))
+                continue
+            doc = pb.StoredDocument(id=ext, found=True, metadata=convert.dict_to_metadata(r.metadata))
+            if request.include_vectors and r.rescore is not None:
+                doc.rescore.extend(r.rescore.tolist())
+                doc.code = r.code
+            out.append(doc)
+        return pb.GetDocumentsResponse(documents=out)
+
+    async def _search(self, request: pb.SearchRequest, wait: bool) -> tuple[list[pb.Hit], pb.Usage]:
+        kind = request.WhichOneof("query")
+        if kind is None:
+            raise InvalidArgument("query", "must be text or vectors")
+        if kind == "text" and not request.text:
+            raise InvalidArgument("text", "must not be empty")
+        top_k = request.top_k or 10
+        if not 1 <= top_k <= self.engine.settings.max_top_k:
+            raise InvalidArgument(
+                "top_k",
+                f"must be in [1, {self.engine.settings.max_top_k}] (0 means 10); given {request.top_k}",
+            )
+        hits, tokens, nbytes = await self.engine.search(
+            request.collection,
+            request.text if kind == "text" else None,
+            convert.vector(request.vectors.code, "vectors.code") if kind == "vectors" else None,
+            convert.vector(request.vectors.rescore, "vectors.rescore") if kind == "vectors" else None,
+            top_k=top_k,
+            oversampling=request.oversampling or 4,
+            rescore_on=request.rescore if request.HasField("rescore") else True,
+            flt=convert.filter_from_proto(request.filter),
+            include_metadata=request.include_metadata if request.HasField("include_metadata") else True,
+            overflow=convert.overflow(request.truncation),
+            wait=wait,
+        )
+        return [convert.hit_to_proto(h) for h in hits], pb.Usage(total_tokens=tokens, total_bytes=nbytes)
+
+    @guarded
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        hits, usage = await self._search(request, wait=False)
+        return pb.SearchResponse(hits=hits, usage=usage)
+
+    async def SearchStream(
+        self, request_iterator: AsyncIterator[pb.SearchStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SearchStreamResponse]:
+        async def handle(req: pb.SearchStreamRequest) -> pb.SearchStreamResponse:
+            try:
+                hits, _ = await self._search(req.search, wait=True)
+                return pb.SearchStreamResponse(id=req.id, status=convert.status(), hits=hits)
+            except Exception as exc:
+                return pb.SearchStreamResponse(id=req.id, status=item_status(exc))
+
+        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
+            yield res
