@@ -102,8 +102,8 @@ class Batcher:
                     break
                 if not wait:
                     raise Overloaded(
-                        f"the embedding queue is full ({len(self._queue)} of {self.capacity} inputs waiting); "
-                        "retry with backoff"
+                        f"the embedding queue is full ({len(self._queue)} of {self.capacity} inputs "
+                        "waiting); retry with backoff"
                     )
                 event = asyncio.Event()
                 self._space.append((loop, event))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         env = "ZEMBED_" + f.name.upper()
-        default = f.default if f.default is not f.default_factory else None  # type: ignore[comparison-overlap]
+        default = f.default if f.default is not MISSING else None
         shown = "required" if f.name in ("model", "data") else f"default: {default}"
         help_text = f"{_HELP[f.name]} [{env}; {shown}]"
         if f.type in ("bool",):

@@ -16,17 +16,17 @@ from zembed.v1 import zembed_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
 
-INPUT_TYPES = {
+INPUT_TYPES: dict[int, str | None] = {
     pb.INPUT_TYPE_UNSPECIFIED: None,
     pb.INPUT_TYPE_QUERY: "query",
     pb.INPUT_TYPE_DOCUMENT: "document",
 }
-OVERFLOW = {
+OVERFLOW: dict[int, Overflow] = {
     pb.TRUNCATION_UNSPECIFIED: Overflow.TRUNCATE,
     pb.TRUNCATION_TRUNCATE: Overflow.TRUNCATE,
     pb.TRUNCATION_STRICT: Overflow.STRICT,
 }
-ENCODINGS = {
+ENCODINGS: set[int] = {
     pb.ENCODING_UNSPECIFIED,
     pb.ENCODING_FLOAT32,
     pb.ENCODING_FLOAT16,

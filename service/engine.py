@@ -103,7 +103,8 @@ class Engine:
             if isinstance(exc, TooLong):
                 raise InvalidArgument(
                     f"{field}[{exc.index}]",
-                    f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); given {exc.tokens}",
+                    f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); "
+                    f"given {exc.tokens}",
                 ) from None
             raise
         emb = await self.batcher.submit(ids, wait=wait)
@@ -146,7 +147,7 @@ class Engine:
         texts: list[str | None],
         code: list[F32 | None],
         rescore: list[F32 | None],
-        metadata: list[Mapping[str, Any]],
+        metadata: Sequence[Mapping[str, Any]],
         *,
         wait: bool = False,
     ) -> tuple[int, int, int]:

@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +30,8 @@ from store import Store
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 log = logging.getLogger("zembed.server")
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[n].full_name for n in ("EmbeddingService", "SearchService"))
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -51,9 +53,9 @@ class BearerAuth(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if details.method.startswith(OPEN_METHODS) or handler is None:
             return handler
@@ -65,10 +67,10 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: Handler, message: str) -> Handler:
     """A handler of the same shape as ``handler`` that fails with UNAUTHENTICATED."""
 
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def abort(request: Any, context: Ctx) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kw = {
@@ -186,7 +188,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start(settings, metrics=metrics, announce=lambda p: print(f"zembed: listening on port {p}", flush=True))
+    running = await start(
+        settings, metrics=metrics, announce=lambda p: print(f"zembed: listening on port {p}", flush=True)
+    )
     print(f"zembed: serving on port {running.port}", flush=True)
     await stop.wait()
     log.info("draining (grace %.1f s)", settings.grace_s)

@@ -8,7 +8,7 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -19,16 +19,17 @@ from service.metrics import Metrics
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 
 def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     name = method.__name__
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
         t = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -108,7 +109,7 @@ class _Base:
 
 class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
     @guarded
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, context: Ctx) -> pb.EmbedResponse:
         encoding = convert.check_encoding(request.encoding)
         texts = list(request.inputs)
         emb = await self.engine.embed(
@@ -127,7 +128,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
         )
 
     async def EmbedStream(
-        self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.EmbedStreamResponse]:
         async def handle(req: pb.EmbedStreamRequest) -> pb.EmbedStreamResponse:
             try:
@@ -155,9 +156,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             yield res
 
     @guarded
-    async def CountTokens(
-        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CountTokensResponse:
+    async def CountTokens(self, request: pb.CountTokensRequest, context: Ctx) -> pb.CountTokensResponse:
         texts = list(request.inputs)
         self.engine.check_texts(texts)
         it = self.engine.input_type(convert.input_type(request.input_type))
@@ -166,9 +165,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
         )
 
     @guarded
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Ctx) -> pb.GetModelInfoResponse:
         m = self.engine.model.manifest
         return pb.GetModelInfoResponse(
             model_id=m.model_id,
@@ -184,7 +181,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
 class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     @guarded
     async def CreateCollection(
-        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateCollectionRequest, context: Ctx
     ) -> pb.CreateCollectionResponse:
         c = request.config
         cfg = self.engine.default_config(
@@ -199,15 +196,13 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         return pb.CreateCollectionResponse(collection=convert.collection_to_proto(info))
 
     @guarded
-    async def GetCollection(
-        self, request: pb.GetCollectionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetCollectionResponse:
+    async def GetCollection(self, request: pb.GetCollectionRequest, context: Ctx) -> pb.GetCollectionResponse:
         info = self.engine.store.collection(request.name).info()
         return pb.GetCollectionResponse(collection=convert.collection_to_proto(info))
 
     @guarded
     async def ListCollections(
-        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListCollectionsRequest, context: Ctx
     ) -> pb.ListCollectionsResponse:
         size = request.page_size or 100
         if not 1 <= size <= 1000:
@@ -223,7 +218,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
 
     @guarded
     async def DeleteCollection(
-        self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteCollectionRequest, context: Ctx
     ) -> pb.DeleteCollectionResponse:
         await asyncio.to_thread(self.engine.store.drop_collection, request.name)
         return pb.DeleteCollectionResponse()
@@ -233,7 +228,11 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             raise InvalidArgument("documents", "must not be empty")
         if len(docs) > 10_000:
             raise InvalidArgument("documents", f"must hold at most 10000 documents; given {len(docs)}")
-        ids, texts, code, rescore, meta = [], [], [], [], []
+        ids: list[str] = []
+        texts: list[str | None] = []
+        code: list[Any] = []
+        rescore: list[Any] = []
+        meta: list[dict[str, Any]] = []
         for i, d in enumerate(docs):
             kind = d.WhichOneof("content")
             if kind is None:
@@ -254,12 +253,12 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         return await self.engine.upsert(collection, ids, texts, code, rescore, meta, wait=wait)
 
     @guarded
-    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+    async def Upsert(self, request: pb.UpsertRequest, context: Ctx) -> pb.UpsertResponse:
         n, tokens, nbytes = await self._upsert(request.collection, list(request.documents), wait=False)
         return pb.UpsertResponse(upserted=n, usage=pb.Usage(total_tokens=tokens, total_bytes=nbytes))
 
     async def UpsertStream(
-        self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.UpsertStreamResponse]:
         async def handle(req: pb.UpsertStreamRequest) -> pb.UpsertStreamResponse:
             try:
@@ -273,16 +272,14 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
 
     @guarded
     async def DeleteDocuments(
-        self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteDocumentsRequest, context: Ctx
     ) -> pb.DeleteDocumentsResponse:
         coll = self.engine.store.collection(request.collection)
         n = await asyncio.to_thread(coll.delete, list(request.ids))
         return pb.DeleteDocumentsResponse(deleted=n)
 
     @guarded
-    async def GetDocuments(
-        self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetDocumentsResponse:
+    async def GetDocuments(self, request: pb.GetDocumentsRequest, context: Ctx) -> pb.GetDocumentsResponse:
         coll = self.engine.store.collection(request.collection)
         recs = await asyncio.to_thread(coll.get, list(request.ids), with_vectors=request.include_vectors)
         out = []
@@ -325,12 +322,12 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         return [convert.hit_to_proto(h) for h in hits], pb.Usage(total_tokens=tokens, total_bytes=nbytes)
 
     @guarded
-    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+    async def Search(self, request: pb.SearchRequest, context: Ctx) -> pb.SearchResponse:
         hits, usage = await self._search(request, wait=False)
         return pb.SearchResponse(hits=hits, usage=usage)
 
     async def SearchStream(
-        self, request_iterator: AsyncIterator[pb.SearchStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.SearchStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.SearchStreamResponse]:
         async def handle(req: pb.SearchStreamRequest) -> pb.SearchStreamResponse:
             try:
