@@ -40,7 +40,8 @@ class Settings:
     max_message_mb: int = 64
     default_collection: str = ""  # created at start with model-aware defaults when set
     prefetch: bool = False  # touch every stored vector at start (see Collection.prefetch)
-    grace_s: float = 10.0  # SIGTERM drain period
+    grace_s: float = 10.0  # SIGTERM: time in-flight calls get to finish
+    drain_delay_s: float = 1.0  # SIGTERM: NOT_SERVING this long before refusing new calls
     intra_op_threads: int = 0  # onnxruntime threads; 0 lets it choose
     log_level: str = "INFO"
 
@@ -109,6 +110,7 @@ _HELP = {
     "default_collection": "create this collection at start with model-aware defaults",
     "prefetch": "touch every stored vector at start so first searches skip page faults",
     "grace_s": "seconds in-flight calls get to finish after SIGTERM",
+    "drain_delay_s": "seconds health reports NOT_SERVING after SIGTERM before new calls are refused",
     "intra_op_threads": "onnxruntime intra-op threads (0: its default)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }

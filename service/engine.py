@@ -56,7 +56,10 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ embedding
-    def check_texts(self, texts: Sequence[str], field: str = "inputs") -> None:
+    def check_texts(
+        self, texts: Sequence[str], field: str = "inputs", names: Sequence[str] | None = None
+    ) -> None:
+        """``names`` are the per-text field names (default ``inputs[i]``)."""
         if not texts:
             raise InvalidArgument(field, "must not be empty")
         if len(texts) > self.settings.max_inputs:
@@ -64,11 +67,12 @@ class Engine:
                 field, f"must hold at most {self.settings.max_inputs} inputs; given {len(texts)}"
             )
         for i, t in enumerate(texts):
+            name = names[i] if names is not None else f"{field}[{i}]"
             if not t:
-                raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+                raise InvalidArgument(name, "must not be empty")
             if len(t) > self.settings.max_chars:
                 raise InvalidArgument(
-                    f"{field}[{i}]", f"must be at most {self.settings.max_chars} characters; given {len(t)}"
+                    name, f"must be at most {self.settings.max_chars} characters; given {len(t)}"
                 )
 
     def check_dim(self, dim: int, field: str = "dimensions") -> int:
@@ -90,8 +94,9 @@ class Engine:
         *,
         wait: bool = False,
         field: str = "inputs",
+        names: Sequence[str] | None = None,
     ) -> Embedded:
-        self.check_texts(texts, field)
+        self.check_texts(texts, field, names)
         dim = self.check_dim(dim)
         it = self.input_type(input_type)
         full = self.model.text.count(texts, it)
@@ -102,7 +107,7 @@ class Engine:
 
             if isinstance(exc, TooLong):
                 raise InvalidArgument(
-                    f"{field}[{exc.index}]",
+                    names[exc.index] if names is not None else f"{field}[{exc.index}]",
                     f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); "
                     f"given {exc.tokens}",
                 ) from None
@@ -162,7 +167,14 @@ class Engine:
         nbytes = 0
         if text_idx:
             batch_texts = [texts[i] or "" for i in text_idx]
-            emb = await self.embed(batch_texts, "document", 0, wait=wait, field="documents.text")
+            emb = await self.embed(
+                batch_texts,
+                "document",
+                0,
+                wait=wait,
+                field="documents",
+                names=[f"documents[{i}].text" for i in text_idx],
+            )
             cv, rv = self.vectors_from_embedding(cfg, emb.vectors, "documents.text")
             for j, i in enumerate(text_idx):
                 code_rows[i], resc_rows[i] = cv[j], rv[j]
@@ -196,7 +208,7 @@ class Engine:
             raise InvalidArgument("top_k", f"must be in [1, {self.settings.max_top_k}]; given {top_k}")
         tokens = nbytes = 0
         if text is not None:
-            emb = await self.embed([text], "query", 0, overflow, wait=wait, field="text")
+            emb = await self.embed([text], "query", 0, overflow, wait=wait, field="text", names=["text"])
             cv, rv = self.vectors_from_embedding(coll.config, emb.vectors, "text")
             code, rescore = cv[0], rv[0]
             tokens, nbytes = emb.total_tokens, usage_bytes([text])

@@ -1,8 +1,9 @@
 """Building and running the gRPC server: health, reflection, auth, TLS, metrics, graceful drain.
 
 Life cycle: health NOT_SERVING -> model opened and warmed, store opened -> SERVING. On SIGTERM (or
-SIGINT): health NOT_SERVING, new calls refused, in-flight calls get ``grace_s`` to finish, then the
-batcher stops and the store closes.
+SIGINT): health NOT_SERVING for ``drain_delay_s`` (calls still served, so load balancers move away),
+then new calls are refused and in-flight calls get ``grace_s`` to finish; then the batcher stops and
+the store closes.
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ class Running:
         for name in ("", *SERVICES):
             await self.health.set(name, status)
 
-    async def drain(self, grace_s: float) -> None:
+    async def drain(self, grace_s: float, delay_s: float = 0.0) -> None:
+        """NOT_SERVING first (and ``delay_s`` for probes and load balancers to notice), then stop
+        accepting calls and give in-flight ones ``grace_s`` to finish."""
         await self.set_serving(False)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         await self.server.stop(grace_s)
         self.engine.batcher.stop()
         self.engine.store.close()
@@ -194,5 +199,5 @@ async def serve(settings: Settings) -> None:
     print(f"zembed: serving on port {running.port}", flush=True)
     await stop.wait()
     log.info("draining (grace %.1f s)", settings.grace_s)
-    await running.drain(settings.grace_s)
+    await running.drain(settings.grace_s, settings.drain_delay_s)
     log.info("stopped")

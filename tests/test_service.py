@@ -1,0 +1,564 @@
+"""The real gRPC server on a loopback port with real exported models and a real LMDB store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.client import Client, document
+from service.config import Settings
+from service.runtime.model import EmbeddingModel
+from service.server import Running, start
+from store import Store
+from zembed.v1 import zembed_pb2 as pb
+from zembed.v1 import zembed_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-token-0123456789"
+
+
+class ServerThread:
+    """Runs the asyncio server in its own thread and event loop."""
+
+    def __init__(self, settings: Settings, before_start: Any = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port_ready = threading.Event()
+        self.port = 0
+
+        def announce(port: int) -> None:
+            self.port = port
+            self.port_ready.set()
+
+        self.future = asyncio.run_coroutine_threadsafe(start(settings, announce=announce), self.loop)
+
+    def running(self, timeout: float = 120) -> Running:
+        return self.future.result(timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.running().drain(grace), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def settings(model: Path, data: Path, **kw: Any) -> Settings:
+    return Settings(model=model, data=data, host="127.0.0.1", port=0, **kw).validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    srv = ServerThread(settings(tiny_fp32, tmp_path_factory.mktemp("tiny-data")))
+    srv.running()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def minilm_server(minilm_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    srv = ServerThread(settings(minilm_fp32, tmp_path_factory.mktemp("minilm-data"), token=TOKEN))
+    srv.running()
+    yield srv
+    srv.stop()
+
+
+def stubs(port: int) -> tuple[Any, Any, grpc.Channel]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return pb_grpc.EmbeddingServiceStub(ch), pb_grpc.SearchServiceStub(ch), ch
+
+
+def decode(e: pb.Embedding, encoding: int) -> np.ndarray:
+    if encoding == pb.ENCODING_FLOAT32:
+        return np.frombuffer(e.data, dtype="<f4")
+    if encoding == pb.ENCODING_FLOAT16:
+        return np.frombuffer(e.data, dtype="<f2").astype(np.float32)
+    if encoding == pb.ENCODING_INT8:
+        return np.frombuffer(e.data, dtype=np.int8).astype(np.float32) * e.scale
+    if encoding == pb.ENCODING_BINARY:
+        return np.frombuffer(e.data, dtype=np.uint8)
+    return np.asarray(e.values, dtype=np.float32)
+
+
+TEXTS = ["Berlin ist die Hauptstadt.", "x", "東京は日本の首都", "  padded text \n", "Москва — столица"]
+
+
+def test_embed_over_grpc_equals_runtime_every_encoding_and_dim(
+    tiny_server: ServerThread, tiny_fp32: Path
+) -> None:
+    model = EmbeddingModel(tiny_fp32)
+    emb, _, ch = stubs(tiny_server.port)
+    for dim in model.dims:
+        want = model.embed(TEXTS, "query", dim)
+        for enc in (
+            pb.ENCODING_FLOAT32,
+            pb.ENCODING_FLOAT16,
+            pb.ENCODING_INT8,
+            pb.ENCODING_BINARY,
+            pb.ENCODING_FLOAT_LIST,
+            pb.ENCODING_UNSPECIFIED,
+        ):
+            r = emb.Embed(
+                pb.EmbedRequest(inputs=TEXTS, input_type=pb.INPUT_TYPE_QUERY, dimensions=dim, encoding=enc)
+            )
+            assert r.dimensions == dim and len(r.embeddings) == len(TEXTS)
+            got = np.stack([decode(e, enc or pb.ENCODING_FLOAT32) for e in r.embeddings])
+            if enc in (pb.ENCODING_FLOAT32, pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT_LIST):
+                np.testing.assert_array_equal(got, want)
+            elif enc == pb.ENCODING_FLOAT16:
+                np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+            elif enc == pb.ENCODING_INT8:
+                np.testing.assert_allclose(got, want, atol=np.abs(want).max() / 127)
+            else:
+                np.testing.assert_array_equal(got, np.packbits(want > 0, axis=-1))
+    r = emb.Embed(pb.EmbedRequest(inputs=TEXTS))
+    assert r.dimensions == 64
+    assert r.usage.total_bytes == sum(150 + len(t.encode()) for t in TEXTS)
+    assert (
+        r.usage.total_tokens
+        == sum(e.tokens for e in r.embeddings)
+        == sum(len(x) for x in model.encode(TEXTS, "document"))
+    )
+    ch.close()
+
+
+def test_batch_item_equals_single_over_grpc(tiny_server: ServerThread) -> None:
+    emb, _, ch = stubs(tiny_server.port)
+    batch = emb.Embed(pb.EmbedRequest(inputs=TEXTS, dimensions=32))
+    for i, t in enumerate(TEXTS):
+        alone = emb.Embed(pb.EmbedRequest(inputs=[t], dimensions=32))
+        np.testing.assert_allclose(decode(alone.embeddings[0], 1), decode(batch.embeddings[i], 1), atol=2e-6)
+    ch.close()
+
+
+def test_embed_stream_keeps_ids_and_survives_bad_items(tiny_server: ServerThread) -> None:
+    emb, _, ch = stubs(tiny_server.port)
+    reqs = [
+        pb.EmbedStreamRequest(id="ok-1", input="hello", dimensions=16),
+        pb.EmbedStreamRequest(id="empty", input=""),
+        pb.EmbedStreamRequest(id="bad-dim", input="hi", dimensions=17),
+        pb.EmbedStreamRequest(id="bad-enc", input="hi", encoding=99),  # type: ignore[arg-type]
+        *[pb.EmbedStreamRequest(id=f"n{i}", input=f"text {i}", dimensions=8) for i in range(100)],
+    ]
+    out = {r.id: r for r in emb.EmbedStream(iter(reqs))}
+    assert set(out) == {r.id for r in reqs}
+    assert out["ok-1"].status.code == 0 and len(out["ok-1"].embedding.data) == 16 * 4
+    assert out["empty"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "input must not be empty" in out["empty"].status.message
+    assert (
+        "dimensions must be one of" in out["bad-dim"].status.message
+        and "given 17" in out["bad-dim"].status.message
+    )
+    assert "encoding must be one of" in out["bad-enc"].status.message
+    assert all(out[f"n{i}"].status.code == 0 and out[f"n{i}"].dimensions == 8 for i in range(100))
+    ch.close()
+
+
+def auth_md() -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {TOKEN}"),)
+
+
+PASSAGES = [
+    ("cat", "The cat sat on the warm mat by the fireplace.", "en"),
+    ("stocks", "Stock markets fell sharply after the central bank raised interest rates.", "en"),
+    ("rain", "Heavy rain caused flooding in several coastal towns overnight.", "en"),
+    ("python", "Python is a popular programming language for data science.", "de"),
+    ("football", "The football team won the championship after a dramatic penalty shootout.", "fr"),
+    ("bread", "Fresh bread is baked every morning at the small village bakery.", "fr"),
+]
+
+
+def test_search_over_grpc_equals_store_and_real_weights_find_paraphrases(
+    minilm_server: ServerThread, minilm_fp32: Path
+) -> None:
+    c = Client(f"127.0.0.1:{minilm_server.port}", token=TOKEN)
+    info = c.create_collection("passages", filterable=["lang"])
+    assert info.config.code_bits == 384 and info.config.rescore_dims == 384  # model-aware defaults
+    c.upsert("passages", [{"id": i, "text": t, "metadata": {"lang": lang}} for i, t, lang in PASSAGES])
+    hits = c.search("passages", text="a kitten resting on a rug near the fire", top_k=3)
+    assert hits[0].id == "cat" and hits[0].metadata["lang"].string_value == "en"
+    assert c.search("passages", text="equities dropped when rates went up", top_k=1)[0].id == "stocks"
+    # equals the in-process store search with the in-process runtime's query vectors
+    running = minilm_server.running()
+    model = EmbeddingModel(minilm_fp32)
+    q = model.embed(["bakery bread in the morning"], "query")[0]
+    want = running.engine.store.collection("passages").search(q, top_k=4)[0]
+    got = c.search("passages", text="bakery bread in the morning", top_k=4)
+    assert [h.id for h in got] == [h.id for h in want]
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-6)
+    # filters; delete hides; upsert of a new document is seen at once
+    assert {h.id for h in c.search("passages", text="anything", top_k=10, filter={"lang": ["fr"]})} == {
+        "football",
+        "bread",
+    }
+    assert c.delete("passages", ["cat"]) == 1
+    assert "cat" not in {h.id for h in c.search("passages", text="a kitten on a rug", top_k=10)}
+    c.upsert("passages", [{"id": "dog", "text": "A dog sleeps on the carpet next to the fireplace."}])
+    assert c.search("passages", text="a puppy napping on a rug by the fire", top_k=1)[0].id == "dog"
+    # precomputed vectors and the stream
+    vec = model.embed(["volcano eruption"], "document")[0]
+    c.upsert("passages", [{"id": "volcano", "code": vec.tolist()}])
+    assert c.search("passages", code=vec.tolist(), top_k=1)[0].id == "volcano"
+    _, search, ch = stubs(minilm_server.port)
+    stream = search.SearchStream(
+        iter(
+            [
+                pb.SearchStreamRequest(
+                    id="q1", search=pb.SearchRequest(collection="passages", text="football final")
+                ),
+                pb.SearchStreamRequest(id="q2", search=pb.SearchRequest(collection="nope", text="x")),
+            ]
+        ),
+        metadata=auth_md(),
+    )
+    res = {r.id: r for r in stream}
+    assert res["q1"].hits[0].id == "football" and res["q2"].status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    ups = list(
+        search.UpsertStream(
+            iter(
+                [
+                    pb.UpsertStreamRequest(
+                        collection="passages", document=document({"id": "s1", "text": "first streamed"})
+                    ),
+                    pb.UpsertStreamRequest(
+                        collection="passages", document=document({"id": "", "text": "no id"})
+                    ),
+                    pb.UpsertStreamRequest(
+                        collection="passages", document=document({"id": "s2", "text": "second one"})
+                    ),
+                ]
+            ),
+            metadata=auth_md(),
+        )
+    )
+    assert {u.id: u.status.code for u in ups} == {"s1": 0, "": 3, "s2": 0}
+    assert running.engine.store.collection("passages").count() == len(PASSAGES) - 1 + 2 + 2
+    ch.close()
+    c.close()
+
+
+def test_bad_inputs_get_codes_naming_the_field_and_write_nothing(minilm_server: ServerThread) -> None:
+    emb, search, ch = stubs(minilm_server.port)
+    md = auth_md()
+    search.CreateCollection(pb.CreateCollectionRequest(name="bad", config=pb.CollectionConfig()), metadata=md)
+    store = minilm_server.running().engine.store
+    coll = store.collection("bad")
+    coll.upsert(["keep"], np.ones(384))
+    INV, NF = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    nan_vec = [float("nan")] + [1.0] * 383
+    cases: list[tuple[str, Any, Any, grpc.StatusCode, str]] = [
+        ("empty input list", emb.Embed, pb.EmbedRequest(inputs=[]), INV, "inputs must not be empty"),
+        (
+            "too many inputs",
+            emb.Embed,
+            pb.EmbedRequest(inputs=["a"] * 257),
+            INV,
+            "at most 256 inputs; given 257",
+        ),
+        ("empty text", emb.Embed, pb.EmbedRequest(inputs=["a", ""]), INV, "inputs[1] must not be empty"),
+        (
+            "too many characters",
+            emb.Embed,
+            pb.EmbedRequest(inputs=["a" * 32769]),
+            INV,
+            "at most 32768 characters",
+        ),
+        (
+            "over-length strict",
+            emb.Embed,
+            pb.EmbedRequest(inputs=["word " * 400], truncation=pb.TRUNCATION_STRICT),
+            INV,
+            "inputs[0] must be at most 256 tokens",
+        ),
+        (
+            "unsupported dimension",
+            emb.Embed,
+            pb.EmbedRequest(inputs=["a"], dimensions=100),
+            INV,
+            "dimensions must be one of [384]",
+        ),
+        (
+            "unknown encoding",
+            emb.Embed,
+            pb.EmbedRequest(inputs=["a"], encoding=42),  # type: ignore[arg-type]
+            INV,
+            "encoding must be one of",
+        ),
+        (
+            "unknown collection",
+            search.Search,
+            pb.SearchRequest(collection="nope", text="x"),
+            NF,
+            "'nope' does not exist",
+        ),
+        (
+            "top_k over the limit",
+            search.Search,
+            pb.SearchRequest(collection="bad", text="x", top_k=1001),
+            INV,
+            "top_k must be in [1, 1000]",
+        ),
+        (
+            "wrong vector length",
+            search.Upsert,
+            pb.UpsertRequest(
+                collection="bad", documents=[pb.Document(id="w", vectors=pb.Vectors(code=[1.0] * 383))]
+            ),
+            INV,
+            "documents[0].vectors.code must have length 384; given 383",
+        ),
+        (
+            "NaN in a vector",
+            search.Upsert,
+            pb.UpsertRequest(
+                collection="bad", documents=[pb.Document(id="n", vectors=pb.Vectors(code=nan_vec))]
+            ),
+            INV,
+            "documents[0].vectors.code[0] must be finite",
+        ),
+        (
+            "NaN in a query",
+            search.Search,
+            pb.SearchRequest(collection="bad", vectors=pb.Vectors(code=nan_vec)),
+            INV,
+            "vectors.code[0] must be finite",
+        ),
+        (
+            "bad collection name",
+            search.CreateCollection,
+            pb.CreateCollectionRequest(name="Bad/Name"),
+            INV,
+            "name must match",
+        ),
+        (
+            "duplicate ids",
+            search.Upsert,
+            pb.UpsertRequest(
+                collection="bad", documents=[pb.Document(id="d", text="one"), pb.Document(id="d", text="two")]
+            ),
+            INV,
+            "ids[1] duplicates",
+        ),
+        (
+            "document without content",
+            search.Upsert,
+            pb.UpsertRequest(collection="bad", documents=[pb.Document(id="e")]),
+            INV,
+            "documents[0] must have text or vectors",
+        ),
+        (
+            "empty filter values",
+            search.Search,
+            pb.SearchRequest(collection="bad", text="x", filter=[pb.Condition(field="lang")]),
+            INV,
+            "filter[0].any_of must hold at least one value",
+        ),
+    ]
+    for what, method, request, code, text in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            method(request, metadata=md)
+        assert err.value.code() == code, (what, err.value.details())
+        assert text in err.value.details(), (what, err.value.details())
+    # top_k 0 means the default (10): not an error; a failed request wrote nothing
+    assert coll.count() == 1 and coll.get(["w", "n", "d", "e"]) == [None] * 4
+    with pytest.raises(grpc.RpcError) as err:
+        emb.Embed(pb.EmbedRequest(inputs=["a"]))  # no token
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "missing" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        emb.Embed(pb.EmbedRequest(inputs=["a"]), metadata=(("authorization", "Bearer wrong-token-xxxxxxxx"),))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "not valid" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(emb.EmbedStream(iter([pb.EmbedStreamRequest(id="x", input="a")])))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    health = health_pb2_grpc.HealthStub(ch)  # health stays open for probes
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    ch.close()
+
+
+def test_health_and_drain(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOT_SERVING while warming, SERVING when ready, NOT_SERVING while draining; in-flight calls finish."""
+    gate = threading.Event()
+    real = EmbeddingModel.warmup
+
+    def slow_warmup(self: EmbeddingModel) -> None:
+        gate.wait(30)
+        real(self)
+
+    monkeypatch.setattr(EmbeddingModel, "warmup", slow_warmup)
+    srv = ServerThread(settings(tiny_fp32, tmp_path / "d"))
+    assert srv.port_ready.wait(60)
+    ch = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    health = health_pb2_grpc.HealthStub(ch)
+    name = "zembed.v1.EmbeddingService"
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service=name)).status
+        == health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.EmbeddingServiceStub(ch).Embed(pb.EmbedRequest(inputs=["a"]))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    gate.set()
+    running = srv.running()
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service=name)).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    # an in-flight call finishes during the drain
+    slow_gate = threading.Event()
+    real_run = running.engine.model.run
+
+    def slow_run(ids: Any) -> Any:
+        slow_gate.wait(10)
+        return real_run(ids)
+
+    running.engine.batcher._run = slow_run
+    stub = pb_grpc.EmbeddingServiceStub(ch)
+    fut = stub.Embed.future(pb.EmbedRequest(inputs=["in flight"]))
+    time.sleep(0.3)
+    drain = asyncio.run_coroutine_threadsafe(running.drain(5.0, delay_s=1.0), srv.loop)
+    time.sleep(0.3)
+    seen = health.Check(health_pb2.HealthCheckRequest(service=name)).status
+    slow_gate.set()
+    assert len(fut.result(10).embeddings) == 1
+    drain.result(20)
+    assert seen == health_pb2.HealthCheckResponse.NOT_SERVING
+    srv.loop.call_soon_threadsafe(srv.loop.stop)
+    ch.close()
+
+
+def test_overload_gets_resource_exhausted_and_recovers(tiny_fp32: Path, tmp_path: Path) -> None:
+    srv = ServerThread(settings(tiny_fp32, tmp_path / "d", queue_items=16, max_inputs=8, max_batch=8))
+    running = srv.running()
+    gate = threading.Event()
+    real_run = running.engine.model.run
+
+    def slow_run(ids: Any) -> Any:
+        gate.wait(10)
+        return real_run(ids)
+
+    running.engine.batcher._run = slow_run
+    ch = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    stub = pb_grpc.EmbeddingServiceStub(ch)
+    t = time.perf_counter()
+    futures = [stub.Embed.future(pb.EmbedRequest(inputs=[f"t{i}"] * 8)) for i in range(200)]
+    # at most 3 calls fit: one batch of 8 taken by the (blocked) worker plus 16 queued inputs
+    while time.perf_counter() - t < 20 and sum(f.done() for f in futures) < len(futures) - 3:
+        time.sleep(0.02)
+    rejected = [f.exception() for f in futures if f.done() and f.exception() is not None]
+    # all but the calls that fit in the queue were refused without waiting for the (blocked) model
+    assert len(rejected) >= len(futures) - 3, len(rejected)
+    assert all(
+        isinstance(e, grpc.Call)
+        and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and "queue is full" in str(e.details())
+        for e in rejected
+    )
+    assert running.engine.batcher.depth <= 16  # memory stays bounded
+    gate.set()
+    ok = sum(1 for f in futures if f.exception(10) is None)
+    assert ok >= 1
+    running.engine.batcher._run = real_run
+    assert len(stub.Embed(pb.EmbedRequest(inputs=["after"] * 8)).embeddings) == 8
+    ch.close()
+    srv.stop()
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path]:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+def test_tls_port_refuses_plaintext(tiny_fp32: Path, tmp_path: Path) -> None:
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
+        pytest.skip("openssl is needed to make a test certificate")
+    key, cert = _tls_files(tmp_path)
+    srv = ServerThread(settings(tiny_fp32, tmp_path / "d", tls_cert=cert, tls_key=key))
+    srv.running()
+    plain = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.EmbeddingServiceStub(plain).Embed(pb.EmbedRequest(inputs=["a"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with Client(f"localhost:{srv.port}", root_certificates=cert.read_bytes()) as c:
+        assert c.embed(["over TLS"]).shape == (1, 64)
+    plain.close()
+    srv.stop()
+
+
+def test_cli_serve_starts_and_drains_on_sigterm(minilm_fp32: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ZEMBED_MODEL": str(minilm_fp32),
+        "ZEMBED_DATA": str(tmp_path / "d"),
+        "ZEMBED_PORT": "0",
+    }
+    log = (tmp_path / "stderr.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--default-collection",
+            "docs",
+            "--grace-s",
+            "3",
+            "--drain-delay-s",
+            "0.2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    assert proc.stdout is not None
+    port = 0
+    for line in proc.stdout:
+        if line.startswith("zembed: serving on port"):
+            port = int(line.split()[-1])
+            break
+    assert port, (tmp_path / "stderr.log").read_text()
+    with Client(f"127.0.0.1:{port}") as c:
+        assert [x.name for x in c.list_collections()] == ["docs"]
+        assert c.embed(["hello"]).shape == (1, 384)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, (tmp_path / "stderr.log").read_text()
+    proc.stdout.close()
+    log.close()
+    assert '"draining' in (tmp_path / "stderr.log").read_text()
+    with Store(tmp_path / "d") as s:  # the store was closed cleanly and reopens
+        assert [x.name for x in s.list_collections()] == ["docs"]
