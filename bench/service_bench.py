@@ -1,0 +1,261 @@
+"""Service benchmarks (MiniLM on CPU, one `zembed serve` subprocess on loopback):
+
+1. Embed throughput through gRPC with concurrent clients against the in-process runtime behind the
+   same batcher settings (and against sentence-transformers ``encode``), texts/s and ratios.
+2. Search RPC latency at 1,000,000 documents (384-bit codes, 384-dim float16 rescore) against the
+   in-process store search on the same data: medians single-client, then p50/p99 under 8 concurrent
+   clients.
+
+Prints tables; writes bench/results/service.json.   make bench-service  [--docs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common import table, write_json  # noqa: E402
+from embed_cache import minilm_dir  # noqa: E402
+from passages import passages  # noqa: E402
+
+from service.client import Client  # noqa: E402
+from store import CollectionConfig, Store  # noqa: E402
+
+PER_CALL = 8
+CLIENTS = 8
+
+
+def start_server(model: Path, data: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--drain-delay-s",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("zembed: serving on port"):
+            return proc, int(line.split()[-1])
+    raise SystemExit("server did not start")
+
+
+def grpc_embed(port: int, texts: list[str]) -> float:
+    chunks = [texts[i : i + PER_CALL] for i in range(0, len(texts), PER_CALL)]
+    clients = [Client(f"127.0.0.1:{port}") for _ in range(CLIENTS)]
+    t = time.perf_counter()
+
+    def work(k: int) -> None:
+        for j in range(k, len(chunks), CLIENTS):
+            clients[k].embed(chunks[j])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    secs = time.perf_counter() - t
+    for c in clients:
+        c.close()
+    return len(texts) / secs
+
+
+def inprocess_embed(model_dir: Path, texts: list[str]) -> float:
+    from service.batcher import Batcher
+    from service.runtime.model import EmbeddingModel
+
+    model = EmbeddingModel(model_dir)
+    batcher = Batcher(model.run, max_batch=64, max_tokens=16384, max_wait_s=0.002, capacity=1024)
+    batcher.start()
+    chunks = [texts[i : i + PER_CALL] for i in range(0, len(texts), PER_CALL)]
+
+    async def run() -> float:
+        sem = asyncio.Semaphore(CLIENTS)
+
+        async def one(chunk: list[str]) -> None:
+            async with sem:
+                await batcher.submit(model.encode(chunk, None))
+
+        t = time.perf_counter()
+        await asyncio.gather(*(one(c) for c in chunks))
+        return len(texts) / (time.perf_counter() - t)
+
+    rate = asyncio.run(run())
+    batcher.stop()
+    return rate
+
+
+def st_encode(texts: list[str]) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(minilm_dir(), device="cpu")
+    t = time.perf_counter()
+    st.encode(texts, batch_size=32)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def build_store(data: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    with Store(data, map_size=4 << 30) as s:
+        s.create_collection("big", CollectionConfig(code_bits=384, rescore_dims=384, model="bench"))
+        c = s.collection("big")
+        for start in range(0, n, 20_000):
+            x = rng.standard_normal((min(20_000, n - start), 384), dtype=np.float32)
+            c.upsert([f"d{i}" for i in range(start, start + len(x))], x)
+
+
+def search_latency(port: int, data: Path, queries: np.ndarray) -> dict[str, Any]:
+    client = Client(f"127.0.0.1:{port}")
+    store = Store(data)  # the same LMDB environment, opened in this process too (LMDB is multi-process)
+    coll = store.collection("big")
+    rpc, local = [], []
+    for q in queries[:5]:  # warm both
+        client.search("big", code=q.tolist(), top_k=10)
+        coll.search(q, top_k=10)
+    for q in queries:  # interleaved
+        t = time.perf_counter()
+        client.search("big", code=q.tolist(), top_k=10)
+        rpc.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        coll.search(q, top_k=10)
+        local.append(time.perf_counter() - t)
+    loaded: list[float] = []
+    lock = threading.Lock()
+
+    def load(k: int) -> None:
+        c = Client(f"127.0.0.1:{port}")
+        mine = []
+        for q in queries[k::CLIENTS]:
+            t = time.perf_counter()
+            c.search("big", code=q.tolist(), top_k=10)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            loaded.extend(mine)
+        c.close()
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    store.close()
+    client.close()
+    med = statistics.median
+    return {
+        "rpc_ms": med(rpc) * 1e3,
+        "local_ms": med(local) * 1e3,
+        "loaded_p50_ms": float(np.percentile(loaded, 50) * 1e3),
+        "loaded_p99_ms": float(np.percentile(loaded, 99) * 1e3),
+        "loaded_qps": len(loaded) / wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=1_000_000)
+    ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--queries", type=int, default=200)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from export.onnx_export import ExportOptions, export
+
+    tmp = Path(tempfile.mkdtemp(prefix="zembed-svc-"))
+    model = tmp / "minilm"
+    export(Path(minilm_dir()), model, ExportOptions(parity=False))
+    texts = passages(args.texts, seed=5)
+    build_store(tmp / "data", args.docs)
+    proc, port = start_server(model, tmp / "data")
+    try:
+        rates = {"grpc": [], "inprocess": []}  # type: dict[str, list[float]]
+        for _ in range(2):  # interleaved rounds
+            rates["grpc"].append(grpc_embed(port, texts))
+            rates["inprocess"].append(inprocess_embed(model, texts))
+        st = st_encode(texts)
+        rng = np.random.default_rng(1)
+        lat = search_latency(port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout:
+            proc.stdout.close()
+    g, ip = max(rates["grpc"]), max(rates["inprocess"])
+    print(
+        f"Embed throughput, MiniLM CPU, {len(texts)} passages, {PER_CALL} per call, "
+        f"{CLIENTS} concurrent callers"
+    )
+    print(
+        table(
+            ["path", "texts/s", "ratio to in-process", "bar"],
+            [
+                ["gRPC (zembed serve subprocess)", f"{g:,.0f}", g / ip, ">= 0.9"],
+                ["in-process runtime + same batcher", f"{ip:,.0f}", 1.0, ""],
+                ["sentence-transformers encode (batch 32)", f"{st:,.0f}", st / ip, "(info)"],
+            ],
+        )
+    )
+    print(
+        f"\nSearch RPC, {args.docs:,} documents (384-bit codes, 384-dim f16 rescore), "
+        "top_k 10, oversampling 4"
+    )
+    print(
+        table(
+            ["measure", "ms", "ratio", "bar"],
+            [
+                [
+                    "Search RPC median (1 client)",
+                    f"{lat['rpc_ms']:.2f}",
+                    lat["rpc_ms"] / lat["local_ms"],
+                    "<= 1.5",
+                ],
+                ["in-process store search median", f"{lat['local_ms']:.2f}", 1.0, ""],
+                [f"p50 under {CLIENTS} concurrent clients", f"{lat['loaded_p50_ms']:.2f}", "", ""],
+                [
+                    f"p99 under {CLIENTS} concurrent clients",
+                    f"{lat['loaded_p99_ms']:.2f}",
+                    "",
+                    f"{lat['loaded_qps']:.0f} qps",
+                ],
+            ],
+        )
+    )
+    print(
+        "wrote",
+        write_json(
+            "service", {"embed": {"grpc": g, "inprocess": ip, "st": st}, "search": lat, "docs": args.docs}
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
