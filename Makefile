@@ -13,10 +13,13 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	@if command -v npx >/dev/null; then npx --yes @bufbuild/buf@1.75.0 lint && echo "buf lint: clean"; \
+	 else echo "buf lint skipped: npx (Node.js) not found"; fi
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
+	npx --yes @bufbuild/buf@1.75.0 lint
 
 # torch 2.13.0 is installed first on its own: it is the CPU wheel this machine carries locally, and
 # a plain `torch` requirement would otherwise pull a multi-GB CUDA build.

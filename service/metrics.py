@@ -3,7 +3,11 @@ queue depth, tokens, store size."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -29,14 +33,27 @@ class Metrics:
         self.batch_seconds = Histogram("zembed_batch_seconds", "inference time per batch", registry=r)
         self.tokens = Counter("zembed_tokens", "tokens embedded", registry=r)
         self.queue_depth = Gauge("zembed_queue_depth", "inputs waiting for inference", registry=r)
-        self.documents = Gauge(
-            "zembed_store_documents", "documents per collection", ["collection"], registry=r
-        )
 
     def on_batch(self, size: int, tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
         self.tokens.inc(tokens)
 
+    def watch(self, queue_depth: Callable[[], int], collections: Callable[[], dict[str, int]]) -> None:
+        """Gauges read at scrape time: the batcher's queue and the store's collection sizes."""
+        self.queue_depth.set_function(queue_depth)
+        self.registry.register(_StoreCollector(collections))
+
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, collections: Callable[[], dict[str, int]]) -> None:
+        self._collections = collections
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("zembed_store_documents", "documents per collection", labels=["collection"])
+        for name, count in sorted(self._collections().items()):
+            g.add_metric([name], count)
+        yield g

@@ -162,6 +162,7 @@ async def start(
     engine = Engine(settings, model, store)
     engine.batcher._on_batch = metrics.on_batch
     engine.batcher.start()
+    metrics.watch(lambda: engine.batcher.depth, lambda: {c.name: c.count for c in store.list_collections()})
     if settings.default_collection and settings.default_collection not in {
         c.name for c in store.list_collections()
     }:

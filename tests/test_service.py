@@ -304,6 +304,13 @@ def test_bad_inputs_get_codes_naming_the_field_and_write_nothing(minilm_server: 
             "'nope' does not exist",
         ),
         (
+            "top_k 0",
+            search.Search,
+            pb.SearchRequest(collection="bad", text="x", top_k=0),
+            INV,
+            "top_k must be in [1, 1000] (unset means 10); given 0",
+        ),
+        (
             "top_k over the limit",
             search.Search,
             pb.SearchRequest(collection="bad", text="x", top_k=1001),
@@ -371,7 +378,7 @@ def test_bad_inputs_get_codes_naming_the_field_and_write_nothing(minilm_server: 
             method(request, metadata=md)
         assert err.value.code() == code, (what, err.value.details())
         assert text in err.value.details(), (what, err.value.details())
-    # top_k 0 means the default (10): not an error; a failed request wrote nothing
+    # a failed request wrote nothing
     assert coll.count() == 1 and coll.get(["w", "n", "d", "e"]) == [None] * 4
     with pytest.raises(grpc.RpcError) as err:
         emb.Embed(pb.EmbedRequest(inputs=["a"]))  # no token
@@ -562,3 +569,22 @@ def test_cli_serve_starts_and_drains_on_sigterm(minilm_fp32: Path, tmp_path: Pat
     assert '"draining' in (tmp_path / "stderr.log").read_text()
     with Store(tmp_path / "d") as s:  # the store was closed cleanly and reopens
         assert [x.name for x in s.list_collections()] == ["docs"]
+
+
+def test_metrics_endpoint_and_redacted_settings(minilm_server: ServerThread) -> None:
+    import socket
+    import urllib.request
+
+    running = minilm_server.running()
+    with Client(f"127.0.0.1:{minilm_server.port}", token=TOKEN) as c:
+        c.embed(["count me"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    running.metrics.serve(port, "127.0.0.1")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'zembed_requests_total{code="OK",method="Embed"}' in text
+    assert "zembed_batch_size_bucket" in text and "zembed_tokens_total" in text
+    assert "zembed_queue_depth 0.0" in text and 'zembed_store_documents{collection="passages"}' in text
+    shown = running.engine.settings.redacted()
+    assert shown["token"] == "***" and TOKEN not in repr(shown)
