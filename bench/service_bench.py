@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,7 +95,9 @@ def inprocess_embed(model_dir: Path, texts: list[str]) -> float:
     from service.runtime.model import EmbeddingModel
 
     model = EmbeddingModel(model_dir)
-    batcher = Batcher(model.run, max_batch=64, max_tokens=16384, max_wait_s=0.002, capacity=1024)
+    batcher = Batcher(
+        model.run, max_batch=64, max_tokens=16384, max_wait_s=0.002, capacity=1024, max_pad_ratio=1.5
+    )
     batcher.start()
     chunks = [texts[i : i + PER_CALL] for i in range(0, len(texts), PER_CALL)]
 
@@ -137,17 +140,26 @@ def search_latency(port: int, data: Path, queries: np.ndarray) -> dict[str, Any]
     client = Client(f"127.0.0.1:{port}")
     store = Store(data)  # the same LMDB environment, opened in this process too (LMDB is multi-process)
     coll = store.collection("big")
+    coll.prefetch()  # steady state on both sides: the server was started with --prefetch
     rpc, local = [], []
-    for q in queries[:5]:  # warm both
+    for q in queries[:5]:
         client.search("big", code=q.tolist(), top_k=10)
         coll.search(q, top_k=10)
-    for q in queries:  # interleaved
+
+    def timed_rpc(q: np.ndarray) -> None:
         t = time.perf_counter()
         client.search("big", code=q.tolist(), top_k=10)
         rpc.append(time.perf_counter() - t)
+
+    def timed_local(q: np.ndarray) -> None:
         t = time.perf_counter()
         coll.search(q, top_k=10)
         local.append(time.perf_counter() - t)
+
+    for i, q in enumerate(queries):  # interleaved, alternating which goes first
+        first, second = (timed_rpc, timed_local) if i % 2 else (timed_local, timed_rpc)
+        first(q)
+        second(q)
     loaded: list[float] = []
     lock = threading.Lock()
 
@@ -186,7 +198,9 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--parts", default="embed,search", help="which parts to run (comma-separated)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from export.onnx_export import ExportOptions, export
 
@@ -194,22 +208,33 @@ def main() -> None:
     model = tmp / "minilm"
     export(Path(minilm_dir()), model, ExportOptions(parity=False))
     texts = passages(args.texts, seed=5)
-    build_store(tmp / "data", args.docs)
+    build_store(tmp / "data", args.docs if "search" in parts else 1000)
     proc, port = start_server(model, tmp / "data")
     try:
-        rates = {"grpc": [], "inprocess": []}  # type: dict[str, list[float]]
-        for _ in range(2):  # interleaved rounds
-            rates["grpc"].append(grpc_embed(port, texts))
-            rates["inprocess"].append(inprocess_embed(model, texts))
-        st = st_encode(texts)
-        rng = np.random.default_rng(1)
-        lat = search_latency(port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32))
+        if "embed" in parts:
+            rates: dict[str, list[float]] = {"grpc": [], "inprocess": []}
+            for _ in range(2):  # interleaved rounds
+                rates["grpc"].append(grpc_embed(port, texts))
+                rates["inprocess"].append(inprocess_embed(model, texts))
+            st = st_encode(texts)
+        if "search" in parts:
+            rng = np.random.default_rng(1)
+            lat = search_latency(
+                port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32)
+            )
     finally:
         proc.terminate()
         proc.wait(30)
         if proc.stdout:
             proc.stdout.close()
-    g, ip = max(rates["grpc"]), max(rates["inprocess"])
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "embed" in parts:
+        report_embed(texts, max(rates["grpc"]), max(rates["inprocess"]), st)
+    if "search" in parts:
+        report_search(args.docs, lat)
+
+
+def report_embed(texts: list[str], g: float, ip: float, st: float) -> None:
     print(
         f"Embed throughput, MiniLM CPU, {len(texts)} passages, {PER_CALL} per call, "
         f"{CLIENTS} concurrent callers"
@@ -224,10 +249,11 @@ def main() -> None:
             ],
         )
     )
-    print(
-        f"\nSearch RPC, {args.docs:,} documents (384-bit codes, 384-dim f16 rescore), "
-        "top_k 10, oversampling 4"
-    )
+    print(f"wrote {write_json('service_embed', {'grpc': g, 'inprocess': ip, 'st': st, 'texts': len(texts)})}")
+
+
+def report_search(docs: int, lat: dict[str, Any]) -> None:
+    print(f"\nSearch RPC, {docs:,} documents (384-bit codes, 384-dim f16 rescore), top_k 10, oversampling 4")
     print(
         table(
             ["measure", "ms", "ratio", "bar"],
@@ -249,12 +275,7 @@ def main() -> None:
             ],
         )
     )
-    print(
-        "wrote",
-        write_json(
-            "service", {"embed": {"grpc": g, "inprocess": ip, "st": st}, "search": lat, "docs": args.docs}
-        ),
-    )
+    print(f"wrote {write_json('service_search', {**lat, 'docs': docs})}")
 
 
 if __name__ == "__main__":

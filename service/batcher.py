@@ -3,8 +3,9 @@
 Requests put their inputs (token id lists) on the queue as items, each with an asyncio future. The
 worker takes up to ``max_batch`` items (waiting at most ``max_wait_s`` for the batch to fill), drops
 items whose caller went away (cancelled futures), sorts the rest by length and splits them into
-sub-batches whose padded size (rows x longest) stays within ``max_tokens``, runs each, and resolves
-every item's future: with its row, or with the batch's exception (the worker lives on).
+sub-batches whose padded size (rows x longest) stays within ``max_tokens`` and whose longest input is
+at most ``max_pad_ratio`` times the shortest, runs each, and resolves every item's future: with its
+row, or with the batch's exception (the worker lives on).
 
 Back-pressure: at most ``capacity`` items wait. A unary call that does not fit fails at once with
 :class:`Overloaded`; streams pass ``wait=True`` and wait for room (their own in-flight bound keeps
@@ -58,6 +59,7 @@ class Batcher:
         max_tokens: int = 16384,
         max_wait_s: float = 0.002,
         capacity: int = 1024,
+        max_pad_ratio: float = 1.5,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._run = run
@@ -65,6 +67,7 @@ class Batcher:
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
         self.capacity = capacity
+        self.max_pad_ratio = max_pad_ratio
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
@@ -151,11 +154,15 @@ class Batcher:
                 self._run_batch(batch)
 
     def _split(self, items: list[_Item]) -> list[list[_Item]]:
-        """Consecutive runs (sorted by length) whose rows x longest stays within the token budget."""
+        """Consecutive runs (sorted by length) whose rows x longest stays within the token budget and
+        whose longest is at most ``max_pad_ratio`` x their shortest (padding is wasted compute)."""
         out: list[list[_Item]] = []
         cur: list[_Item] = []
         for it in items:
-            if cur and (len(cur) + 1) * max(len(it.ids), 1) > self.max_tokens:
+            n = max(len(it.ids), 1)
+            if cur and (
+                (len(cur) + 1) * n > self.max_tokens or n > self.max_pad_ratio * max(len(cur[0].ids), 1)
+            ):
                 out.append(cur)
                 cur = []
             cur.append(it)

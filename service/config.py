@@ -32,6 +32,7 @@ class Settings:
     max_batch: int = 64  # items per inference batch
     max_batch_tokens: int = 16384  # padded tokens per inference batch (rows x longest)
     max_wait_ms: float = 2.0  # how long a batch waits to fill up
+    max_pad_ratio: float = 1.5  # a sub-batch's longest input is at most this x its shortest
     queue_items: int = 1024  # items waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED
     stream_in_flight: int = 64  # items per stream being processed at once
     max_inputs: int = 256  # inputs per Embed call
@@ -101,6 +102,7 @@ _HELP = {
     "max_batch": "max inputs per inference batch",
     "max_batch_tokens": "max padded tokens (rows x longest) per inference batch",
     "max_wait_ms": "max milliseconds a batch waits to fill",
+    "max_pad_ratio": "split batches so the longest input is at most this x the shortest (raise on GPUs)",
     "queue_items": "max inputs waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED",
     "stream_in_flight": "max items being processed per stream",
     "max_inputs": "max inputs per Embed call",

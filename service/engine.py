@@ -53,6 +53,7 @@ class Engine:
             max_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000.0,
             capacity=settings.queue_items,
+            max_pad_ratio=settings.max_pad_ratio,
         )
 
     # ------------------------------------------------------------------ embedding

@@ -588,3 +588,57 @@ def test_metrics_endpoint_and_redacted_settings(minilm_server: ServerThread) -> 
     assert "zembed_queue_depth 0.0" in text and 'zembed_store_documents{collection="passages"}' in text
     shown = running.engine.settings.redacted()
     assert shown["token"] == "***" and TOKEN not in repr(shown)
+
+
+def test_collections_pagination_documents_and_token_counts(
+    tiny_server: ServerThread, tiny_fp32: Path
+) -> None:
+    emb, search, ch = stubs(tiny_server.port)
+    for i in range(5):
+        search.CreateCollection(
+            pb.CreateCollectionRequest(name=f"page-{i}", config=pb.CollectionConfig(code_bits=32))
+        )
+    with pytest.raises(grpc.RpcError) as err:
+        search.CreateCollection(pb.CreateCollectionRequest(name="page-0"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    names, token = [], ""
+    while True:
+        page = search.ListCollections(pb.ListCollectionsRequest(page_size=2, page_token=token))
+        assert len(page.collections) <= 2
+        names += [c.name for c in page.collections]
+        token = page.next_page_token
+        if not token:
+            break
+    assert [n for n in names if n.startswith("page-")] == [f"page-{i}" for i in range(5)]
+    info = search.GetCollection(pb.GetCollectionRequest(name="page-1")).collection
+    assert (
+        info.config.code_bits == 32
+        and info.config.rescore_dims == 64
+        and info.config.rescore_dtype == "float16"
+    )
+    search.Upsert(
+        pb.UpsertRequest(
+            collection="page-1",
+            documents=[
+                pb.Document(id="t1", text="hello there", metadata={"n": pb.MetadataValue(int_value=7)})
+            ],
+        )
+    )
+    got = search.GetDocuments(
+        pb.GetDocumentsRequest(collection="page-1", ids=["t1", "zz"], include_vectors=True)
+    )
+    assert got.documents[0].found and got.documents[0].metadata["n"].int_value == 7
+    assert len(got.documents[0].rescore) == 64 and len(got.documents[0].code) == 4
+    assert not got.documents[1].found
+    search.DeleteCollection(pb.DeleteCollectionRequest(name="page-4"))
+    with pytest.raises(grpc.RpcError) as err:
+        search.GetCollection(pb.GetCollectionRequest(name="page-4"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    model = EmbeddingModel(tiny_fp32)
+    counts = emb.CountTokens(pb.CountTokensRequest(inputs=TEXTS, input_type=pb.INPUT_TYPE_QUERY))
+    assert list(counts.tokens) == [len(x) for x in model.encode(TEXTS, "query")]
+    assert counts.max_tokens == 512
+    info2 = emb.GetModelInfo(pb.GetModelInfoRequest())
+    assert list(info2.dimensions) == [64, 32, 16, 8, 4, 2] and info2.pooling == "lasttoken"
+    assert sorted(info2.prompt_names) == ["document", "query"] and info2.provider == "CPUExecutionProvider"
+    ch.close()
