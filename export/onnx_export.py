@@ -40,6 +40,7 @@ class ExportOptions:
     parity: bool = True
     model_id: str | None = None
     revision: str | None = None
+    external_data: bool | None = None  # None: only when the weights pass EXTERNAL_DATA_OVER
 
 
 def _say(step: str, progress: Callable[[str], None] | None) -> None:
@@ -63,7 +64,9 @@ def prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _export_graph(source: Source, dest: Path, dtype: str, device: str, opset: int) -> None:
+def _export_graph(
+    source: Source, dest: Path, dtype: str, device: str, opset: int, external: bool | None = None
+) -> None:
     import torch
     from transformers import AutoModel
 
@@ -105,7 +108,7 @@ def _export_graph(source: Source, dest: Path, dtype: str, device: str, opset: in
     assert program is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        program.save(str(dest), external_data=n_bytes > EXTERNAL_DATA_OVER)
+        program.save(str(dest), external_data=n_bytes > EXTERNAL_DATA_OVER if external is None else external)
 
 
 def _quantize_int8(fp32_graph: Path, dest: Path) -> None:
@@ -184,11 +187,11 @@ def export(
     if opts.dtype == "int8":
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             fp32 = Path(tmp) / GRAPH
-            _export_graph(source, fp32, "float32", opts.device, opts.opset)
+            _export_graph(source, fp32, "float32", opts.device, opts.opset, opts.external_data)
             _say("quantizing MatMul weights to int8 (dynamic)", progress)
             _quantize_int8(fp32, out / GRAPH)
     else:
-        _export_graph(source, out / GRAPH, opts.dtype, opts.device, opts.opset)
+        _export_graph(source, out / GRAPH, opts.dtype, opts.device, opts.opset, opts.external_data)
     _say("copying tokenizer and projections", progress)
     for name in TOKENIZER_FILES:
         if (source.path / name).exists():
