@@ -301,11 +301,11 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             raise InvalidArgument("query", "must be text or vectors")
         if kind == "text" and not request.text:
             raise InvalidArgument("text", "must not be empty")
-        top_k = request.top_k or 10
+        top_k = request.top_k if request.HasField("top_k") else 10
         if not 1 <= top_k <= self.engine.settings.max_top_k:
             raise InvalidArgument(
                 "top_k",
-                f"must be in [1, {self.engine.settings.max_top_k}] (0 means 10); given {request.top_k}",
+                f"must be in [1, {self.engine.settings.max_top_k}] (unset means 10); given {top_k}",
             )
         hits, tokens, nbytes = await self.engine.search(
             request.collection,
