@@ -48,6 +48,7 @@ protos: $(VENV)/.installed
 bench: bench-store bench-recall bench-export bench-service
 
 bench-export: $(VENV)/.installed
+	$(PY) bench/parity.py
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/export_scale.py
 
