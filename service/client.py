@@ -132,7 +132,7 @@ class Client:
         if text is not None:
             req.text = text
         else:
-            req.vectors.CopyFrom(pb.Vectors(code=list(code or []), rescore=list(rescore or [])))
+            req.vectors.CopyFrom(_vectors(code, rescore))
         for field, values in (filter or {}).items():
             vals = values if isinstance(values, list | tuple) else [values]
             req.filter.append(pb.Condition(field=field, any_of=[convert.value_to_proto(v) for v in vals]))
@@ -153,5 +153,13 @@ def document(d: Mapping[str, Any]) -> pb.Document:
     if "text" in d:
         out.text = d["text"]
     else:
-        out.vectors.CopyFrom(pb.Vectors(code=list(d["code"]), rescore=list(d.get("rescore") or [])))
+        out.vectors.CopyFrom(_vectors(d["code"], d.get("rescore")))
+    return out
+
+
+def _vectors(code: Any, rescore: Any) -> pb.Vectors:
+    """Packed little-endian float32 bytes (4 bytes per dimension, cheap to build and parse)."""
+    out = pb.Vectors(code_f32le=np.asarray(code, dtype="<f4").tobytes())
+    if rescore is not None and len(rescore):
+        out.rescore_f32le = np.asarray(rescore, dtype="<f4").tobytes()
     return out

@@ -127,8 +127,14 @@ def filter_from_proto(conds: Iterable[pb.Condition]) -> dict[str, Any] | None:
     return out or None
 
 
-def vector(values: Iterable[float], field: str) -> F32:
-    arr = np.asarray(list(values), dtype=np.float32)
+def vector(values: Iterable[float], field: str, packed: bytes = b"") -> F32:
+    """A float vector from a repeated float field, or from its packed little-endian float32 twin."""
+    if packed:
+        if len(packed) % 4:
+            raise InvalidArgument(f"{field}_f32le", f"must be a multiple of 4 bytes; given {len(packed)}")
+        arr = np.frombuffer(packed, dtype="<f4").astype(np.float32)
+    else:
+        arr = np.asarray(values, dtype=np.float32)
     if arr.size and not np.isfinite(arr).all():
         raise InvalidArgument(
             f"{field}[{int(np.argmin(np.isfinite(arr)))}]", "must be finite; given NaN or infinity"

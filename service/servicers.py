@@ -243,10 +243,12 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             if kind == "text" and not d.text:
                 raise InvalidArgument(f"documents[{i}].text", "must not be empty")
             code.append(
-                convert.vector(d.vectors.code, f"documents[{i}].vectors.code") if kind == "vectors" else None
+                convert.vector(d.vectors.code, f"documents[{i}].vectors.code", d.vectors.code_f32le)
+                if kind == "vectors"
+                else None
             )
             rescore.append(
-                convert.vector(d.vectors.rescore, f"documents[{i}].vectors.rescore")
+                convert.vector(d.vectors.rescore, f"documents[{i}].vectors.rescore", d.vectors.rescore_f32le)
                 if kind == "vectors"
                 else None
             )
@@ -310,8 +312,12 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         hits, tokens, nbytes = await self.engine.search(
             request.collection,
             request.text if kind == "text" else None,
-            convert.vector(request.vectors.code, "vectors.code") if kind == "vectors" else None,
-            convert.vector(request.vectors.rescore, "vectors.rescore") if kind == "vectors" else None,
+            convert.vector(request.vectors.code, "vectors.code", request.vectors.code_f32le)
+            if kind == "vectors"
+            else None,
+            convert.vector(request.vectors.rescore, "vectors.rescore", request.vectors.rescore_f32le)
+            if kind == "vectors"
+            else None,
             top_k=top_k,
             oversampling=request.oversampling or 4,
             rescore_on=request.rescore if request.HasField("rescore") else True,

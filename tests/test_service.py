@@ -304,6 +304,13 @@ def test_bad_inputs_get_codes_naming_the_field_and_write_nothing(minilm_server: 
             "'nope' does not exist",
         ),
         (
+            "packed vector of the wrong byte length",
+            search.Search,
+            pb.SearchRequest(collection="bad", vectors=pb.Vectors(code_f32le=b"\x00" * 5)),
+            INV,
+            "vectors.code_f32le must be a multiple of 4 bytes; given 5",
+        ),
+        (
             "top_k 0",
             search.Search,
             pb.SearchRequest(collection="bad", text="x", top_k=0),

@@ -264,12 +264,16 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
 
 class Vectors(_message.Message):
-    __slots__ = ("code", "rescore")
+    __slots__ = ("code", "rescore", "code_f32le", "rescore_f32le")
     CODE_FIELD_NUMBER: _ClassVar[int]
     RESCORE_FIELD_NUMBER: _ClassVar[int]
+    CODE_F32LE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_F32LE_FIELD_NUMBER: _ClassVar[int]
     code: _containers.RepeatedScalarFieldContainer[float]
     rescore: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, code: _Optional[_Iterable[float]] = ..., rescore: _Optional[_Iterable[float]] = ...) -> None: ...
+    code_f32le: bytes
+    rescore_f32le: bytes
+    def __init__(self, code: _Optional[_Iterable[float]] = ..., rescore: _Optional[_Iterable[float]] = ..., code_f32le: _Optional[bytes] = ..., rescore_f32le: _Optional[bytes] = ...) -> None: ...
 
 class MetadataValue(_message.Message):
     __slots__ = ("string_value", "int_value", "double_value", "bool_value", "string_list")
