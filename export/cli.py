@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--opset", type=int, default=23, help="ONNX opset (default 23; 18 is the conservative fallback)"
     )
     p.add_argument("--revision", default=None, help="hub revision (hub ids only)")
+    p.add_argument("--model-id", default=None, help="model id to record (default: the hub id or folder name)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--force", action="store_true", help="delete the contents of a non-empty --out first")
     p.set_defaults(func=run)
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportOptions, export
 
     src, model_id, revision = resolve_source(args.source, args.revision)
+    model_id = args.model_id or model_id
     opts = ExportOptions(
         dtype=args.dtype,
         device=args.device,

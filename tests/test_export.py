@@ -221,6 +221,8 @@ def test_minilm_matches_sentence_transformers(
     want = st.encode(texts, convert_to_numpy=True)
     model = EmbeddingModel(minilm_fp32)
     assert model.manifest.pooling == "mean" and model.dims == [384]
+    # the export's own parity report (plain transformers reference, texts within max length)
+    assert model.manifest.parity["min_cosine"] >= 0.99999 and model.manifest.parity["token_ids_equal"]
     got = model.embed(texts)
     assert cosines(got, want).min() >= 0.99999
     out = tmp_path / "int8"
