@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= .cache/models/all-minilm-l6-v2
 DATA_DIR ?= data
 
-.PHONY: test lint serve protos bench bench-store bench-recall bench-export bench-service clean
+.PHONY: test lint serve protos smoke-container bench bench-store bench-recall bench-export bench-service clean
 
 # The test command (README; .ci/run runs exactly this).
 test: $(VENV)/.installed
@@ -44,6 +44,10 @@ $(MODEL_DIR)/manifest.json:
 # Regenerate the gRPC code from protos/ (committed; tests check it is current).
 protos: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/zembed/v1/zembed.proto
+
+# Build the CPU image with podman and check it serves (root; Debian's podman, runc, mmdebstrap).
+smoke-container: $(VENV)/.installed $(MODEL_DIR)/manifest.json
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash deploy/smoke.sh $(MODEL_DIR)
 
 bench: bench-store bench-recall bench-export bench-service
 
