@@ -652,3 +652,88 @@ def test_collections_pagination_documents_and_token_counts(
     assert list(info2.dimensions) == [64, 32, 16, 8, 4, 2] and info2.pooling == "lasttoken"
     assert sorted(info2.prompt_names) == ["document", "query"] and info2.provider == "CPUExecutionProvider"
     ch.close()
+
+
+def test_mutual_tls_requires_a_client_certificate(tiny_fp32: Path, tmp_path: Path) -> None:
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
+        pytest.skip("openssl is needed to make test certificates")
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    for name, san in (
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "subjectAltName=DNS:client"),
+    ):
+        ossl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            san,
+        )
+        (tmp_path / f"{name}.ext").write_text(san + "\n")
+        ossl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
+    srv = ServerThread(
+        settings(
+            tiny_fp32,
+            tmp_path / "d",
+            tls_cert=tmp_path / "server.pem",
+            tls_key=tmp_path / "server.key",
+            tls_client_ca=tmp_path / "ca.pem",
+        )
+    )
+    srv.running()
+    ca = (tmp_path / "ca.pem").read_bytes()
+    with Client(
+        f"localhost:{srv.port}",
+        root_certificates=ca,
+        private_key=(tmp_path / "client.key").read_bytes(),
+        certificate_chain=(tmp_path / "client.pem").read_bytes(),
+    ) as c:
+        assert c.embed(["mutual"]).shape == (1, 64)
+    with (
+        Client(f"localhost:{srv.port}", root_certificates=ca, timeout=5) as c,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        c.embed(["no client certificate"])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    srv.stop()
