@@ -21,6 +21,7 @@ from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Req = TypeVar("Req")
+STREAM_GROUP = 1024  # most stream items written in one transaction
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
@@ -263,15 +264,62 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     async def UpsertStream(
         self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.UpsertStreamResponse]:
-        async def handle(req: pb.UpsertStreamRequest) -> pb.UpsertStreamResponse:
-            try:
-                await self._upsert(req.collection, [req.document], wait=True)
-                return pb.UpsertStreamResponse(id=req.document.id, status=convert.status())
-            except Exception as exc:
-                return pb.UpsertStreamResponse(id=req.document.id, status=item_status(exc))
+        """Items that arrive together are written as one transaction (bulk loads commit per group,
+        not per document) and each is acknowledged, in order, once that commit is durable."""
+        queue: asyncio.Queue[pb.UpsertStreamRequest | None] = asyncio.Queue(
+            self.engine.settings.stream_in_flight
+        )
 
-        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
-            yield res
+        async def reader() -> None:
+            async for req in request_iterator:
+                await queue.put(req)
+            await queue.put(None)
+
+        feeder = asyncio.create_task(reader())
+        try:
+            done = False
+            while not done:
+                first = await queue.get()
+                if first is None:
+                    break
+                group = [first]
+                while len(group) < STREAM_GROUP:
+                    try:
+                        nxt = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if nxt is None:
+                        done = True
+                        break
+                    group.append(nxt)
+                for ack in await self._upsert_group(group):
+                    yield ack
+            await feeder
+        finally:
+            feeder.cancel()
+
+    async def _upsert_group(self, group: list[pb.UpsertStreamRequest]) -> list[pb.UpsertStreamResponse]:
+        status: dict[int, pb.Status] = {}
+        by_collection: dict[str, list[int]] = {}
+        for i, req in enumerate(group):
+            by_collection.setdefault(req.collection, []).append(i)
+        for name, idxs in by_collection.items():
+            docs = [group[i].document for i in idxs]
+            if len({d.id for d in docs}) == len(docs):
+                try:
+                    await self._upsert(name, docs, wait=True)
+                except Exception:
+                    pass  # nothing was written: retry one by one to find the bad items
+                else:
+                    status.update({i: convert.status() for i in idxs})
+                    continue
+            for i in idxs:  # in stream order, so a later item with the same id wins
+                try:
+                    await self._upsert(name, [group[i].document], wait=True)
+                    status[i] = convert.status()
+                except Exception as exc:
+                    status[i] = item_status(exc)
+        return [pb.UpsertStreamResponse(id=req.document.id, status=status[i]) for i, req in enumerate(group)]
 
     @guarded
     async def DeleteDocuments(

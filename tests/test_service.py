@@ -737,3 +737,23 @@ def test_mutual_tls_requires_a_client_certificate(tiny_fp32: Path, tmp_path: Pat
         c.embed(["no client certificate"])
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     srv.stop()
+
+
+def test_upsert_stream_groups_items_into_transactions(tiny_server: ServerThread) -> None:
+    _, search, ch = stubs(tiny_server.port)
+    search.CreateCollection(pb.CreateCollectionRequest(name="bulk", config=pb.CollectionConfig(code_bits=64)))
+    coll = tiny_server.running().engine.store.collection("bulk")
+    gen0 = coll._rec.gen
+    rng = np.random.default_rng(9)
+    vecs = rng.standard_normal((2000, 64), dtype=np.float32)
+    reqs = [
+        pb.UpsertStreamRequest(collection="bulk", document=document({"id": f"v{i}", "code": vecs[i]}))
+        for i in range(2000)
+    ]
+    acks = list(search.UpsertStream(iter(reqs)))
+    assert [a.id for a in acks] == [f"v{i}" for i in range(2000)]  # in order
+    assert all(a.status.code == 0 for a in acks)
+    assert coll.count() == 2000
+    assert coll._rec.gen - gen0 < 200  # grouped: far fewer commits than documents
+    assert coll.search(vecs[1234], top_k=1)[0][0].id == "v1234"
+    ch.close()
