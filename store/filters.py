@@ -109,9 +109,6 @@ class _Postings:
     def __init__(self) -> None:
         self.state: tuple[I64, int] = (np.empty(16, dtype=np.int64), 0)
 
-    def add(self, pos: int) -> None:
-        self.extend(np.array([pos], dtype=np.int64))
-
     def extend(self, pos: I64) -> None:
         arr, n = self.state
         need = n + len(pos)
@@ -135,13 +132,7 @@ class FilterIndex:
         self._index: dict[str, dict[Key, _Postings]] = {f: {} for f in self.fields}
 
     def add(self, pos: int, keys: Mapping[str, list[Key]]) -> None:
-        for field, ks in keys.items():
-            bucket = self._index[field]
-            for k in set(ks):
-                p = bucket.get(k)
-                if p is None:
-                    p = bucket[k] = _Postings()
-                p.add(pos)
+        self.add_many(np.array([pos], dtype=np.int64), keys)
 
     def add_many(self, positions: I64, keys: Mapping[str, list[Key]]) -> None:
         """Add several positions (ascending) that share the same keys."""
