@@ -7,7 +7,8 @@ scans) runs in worker threads so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,23 @@ class Embedded:
         return sum(self.tokens)
 
 
+def _noop(seconds: float) -> None:
+    pass
+
+
 def usage_bytes(texts: Sequence[str]) -> int:
     return sum(HOSTED_BYTES_PER_INPUT + len(t.encode("utf-8")) for t in texts)
 
 
 class Engine:
-    def __init__(self, settings: Settings, model: EmbeddingModel, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        model: EmbeddingModel,
+        store: Store,
+        on_search: Callable[[float], None] = _noop,
+    ) -> None:
+        self.on_search = on_search
         self.settings = settings
         self.model = model
         self.store = store
@@ -118,6 +130,13 @@ class Engine:
         return Embedded(
             vectors, [len(x) for x in ids], [len(x) < n for x, n in zip(ids, full, strict=True)], dim
         )
+
+    def _timed_search(self, fn: Callable[..., list[list[Hit]]], *args: Any, **kw: Any) -> list[list[Hit]]:
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.on_search(time.perf_counter() - t)
 
     # ------------------------------------------------------------------ collections
     def default_config(self, code_bits: int = 0, rescore_dims: int = 0, **kw: Any) -> CollectionConfig:
@@ -218,6 +237,7 @@ class Engine:
         if rescore is not None and len(rescore) == 0:
             rescore = None
         hits = await asyncio.to_thread(
+            self._timed_search,
             coll.search,
             code,
             rescore,

@@ -32,6 +32,12 @@ class Metrics:
         )
         self.batch_seconds = Histogram("zembed_batch_seconds", "inference time per batch", registry=r)
         self.tokens = Counter("zembed_tokens", "tokens embedded", registry=r)
+        self.store_seconds = Histogram(
+            "zembed_store_search_seconds",
+            "store search time (scan + rescoring), per query",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256),
+        )
         self.queue_depth = Gauge("zembed_queue_depth", "inputs waiting for inference", registry=r)
 
     def on_batch(self, size: int, tokens: int, seconds: float) -> None:

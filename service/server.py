@@ -159,7 +159,7 @@ async def start(
         intra_op_threads=settings.intra_op_threads,
     )
     store = await asyncio.to_thread(Store, settings.data)
-    engine = Engine(settings, model, store)
+    engine = Engine(settings, model, store, on_search=metrics.store_seconds.observe)
     engine.batcher._on_batch = metrics.on_batch
     engine.batcher.start()
     metrics.watch(lambda: engine.batcher.depth, lambda: {c.name: c.count for c in store.list_collections()})
