@@ -473,6 +473,54 @@ fail:
 #endif
 }
 
+
+/* gather_rows(chunks, positions_i64, shift, words, out_u64): row-major codes of the given positions
+ * from blocked chunks (chunk = position >> shift); out is [len(positions), words]. */
+static PyObject *py_gather_rows(PyObject *self, PyObject *args) {
+    PyObject *ochunks, *opos, *oout;
+    int shift, words;
+    if (!PyArg_ParseTuple(args, "OOiiO", &ochunks, &opos, &shift, &words, &oout)) return NULL;
+    if (words < 1 || words > MAX_WORDS || shift < 3 || shift > 40) {
+        PyErr_SetString(PyExc_ValueError, "gather_rows: bad words or shift");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(ochunks, "chunks must be a sequence");
+    if (fast == NULL) return NULL;
+    Py_ssize_t nchunks = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer bp, bo;
+    if (get_buf(opos, &bp, 0, "positions") < 0) { Py_DECREF(fast); return NULL; }
+    if (get_buf(oout, &bo, 1, "out") < 0) { PyBuffer_Release(&bp); Py_DECREF(fast); return NULL; }
+    Py_ssize_t n = bp.len / 8;
+    Py_buffer *bufs = (Py_buffer *)PyMem_Calloc((size_t)(nchunks ? nchunks : 1), sizeof(Py_buffer));
+    Py_ssize_t got = 0;
+    int ok = bufs != NULL && bo.len == n * words * 8;
+    for (; ok && got < nchunks; got++)
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], 0, "chunks[i]") < 0) ok = 0;
+    if (ok) {
+        const int64_t *pos = (const int64_t *)bp.buf;
+        uint64_t *out = (uint64_t *)bo.buf;
+        int64_t mask = ((int64_t)1 << shift) - 1;
+        for (Py_ssize_t i = 0; i < n && ok; i++) {
+            int64_t c = pos[i] >> shift, lane = pos[i] & mask;
+            if (pos[i] < 0 || c >= nchunks || (lane / 8 + 1) * words * 64 > bufs[c].len) {
+                PyErr_Format(PyExc_IndexError, "gather_rows: position %lld out of range", (long long)pos[i]);
+                ok = 0;
+                break;
+            }
+            const uint64_t *blk = (const uint64_t *)bufs[c].buf + (lane >> 3) * words * 8;
+            for (int w = 0; w < words; w++) out[i * words + w] = blk[w * 8 + (lane & 7)];
+        }
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "gather_rows: inconsistent buffer sizes");
+    }
+    for (Py_ssize_t j = 0; j < got; j++)
+        if (bufs[j].obj != NULL) PyBuffer_Release(&bufs[j]);
+    PyMem_Free(bufs);
+    PyBuffer_Release(&bo); PyBuffer_Release(&bp); Py_DECREF(fast);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(SCAN_NAME); }
 
 static PyMethodDef methods[] = {
@@ -481,6 +529,7 @@ static PyMethodDef methods[] = {
     {"read_sum", py_read_sum, METH_O, "Sum a buffer as uint64 words (memory-bandwidth floor)."},
     {"scale_to_f16", py_scale_to_f16, METH_VARARGS, "dst = float16(src * inv[row]) with F16C."},
     {"dot_f16", py_dot_f16, METH_VARARGS, "out[i] = dot(float16 buffers[i], float32 query)."},
+    {"gather_rows", py_gather_rows, METH_VARARGS, "Row-major codes of positions in blocked chunks."},
     {"kernel", py_kernel, METH_NOARGS, "Name of the scan kernel chosen for this CPU."},
     {NULL, NULL, 0, NULL},
 };

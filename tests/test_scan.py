@@ -142,3 +142,18 @@ def test_portable_kernels_agree(kernel: str, tmp_path: object) -> None:
     name, d, p = out.stdout.splitlines()
     assert name == kernel
     assert (d, p) == tuple(default.stdout.splitlines()[1:])
+
+
+def test_index_gathers_rows_and_rowids_across_chunks(rng: np.random.Generator) -> None:
+    from store.index import CodeIndex
+
+    n = CHUNK_ROWS * 2 + 77
+    codes = quantize.pad_rows(codes_for(300, n, rng), 40)
+    idx = CodeIndex(40)
+    idx.append(np.arange(n, dtype=np.int64) * 7 + 3, codes)
+    view = idx.publish()
+    pos = np.concatenate([rng.integers(0, n, 300), [0, CHUNK_ROWS - 1, CHUNK_ROWS, n - 1]]).astype(np.int64)
+    np.testing.assert_array_equal(view.code_rows(pos), codes[pos])
+    np.testing.assert_array_equal(view.rowids_of(pos), pos * 7 + 3)
+    with pytest.raises(IndexError, match="out of range"):
+        view.code_rows(np.array([CHUNK_ROWS * 3], dtype=np.int64))
