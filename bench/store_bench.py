@@ -37,6 +37,17 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def resident(path: Path) -> int | None:
+    """Bytes of ``path`` in the page cache (util-linux fincore), or None where unavailable."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def build_index(n: int, seed: int) -> CodeIndex:
     rng = np.random.default_rng(seed)
     index = CodeIndex(CODE_BYTES)
@@ -166,6 +177,7 @@ def store_bench(n: int, root: Path, queries: int) -> dict[str, Any]:
     touched = c.prefetch()
     out["prefetch_s"] = time.perf_counter() - t
     out["prefetch_bytes"] = touched
+    out["resident_bytes"] = resident(path / "data.mdb")
     e2e, e2e_refine, scan_only = [], [], []
     for _ in range(queries):
         q = rng.standard_normal(2560, dtype=np.float32)
@@ -209,7 +221,16 @@ def upsert_bench(n: int, root: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not the bars)")
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end search part")
     args = ap.parse_args()
+    if args.e2e_only:
+        root = Path(tempfile.mkdtemp(prefix="zembed-bench-"))
+        try:
+            e = store_bench(100_000 if args.quick else 1_000_000, root, 40)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()})
+        return
     n1 = 100_000 if args.quick else 1_000_000
     n10 = 1_000_000 if args.quick else 10_000_000
     root = Path(tempfile.mkdtemp(prefix="zembed-bench-"))
@@ -312,6 +333,8 @@ def main() -> None:
             "<= 1.0",
         ],
     ]
+    res = e2e.get("resident_bytes")
+    print(f"page cache held {res / 1e9:.2f} GB of the e2e store after the prefetch" if res else "")
     print(
         f"kernel: {s['kernel']}   e2e store on disk: {e2e['disk_bytes'] / 1e9:.2f} GB, "
         f"built at {e2e['build_upsert_per_s']:,.0f} docs/s (2560 f16 + metadata)"
