@@ -230,6 +230,7 @@ def main() -> None:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()})
+        print(f"wrote {write_json('store_e2e', e)}")
         return
     n1 = 100_000 if args.quick else 1_000_000
     n10 = 1_000_000 if args.quick else 10_000_000
