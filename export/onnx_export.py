@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import shutil
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def _export_graph(
     backbone = AutoModel.from_pretrained(str(source.transformer_path), dtype=torch_dtype).eval().to(device)
     rope = getattr(backbone.config, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(backbone.config, "rope_theta", None))
-    src_cfg = __import__("json").loads((source.transformer_path / "config.json").read_text())
+    src_cfg = json.loads((source.transformer_path / "config.json").read_text())
     want = (src_cfg.get("rope_parameters") or {}).get("rope_theta", src_cfg.get("rope_theta"))
     if want is not None and theta is not None and float(theta) != float(want):
         raise RuntimeError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -136,7 +138,7 @@ def test_portable_kernels_agree(kernel: str, tmp_path: object) -> None:
         "m=(r.random(999)<.5).astype(np.uint8); d,p=scan.topk(c[:5],[scan.blocked(c)],40,[m]);"
         "print(scan.kernel_name()); print(d.tolist()); print(p.tolist())"
     )
-    env = {**__import__("os").environ, "ZEMBED_SCAN_KERNEL": kernel}
+    env = {**os.environ, "ZEMBED_SCAN_KERNEL": kernel}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     name, d, p = out.stdout.splitlines()
