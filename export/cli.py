@@ -39,6 +39,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--revision", default=None, help="hub revision (hub ids only)")
     p.add_argument("--model-id", default=None, help="model id to record (default: the hub id or folder name)")
+    p.add_argument(
+        "--suffix",
+        default=None,
+        help="text appended after every input, overriding the checkpoint's "
+        "(Python escapes, e.g. '<|im_end|>\\n')",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="TYPE=TEXT",
+        help="prompt for an input type, overriding or adding to the checkpoint's "
+        "(Python escapes; repeatable)",
+    )
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--force", action="store_true", help="delete the contents of a non-empty --out first")
     p.set_defaults(func=run)
@@ -60,17 +74,31 @@ def resolve_source(source: str, revision: str | None) -> tuple[Path, str, str | 
     return Path(local), source, revision
 
 
+def _unescape(text: str) -> str:
+    """Python string escapes (``\\n``, ``\\t``, ``\\u00e9``) typed on a command line."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportOptions, export
 
     src, model_id, revision = resolve_source(args.source, args.revision)
     model_id = args.model_id or model_id
+    prompts = {}
+    for item in args.prompt:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            print(f"zembed export: --prompt must be TYPE=TEXT; given {item!r}", file=sys.stderr)
+            return 2
+        prompts[name] = _unescape(text)
     opts = ExportOptions(
         dtype=args.dtype,
         device=args.device,
         max_length=args.max_length,
         opset=args.opset,
         parity=not args.no_parity,
+        suffix=None if args.suffix is None else _unescape(args.suffix),
+        prompts=prompts or None,
         model_id=model_id,
         revision=revision,
     )

@@ -42,6 +42,8 @@ class ExportOptions:
     model_id: str | None = None
     revision: str | None = None
     external_data: bool | None = None  # None: only when the weights pass EXTERNAL_DATA_OVER
+    suffix: str | None = None  # overrides the checkpoint's suffix
+    prompts: dict[str, str] | None = None  # override or add prompts by input type
 
 
 def _say(step: str, progress: Callable[[str], None] | None) -> None:
@@ -176,7 +178,13 @@ def export(
     if opts.dtype == "int8" and opts.device != "cpu":
         raise ValueError("int8 graphs are for CPU: use --device cpu")
     _say(f"reading {source_path}", progress)
-    source = read_source(source_path, opts.model_id, opts.revision)
+    source = read_source(source_path, opts.model_id, opts.revision, suffix=opts.suffix, prompts=opts.prompts)
+    if source.pooling == "lasttoken" and not source.suffix:
+        _say(
+            "WARNING: last-token pooling with no suffix: zembed-1 appends '<|im_end|>\\n' after the text; "
+            "if the checkpoint's files do not say so, pass --suffix",
+            progress,
+        )
     prepare_out(out, force)
     max_length = opts.max_length or source.max_length
     _say(

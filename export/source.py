@@ -54,7 +54,15 @@ def _json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_source(path: Path, model_id: str | None = None, revision: str | None = None) -> Source:
+def read_source(
+    path: Path,
+    model_id: str | None = None,
+    revision: str | None = None,
+    *,
+    suffix: str | None = None,
+    prompts: dict[str, str] | None = None,
+) -> Source:
+    """What ``path`` says; ``suffix`` and ``prompts`` (from the command line) override the files."""
     if not path.is_dir():
         raise SourceError(f"{path} is not a folder")
     modules = json.loads((path / "modules.json").read_text()) if (path / "modules.json").exists() else []
@@ -85,8 +93,9 @@ def read_source(path: Path, model_id: str | None = None, revision: str | None = 
         pooling = chosen[0]
     st = _json(path / "config_sentence_transformers.json")
     sb = _json(path / "sentence_bert_config.json")
-    prompts = {str(k): str(v) for k, v in (st.get("prompts") or {}).items()}
-    suffix = str(sb.get("suffix", st.get("suffix", "")))
+    prompts = {**{str(k): str(v) for k, v in (st.get("prompts") or {}).items()}, **(prompts or {})}
+    if suffix is None:
+        suffix = str(sb.get("suffix", st.get("suffix", "")))
     max_len = int(sb.get("max_seq_length") or config.get("max_position_embeddings") or 512)
     hidden = int(config.get("hidden_size", 0))
     dims: list[int] = []

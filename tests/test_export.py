@@ -294,3 +294,56 @@ def test_pad_helper_right_pads() -> None:
         [1, 0, 0],
     ]
     assert b.tokens == 4
+
+
+def test_cli_overrides_suffix_and_prompts(tiny_src: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "export",
+            str(tiny_src),
+            "--out",
+            str(out),
+            "--no-parity",
+            "--suffix",
+            r"<|endoftext|>",
+            "--prompt",
+            r"query=Instruct: find\nQuery: ",
+            "--prompt",
+            "code=Code: ",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["suffix"] == "<|endoftext|>"
+    assert m["prompts"]["query"] == "Instruct: find\nQuery: " and m["prompts"]["code"] == "Code: "
+    assert m["prompts"]["document"] == ZEMBED_PROMPTS["document"]  # kept from the checkpoint
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "export",
+            str(tiny_src),
+            "--out",
+            str(tmp_path / "b"),
+            "--prompt",
+            "x",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "--prompt must be TYPE=TEXT" in bad.stderr
