@@ -21,7 +21,6 @@ from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Req = TypeVar("Req")
-STREAM_GROUP = 1024  # most stream items written in one transaction
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
@@ -283,7 +282,8 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
                 if first is None:
                     break
                 group = [first]
-                while len(group) < STREAM_GROUP:
+                # at most one Embed call's worth of inputs per transaction (texts are embedded together)
+                while len(group) < self.engine.settings.max_inputs:
                     try:
                         nxt = queue.get_nowait()
                     except asyncio.QueueEmpty:

@@ -757,3 +757,20 @@ def test_upsert_stream_groups_items_into_transactions(tiny_server: ServerThread)
     assert coll._rec.gen - gen0 < 200  # grouped: far fewer commits than documents
     assert coll.search(vecs[1234], top_k=1)[0][0].id == "v1234"
     ch.close()
+
+
+def test_upsert_stream_of_texts_embeds_groups(minilm_server: ServerThread) -> None:
+    _, search, ch = stubs(minilm_server.port)
+    md = auth_md()
+    search.CreateCollection(pb.CreateCollectionRequest(name="streamed-texts"), metadata=md)
+    reqs = [
+        pb.UpsertStreamRequest(
+            collection="streamed-texts", document=document({"id": f"t{i}", "text": f"note {i}"})
+        )
+        for i in range(600)
+    ]
+    acks = list(search.UpsertStream(iter(reqs), metadata=md))
+    assert [a.id for a in acks] == [f"t{i}" for i in range(600)] and all(a.status.code == 0 for a in acks)
+    coll = minilm_server.running().engine.store.collection("streamed-texts")
+    assert coll.count() == 600 and coll._rec.gen <= 600 // 2
+    ch.close()
