@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,54 +298,33 @@ def test_pad_helper_right_pads() -> None:
     assert b.tokens == 4
 
 
-def test_cli_overrides_suffix_and_prompts(tiny_src: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def zembed_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `zembed` command line (python -m service.cli) from the repository root."""
     root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=root, capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_overrides_suffix_and_prompts(tiny_src: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "export",
-            str(tiny_src),
-            "--out",
-            str(out),
-            "--no-parity",
-            "--suffix",
-            r"<|endoftext|>",
-            "--prompt",
-            r"query=Instruct: find\nQuery: ",
-            "--prompt",
-            "code=Code: ",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
+    proc = zembed_cli(
+        "export",
+        str(tiny_src),
+        "--out",
+        str(out),
+        "--no-parity",
+        "--suffix",
+        r"<|endoftext|>",
+        "--prompt",
+        r"query=Instruct: find\nQuery: ",
+        "--prompt",
+        "code=Code: ",
     )
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["suffix"] == "<|endoftext|>"
     assert m["prompts"]["query"] == "Instruct: find\nQuery: " and m["prompts"]["code"] == "Code: "
     assert m["prompts"]["document"] == ZEMBED_PROMPTS["document"]  # kept from the checkpoint
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "export",
-            str(tiny_src),
-            "--out",
-            str(tmp_path / "b"),
-            "--prompt",
-            "x",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = zembed_cli("export", str(tiny_src), "--out", str(tmp_path / "b"), "--prompt", "x")
     assert bad.returncode == 2 and "--prompt must be TYPE=TEXT" in bad.stderr

@@ -55,6 +55,19 @@ class ServerThread:
         self.thread.join(10)
 
 
+def block_inference(running: Running) -> threading.Event:
+    """Make the inference worker wait (at most 10 s) until the returned event is set."""
+    gate = threading.Event()
+    real_run = running.engine.model.run
+
+    def slow_run(ids: Any) -> Any:
+        gate.wait(10)
+        return real_run(ids)
+
+    running.engine.batcher._run = slow_run
+    return gate
+
+
 def settings(model: Path, data: Path, **kw: Any) -> Settings:
     return Settings(model=model, data=data, host="127.0.0.1", port=0, **kw).validate()
 
@@ -433,14 +446,7 @@ def test_health_and_drain(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.M
         == health_pb2.HealthCheckResponse.SERVING
     )
     # an in-flight call finishes during the drain
-    slow_gate = threading.Event()
-    real_run = running.engine.model.run
-
-    def slow_run(ids: Any) -> Any:
-        slow_gate.wait(10)
-        return real_run(ids)
-
-    running.engine.batcher._run = slow_run
+    slow_gate = block_inference(running)
     stub = pb_grpc.EmbeddingServiceStub(ch)
     fut = stub.Embed.future(pb.EmbedRequest(inputs=["in flight"]))
     time.sleep(0.3)
@@ -458,14 +464,7 @@ def test_health_and_drain(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.M
 def test_overload_gets_resource_exhausted_and_recovers(tiny_fp32: Path, tmp_path: Path) -> None:
     srv = ServerThread(settings(tiny_fp32, tmp_path / "d", queue_items=16, max_inputs=8, max_batch=8))
     running = srv.running()
-    gate = threading.Event()
-    real_run = running.engine.model.run
-
-    def slow_run(ids: Any) -> Any:
-        gate.wait(10)
-        return real_run(ids)
-
-    running.engine.batcher._run = slow_run
+    gate = block_inference(running)
     ch = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
     stub = pb_grpc.EmbeddingServiceStub(ch)
     t = time.perf_counter()
@@ -486,7 +485,7 @@ def test_overload_gets_resource_exhausted_and_recovers(tiny_fp32: Path, tmp_path
     gate.set()
     ok = sum(1 for f in futures if f.exception(10) is None)
     assert ok >= 1
-    running.engine.batcher._run = real_run
+    running.engine.batcher._run = running.engine.model.run
     assert len(stub.Embed(pb.EmbedRequest(inputs=["after"] * 8)).embeddings) == 8
     ch.close()
     srv.stop()
