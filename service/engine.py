@@ -19,7 +19,7 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.runtime.model import EmbeddingModel
-from service.runtime.text import Overflow
+from service.runtime.text import Overflow, TooLong
 from store import CollectionConfig, Hit, RescoreDtype, Store
 from store.config import Calibration
 
@@ -112,19 +112,14 @@ class Engine:
         self.check_texts(texts, field, names)
         dim = self.check_dim(dim)
         it = self.input_type(input_type)
-        full = self.model.text.count(texts, it)
         try:
-            ids = self.model.encode(texts, it, overflow)
-        except Exception as exc:
-            from service.runtime.text import TooLong
-
-            if isinstance(exc, TooLong):
-                raise InvalidArgument(
-                    names[exc.index] if names is not None else f"{field}[{exc.index}]",
-                    f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); "
-                    f"given {exc.tokens}",
-                ) from None
-            raise
+            ids, full = self.model.text.encode_counted(texts, it, overflow)  # one tokenization
+        except TooLong as exc:
+            raise InvalidArgument(
+                names[exc.index] if names is not None else f"{field}[{exc.index}]",
+                f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); "
+                f"given {exc.tokens}",
+            ) from None
         emb = await self.batcher.submit(ids, wait=wait)
         vectors = self.model.project(emb, dim)
         return Embedded(

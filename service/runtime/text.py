@@ -58,6 +58,12 @@ class TextEncoder:
     def encode(
         self, texts: Sequence[str], input_type: str | None, overflow: Overflow = Overflow.TRUNCATE
     ) -> list[list[int]]:
+        return self.encode_counted(texts, input_type, overflow)[0]
+
+    def encode_counted(
+        self, texts: Sequence[str], input_type: str | None, overflow: Overflow = Overflow.TRUNCATE
+    ) -> tuple[list[list[int]], list[int]]:
+        """Token ids (after the length policy) and each input's token count before it."""
         fulls = [self.full_text(t, input_type) for t in texts]
         encs = self.tokenizer.encode_batch(fulls, add_special_tokens=True)
         out: list[list[int]] = []
@@ -68,7 +74,7 @@ class TextEncoder:
                 raise TooLong(i, len(enc.ids), self.max_length)
             else:
                 out.append(self._truncate(texts[i], input_type, enc))
-        return out
+        return out, [len(e.ids) for e in encs]
 
     def count(self, texts: Sequence[str], input_type: str | None) -> list[int]:
         """Tokens each input would take before any truncation."""
