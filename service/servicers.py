@@ -263,8 +263,9 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     async def UpsertStream(
         self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.UpsertStreamResponse]:
-        """Items that arrive together are written as one transaction (bulk loads commit per group,
-        not per document) and each is acknowledged, in order, once that commit is durable."""
+        """Items that arrive together (within max_wait_ms of the first) are written as one transaction
+        (bulk loads commit per group, not per document) and each is acknowledged, in order, once that
+        commit is durable."""
         queue: asyncio.Queue[pb.UpsertStreamRequest | None] = asyncio.Queue(
             self.engine.settings.stream_in_flight
         )
@@ -275,6 +276,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             await queue.put(None)
 
         feeder = asyncio.create_task(reader())
+        loop = asyncio.get_running_loop()
         try:
             done = False
             while not done:
@@ -282,12 +284,20 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
                 if first is None:
                     break
                 group = [first]
-                # at most one Embed call's worth of inputs per transaction (texts are embedded together)
+                # at most one Embed call's worth of inputs per transaction (texts are embedded together);
+                # like the batcher, wait up to max_wait_ms for more before committing a short group
+                deadline = loop.time() + self.engine.settings.max_wait_ms / 1000
                 while len(group) < self.engine.settings.max_inputs:
                     try:
                         nxt = queue.get_nowait()
                     except asyncio.QueueEmpty:
-                        break
+                        left = deadline - loop.time()
+                        if left <= 0:
+                            break
+                        try:
+                            nxt = await asyncio.wait_for(queue.get(), left)
+                        except TimeoutError:
+                            break
                     if nxt is None:
                         done = True
                         break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -19,6 +19,13 @@ def fake_run(log: list[list[int]]) -> object:
         return np.array([[float(sum(x)), float(len(x))] for x in ids], dtype=np.float32)
 
     return run
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition (a loaded machine may take a while), failing after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
 
 
 def test_rows_come_back_in_request_order_and_batches_respect_budgets() -> None:
@@ -61,9 +68,10 @@ def test_failed_batch_fails_its_requests_and_worker_lives_on() -> None:
 
 
 def test_full_queue_refuses_unary_and_streams_wait() -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def run(ids: list[Sequence[int]]) -> np.ndarray:
+        entered.set()
         gate.wait(10)
         return np.zeros((len(ids), 1), dtype=np.float32)
 
@@ -72,9 +80,9 @@ def test_full_queue_refuses_unary_and_streams_wait() -> None:
 
     async def go() -> None:
         first = asyncio.create_task(b.submit([[1], [2]]))  # taken by the worker, which blocks
-        await asyncio.sleep(0.05)
+        await until(entered.is_set)
         queued = asyncio.create_task(b.submit([[1]] * 4))  # fills the queue
-        await asyncio.sleep(0.05)
+        await until(lambda: b.depth == 4)
         with pytest.raises(Overloaded, match="queue is full"):
             await b.submit([[9]])
         waiting = asyncio.create_task(b.submit([[5]], wait=True))  # a stream item waits for room
@@ -88,10 +96,11 @@ def test_full_queue_refuses_unary_and_streams_wait() -> None:
 
 
 def test_cancelled_requests_are_dropped_from_the_queue() -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     seen: list[int] = []
 
     def run(ids: list[Sequence[int]]) -> np.ndarray:
+        entered.set()
         gate.wait(10)
         seen.extend(x[0] for x in ids)
         return np.zeros((len(ids), 1), dtype=np.float32)
@@ -101,12 +110,12 @@ def test_cancelled_requests_are_dropped_from_the_queue() -> None:
 
     async def go() -> None:
         blocker = asyncio.create_task(b.submit([[1]]))
-        await asyncio.sleep(0.05)
+        await until(entered.is_set)
         gone = asyncio.create_task(b.submit([[2]]))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.depth == 1)
         gone.cancel()
         kept = asyncio.create_task(b.submit([[3]]))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.depth == 2)  # the cancelled item is still queued, behind it the kept one
         gate.set()
         await asyncio.wait_for(asyncio.gather(blocker, kept), 10)
 

@@ -55,13 +55,25 @@ class ServerThread:
         self.thread.join(10)
 
 
-def block_inference(running: Running) -> threading.Event:
-    """Make the inference worker wait (at most 10 s) until the returned event is set."""
-    gate = threading.Event()
+class InferenceGate:
+    """Holds the inference worker (at most 10 s each batch) until set(); `entered` is set once a
+    batch is waiting on it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def set(self) -> None:
+        self.release.set()
+
+
+def block_inference(running: Running) -> InferenceGate:
+    gate = InferenceGate()
     real_run = running.engine.model.run
 
     def slow_run(ids: Any) -> Any:
-        gate.wait(10)
+        gate.entered.set()
+        gate.release.wait(10)
         return real_run(ids)
 
     running.engine.batcher._run = slow_run
@@ -449,10 +461,14 @@ def test_health_and_drain(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.M
     slow_gate = block_inference(running)
     stub = pb_grpc.EmbeddingServiceStub(ch)
     fut = stub.Embed.future(pb.EmbedRequest(inputs=["in flight"]))
-    time.sleep(0.3)
+    assert slow_gate.entered.wait(30)  # the call is being served
     drain = asyncio.run_coroutine_threadsafe(running.drain(5.0, delay_s=1.0), srv.loop)
-    time.sleep(0.3)
-    seen = health.Check(health_pb2.HealthCheckRequest(service=name)).status
+    deadline = time.monotonic() + 10  # the drain announces NOT_SERVING first, while the call waits
+    while (seen := health.Check(health_pb2.HealthCheckRequest(service=name)).status) != (
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    ) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not fut.done()
     slow_gate.set()
     assert len(fut.result(10).embeddings) == 1
     drain.result(20)
@@ -753,7 +769,8 @@ def test_upsert_stream_groups_items_into_transactions(tiny_server: ServerThread)
     assert [a.id for a in acks] == [f"v{i}" for i in range(2000)]  # in order
     assert all(a.status.code == 0 for a in acks)
     assert coll.count() == 2000
-    assert coll._rec.gen - gen0 < 200  # grouped: far fewer commits than documents
+    # grouped: far fewer commits than documents (2000 without grouping; 34-36 here, idle or loaded)
+    assert coll._rec.gen - gen0 <= 500
     assert coll.search(vecs[1234], top_k=1)[0][0].id == "v1234"
     ch.close()
 

@@ -334,6 +334,7 @@ class SearchServiceServicer:
 
     def UpsertStream(self, request_iterator, context):
         """Bulk loading: each item is acknowledged once it is durably stored, in order, with its own status.
+        Items arriving within max_wait_ms of each other (up to max_inputs) share one transaction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
