@@ -197,7 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--texts", type=int, default=2000)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--parts", default="embed,search", help="which parts to run (comma-separated)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))

@@ -7,6 +7,7 @@ scans) runs in worker threads so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class Engine:
         on_search: Callable[[float], None] = _noop,
     ) -> None:
         self.on_search = on_search
+        self._threaded = 0  # searches running on worker threads
+        self._deciding = 0  # searches choosing between the event loop and a worker thread
         self.settings = settings
         self.model = model
         self.store = store
@@ -231,7 +234,7 @@ class Engine:
             raise InvalidArgument("query", "must be text or vectors")
         if rescore is not None and len(rescore) == 0:
             rescore = None
-        hits = await asyncio.to_thread(
+        call = functools.partial(
             self._timed_search,
             coll.search,
             code,
@@ -242,7 +245,30 @@ class Engine:
             filter=flt,
             include_metadata=include_metadata,
         )
+        if await self._inline_ok(coll.count()):
+            hits = call()
+        else:
+            self._threaded += 1
+            try:
+                hits = await asyncio.to_thread(call)
+            finally:
+                self._threaded -= 1
         return hits[0], tokens, nbytes
+
+    async def _inline_ok(self, rows: int) -> bool:
+        """The idle-server fast path: run a search on the event loop itself (the thread hand-off and
+        the wake-up of an idle core cost ~0.1-0.15 ms of a ~2 ms search at 1M documents) when the
+        collection is small enough to hold the loop for only a few ms and no other search is running
+        or ready to run. Searches that arrive together (queued while the loop was busy) see each
+        other here and go to worker threads, where they run in parallel."""
+        if rows > self.settings.inline_search_rows:
+            return False
+        self._deciding += 1
+        try:
+            await asyncio.sleep(0)  # searches that are ready to run get to this point too
+            return self._deciding == 1 and self._threaded == 0
+        finally:
+            self._deciding -= 1
 
 
 def _stack(rows: Sequence[F32 | None], dims: int, field: str) -> F32:

@@ -447,25 +447,46 @@ static PyObject *py_dot_f16(PyObject *self, PyObject *args) {
     Py_buffer bq, bo;
     if (get_buf(oq, &bq, 0, "query") < 0) { Py_DECREF(fast); return NULL; }
     if (get_buf(oo, &bo, 1, "out") < 0) { PyBuffer_Release(&bq); Py_DECREF(fast); return NULL; }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), d = bq.len / 4;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), d = bq.len / 4, got = 0;
+    Py_buffer *bv = NULL;
     if (bo.len != n * 4) {
         PyErr_SetString(PyExc_ValueError, "dot_f16: out must hold one float32 per buffer");
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer bv;
-        if (get_buf(PySequence_Fast_GET_ITEM(fast, i), &bv, 0, "buffers[i]") < 0) goto fail;
-        if (bv.len != d * 2) {
-            PyBuffer_Release(&bv);
-            PyErr_Format(PyExc_ValueError, "dot_f16: buffers[%zd] holds %zd bytes; expected %zd", i, bv.len, d * 2);
+    /* The vectors are scattered over a large map and usually cold (a scan has just streamed the
+     * codes through the caches): take every buffer first and touch the start of each (the page
+     * walks and first misses then overlap), then prefetch a few vectors ahead while computing. */
+    bv = (Py_buffer *)PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    if (bv == NULL) { PyErr_NoMemory(); goto fail; }
+    for (; got < n; got++) {
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, got), &bv[got], 0, "buffers[i]") < 0) goto fail;
+        if (bv[got].len != d * 2) {
+            PyErr_Format(PyExc_ValueError, "dot_f16: buffers[%zd] holds %zd bytes; expected %zd", got,
+                         bv[got].len, d * 2);
+            got++;
             goto fail;
         }
-        ((float *)bo.buf)[i] = dot_f16_f16c((const uint16_t *)bv.buf, (const float *)bq.buf, d);
-        PyBuffer_Release(&bv);
+        __builtin_prefetch(bv[got].buf, 0, 0);
     }
+    Py_BEGIN_ALLOW_THREADS
+    const Py_ssize_t ahead = 4, bytes = d * 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + ahead < n)
+            for (Py_ssize_t off = 0; off < bytes; off += 64)
+                __builtin_prefetch((const char *)bv[i + ahead].buf + off, 0, 0);
+        ((float *)bo.buf)[i] = dot_f16_f16c((const uint16_t *)bv[i].buf, (const float *)bq.buf, d);
+    }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&bv[j]);
+    PyMem_Free(bv);
     PyBuffer_Release(&bo); PyBuffer_Release(&bq); Py_DECREF(fast);
     Py_RETURN_TRUE;
 fail:
+    if (bv != NULL) {
+        for (Py_ssize_t j = 0; j < got; j++)
+            if (bv[j].obj != NULL) PyBuffer_Release(&bv[j]);
+        PyMem_Free(bv);
+    }
     PyBuffer_Release(&bo); PyBuffer_Release(&bq); Py_DECREF(fast);
     return NULL;
 #else
@@ -521,6 +542,52 @@ static PyObject *py_gather_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* gather_i64(chunks, positions_i64, shift, out_i64): out[i] = chunks[p >> shift][p & mask] for
+ * int64 chunk arrays (row ids of a shortlist: independent loads, so the misses overlap). */
+static PyObject *py_gather_i64(PyObject *self, PyObject *args) {
+    PyObject *ochunks, *opos, *oout;
+    int shift;
+    if (!PyArg_ParseTuple(args, "OOiO", &ochunks, &opos, &shift, &oout)) return NULL;
+    if (shift < 0 || shift > 40) {
+        PyErr_SetString(PyExc_ValueError, "gather_i64: bad shift");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(ochunks, "chunks must be a sequence");
+    if (fast == NULL) return NULL;
+    Py_ssize_t nchunks = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer bp, bo;
+    if (get_buf(opos, &bp, 0, "positions") < 0) { Py_DECREF(fast); return NULL; }
+    if (get_buf(oout, &bo, 1, "out") < 0) { PyBuffer_Release(&bp); Py_DECREF(fast); return NULL; }
+    Py_ssize_t n = bp.len / 8;
+    Py_buffer *bufs = (Py_buffer *)PyMem_Calloc((size_t)(nchunks ? nchunks : 1), sizeof(Py_buffer));
+    Py_ssize_t got = 0;
+    int ok = bufs != NULL && bo.len == n * 8;
+    for (; ok && got < nchunks; got++)
+        if (get_buf(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], 0, "chunks[i]") < 0) ok = 0;
+    if (ok) {
+        const int64_t *pos = (const int64_t *)bp.buf;
+        int64_t *out = (int64_t *)bo.buf;
+        int64_t mask = ((int64_t)1 << shift) - 1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t c = pos[i] >> shift, lane = pos[i] & mask;
+            if (pos[i] < 0 || c >= nchunks || (lane + 1) * 8 > bufs[c].len) {
+                PyErr_Format(PyExc_IndexError, "gather_i64: position %lld out of range", (long long)pos[i]);
+                ok = 0;
+                break;
+            }
+            out[i] = ((const int64_t *)bufs[c].buf)[lane];
+        }
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "gather_i64: inconsistent buffer sizes");
+    }
+    for (Py_ssize_t j = 0; j < got; j++)
+        if (bufs[j].obj != NULL) PyBuffer_Release(&bufs[j]);
+    PyMem_Free(bufs);
+    PyBuffer_Release(&bo); PyBuffer_Release(&bp); Py_DECREF(fast);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(SCAN_NAME); }
 
 static PyMethodDef methods[] = {
@@ -530,6 +597,7 @@ static PyMethodDef methods[] = {
     {"scale_to_f16", py_scale_to_f16, METH_VARARGS, "dst = float16(src * inv[row]) with F16C."},
     {"dot_f16", py_dot_f16, METH_VARARGS, "out[i] = dot(float16 buffers[i], float32 query)."},
     {"gather_rows", py_gather_rows, METH_VARARGS, "Row-major codes of positions in blocked chunks."},
+    {"gather_i64", py_gather_i64, METH_VARARGS, "int64 values of positions in chunked arrays."},
     {"kernel", py_kernel, METH_NOARGS, "Name of the scan kernel chosen for this CPU."},
     {NULL, NULL, 0, NULL},
 };

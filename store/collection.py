@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import numpy as np
@@ -487,9 +487,12 @@ class Collection:
                 keys = row_keys(cid, view.rowids_of(p))
                 if rescore:
                     assert rq is not None
-                    vdb = dbs["vecs"]
+                    vdb, read = dbs["vecs"], txn.get
                     # zero-copy views into the map, valid while the transaction lives
-                    blobs: list[quantize.Buffer] = [view_of(txn.get(k, db=vdb)) for k in keys]
+                    found = [read(k, db=vdb) for k in keys]
+                    if None in found:
+                        raise FormatMismatch("a row's vector is missing: the environment is damaged")
+                    blobs = cast(list[quantize.Buffer], found)
                     scores = quantize.rescore_dots(
                         blobs, self.config.rescore_dims, self.config.rescore_dtype, rq[i]
                     )
@@ -554,15 +557,9 @@ class Collection:
         ext = must(get(txn, key, dbs["rows"])).decode()
         meta: dict[str, Any] | None = None
         if with_meta:
-            raw = get(txn, key, dbs["docs"])
-            meta = json.loads(raw) if raw else {}
+            raw = txn.get(key, db=dbs["docs"])
+            meta = json.loads(str(raw, "utf-8")) if raw else {}
         return Hit(ext, score, hamming, meta)
-
-
-def view_of(value: object) -> quantize.Buffer:
-    if not isinstance(value, bytes | memoryview):
-        raise FormatMismatch("a row's vector is missing: the environment is damaged")
-    return value
 
 
 def _read_rows(

@@ -74,3 +74,28 @@ def test_float16_encoding_is_numpy_rounding(rng: np.random.Generator) -> None:
     got = np.frombuffer(b"".join(quantize.encode_rescore(x, RescoreDtype.FLOAT16, inv)), dtype="<f2")
     want = (x * inv[:, None]).astype("<f2").ravel()
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dims", [2560, 384, 37])
+def test_rescore_dots_equal_decoded_dots_for_every_dtype(dims: int, rng: np.random.Generator) -> None:
+    # float16 takes the C path (F16C, prefetching ahead) where the CPU has it; the others decode
+    x = quantize.l2_normalize(rng.normal(size=(23, dims)))
+    q = quantize.l2_normalize(rng.normal(size=dims)).astype(np.float32)
+    for dtype in RescoreDtype:
+        blobs = [memoryview(b) for b in quantize.encode_rescore(x, dtype)]
+        want = quantize.decode_rescore(blobs, dims, dtype) @ q
+        np.testing.assert_allclose(quantize.rescore_dots(blobs, dims, dtype, q), want, rtol=1e-5, atol=1e-5)
+
+
+def test_dot_f16_rejects_a_wrong_sized_buffer(rng: np.random.Generator) -> None:
+    from store import _hamming
+
+    q = np.ones(8, dtype=np.float32)
+    good = np.ones(8, dtype=np.float16).tobytes()
+    out = np.empty(3, dtype=np.float32)
+    try:
+        ok = _hamming.dot_f16([good, good, good[:-2]], q, out)
+    except ValueError as exc:
+        assert "buffers[2] holds 14 bytes; expected 16" in str(exc)
+    else:
+        assert not ok  # a CPU without F16C: the numpy path is used instead

@@ -159,3 +159,5 @@ def test_index_gathers_rows_and_rowids_across_chunks(rng: np.random.Generator) -
     np.testing.assert_array_equal(view.rowids_of(pos), pos * 7 + 3)
     with pytest.raises(IndexError, match="out of range"):
         view.code_rows(np.array([CHUNK_ROWS * 3], dtype=np.int64))
+    with pytest.raises(IndexError, match="out of range"):
+        view.rowids_of(np.array([n - 1, CHUNK_ROWS * 3], dtype=np.int64))
