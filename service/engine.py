@@ -1,7 +1,8 @@
 """The service's domain layer: embedding through the batcher, and the store, behind plain methods.
 
 No gRPC here: servicers convert protos to these calls and back. Blocking store work (synced commits,
-scans) runs in worker threads so the event loop keeps serving.
+scans) runs in worker threads so the event loop keeps serving; the one exception is a search on an
+otherwise idle server (see ``Engine._inline_ok``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Engine:
         self.on_search = on_search
         self._threaded = 0  # searches running on worker threads
         self._deciding = 0  # searches choosing between the event loop and a worker thread
+        self.search_paths = {"loop": 0, "thread": 0}  # where searches ran (a metric)
         self.settings = settings
         self.model = model
         self.store = store
@@ -246,8 +248,10 @@ class Engine:
             include_metadata=include_metadata,
         )
         if await self._inline_ok(coll.count()):
+            self.search_paths["loop"] += 1
             hits = call()
         else:
+            self.search_paths["thread"] += 1
             self._threaded += 1
             try:
                 hits = await asyncio.to_thread(call)

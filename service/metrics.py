@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
@@ -45,21 +45,36 @@ class Metrics:
         self.batch_seconds.observe(seconds)
         self.tokens.inc(tokens)
 
-    def watch(self, queue_depth: Callable[[], int], collections: Callable[[], dict[str, int]]) -> None:
-        """Gauges read at scrape time: the batcher's queue and the store's collection sizes."""
+    def watch(
+        self,
+        queue_depth: Callable[[], int],
+        collections: Callable[[], dict[str, int]],
+        search_paths: Callable[[], dict[str, int]],
+    ) -> None:
+        """Read at scrape time: the batcher's queue, the store's collection sizes, and how many
+        searches ran on the event loop or on worker threads."""
         self.queue_depth.set_function(queue_depth)
-        self.registry.register(_StoreCollector(collections))
+        self.registry.register(_StoreCollector(collections, search_paths))
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
 
 class _StoreCollector(Collector):
-    def __init__(self, collections: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, collections: Callable[[], dict[str, int]], search_paths: Callable[[], dict[str, int]]
+    ) -> None:
         self._collections = collections
+        self._search_paths = search_paths
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         g = GaugeMetricFamily("zembed_store_documents", "documents per collection", labels=["collection"])
         for name, count in sorted(self._collections().items()):
             g.add_metric([name], count)
         yield g
+        c = CounterMetricFamily(
+            "zembed_searches", "searches by where they ran (event loop or worker thread)", labels=["on"]
+        )
+        for path, count in sorted(self._search_paths().items()):
+            c.add_metric([path], count)
+        yield c

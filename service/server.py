@@ -162,7 +162,11 @@ async def start(
     engine = Engine(settings, model, store, on_search=metrics.store_seconds.observe)
     engine.batcher._on_batch = metrics.on_batch
     engine.batcher.start()
-    metrics.watch(lambda: engine.batcher.depth, lambda: {c.name: c.count for c in store.list_collections()})
+    metrics.watch(
+        lambda: engine.batcher.depth,
+        lambda: {c.name: c.count for c in store.list_collections()},
+        lambda: dict(engine.search_paths),
+    )
     if settings.default_collection and settings.default_collection not in {
         c.name for c in store.list_collections()
     }:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -790,3 +791,56 @@ def test_upsert_stream_of_texts_embeds_groups(minilm_server: ServerThread) -> No
     coll = minilm_server.running().engine.store.collection("streamed-texts")
     assert coll.count() == 600 and coll._rec.gen <= 600 // 2
     ch.close()
+
+
+def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_server: ServerThread) -> None:
+    running = tiny_server.running()
+    engine = running.engine
+    c = Client(f"127.0.0.1:{tiny_server.port}")
+    c.create_collection("paths", code_bits=64)
+    vecs = np.random.default_rng(4).standard_normal((300, 64), dtype=np.float32)
+    c.upsert("paths", [{"id": f"p{i}", "code": v.tolist()} for i, v in enumerate(vecs)])
+    want = [h.id for h in engine.store.collection("paths").search(vecs[7], top_k=5)[0]]
+
+    def search_all(qs: list[np.ndarray]) -> list[list[str]]:
+        async def go() -> list[list[str]]:
+            res = await asyncio.gather(
+                *(
+                    engine.search(
+                        "paths",
+                        None,
+                        q,
+                        None,
+                        top_k=5,
+                        oversampling=4,
+                        rescore_on=True,
+                        flt=None,
+                        include_metadata=False,
+                    )
+                    for q in qs
+                )
+            )
+            return [[h.id for h in hits] for hits, _, _ in res]
+
+        return asyncio.run_coroutine_threadsafe(go(), tiny_server.loop).result(30)
+
+    before = dict(engine.search_paths)
+    for _ in range(3):  # one at a time: on the event loop, over gRPC and in-process
+        assert [h.id for h in c.search("paths", code=vecs[7].tolist(), top_k=5)] == want
+    assert search_all([vecs[7]]) == [want]
+    assert (
+        engine.search_paths["loop"] - before["loop"] == 4
+        and engine.search_paths["thread"] == before["thread"]
+    )
+    # searches that arrive together see each other and run on worker threads, with the same results
+    assert search_all([vecs[7]] * 8) == [want] * 8
+    assert engine.search_paths["thread"] - before["thread"] == 8
+    # a collection over --inline-search-rows always goes to a thread
+    settings = engine.settings
+    engine.settings = dataclasses.replace(settings, inline_search_rows=100)
+    try:
+        assert search_all([vecs[7]]) == [want]
+        assert engine.search_paths["thread"] - before["thread"] == 9
+    finally:
+        engine.settings = settings
+    c.close()
