@@ -4,7 +4,9 @@
    same batcher settings (and against sentence-transformers ``encode``), texts/s and ratios.
 2. Search RPC latency at 1,000,000 documents (384-bit codes, 384-dim float16 rescore) against the
    in-process store search on the same data: medians single-client, then p50/p99 under 8 concurrent
-   clients.
+   clients. A control runs alongside: a bare gRPC server (bench/null_server.py) whose handler only
+   reads as many bytes as the scan, against the same read in-process: what gRPC-Python and the
+   machine add to a memory-bound call of that size, with no service code involved.
 
 Prints tables; writes bench/results/service.json.   make bench-service  [--docs N]
 """
@@ -21,9 +23,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -31,10 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import table, write_json  # noqa: E402
 from embed_cache import minilm_dir  # noqa: E402
+from null_server import METHOD  # noqa: E402
+from null_server import buffer as null_buffer  # noqa: E402
 from passages import passages  # noqa: E402
 
 from service.client import Client  # noqa: E402
-from store import CollectionConfig, Store  # noqa: E402
+from store import CollectionConfig, Store, _hamming  # noqa: E402
 
 PER_CALL = 8
 CLIENTS = 8
@@ -136,30 +142,42 @@ def build_store(data: Path, n: int) -> None:
             c.upsert([f"d{i}" for i in range(start, start + len(x))], x)
 
 
-def search_latency(port: int, data: Path, queries: np.ndarray) -> dict[str, Any]:
+def search_latency(port: int, data: Path, queries: np.ndarray, docs: int) -> dict[str, Any]:
     client = Client(f"127.0.0.1:{port}")
     store = Store(data)  # the same LMDB environment, opened in this process too (LMDB is multi-process)
     coll = store.collection("big")
     coll.prefetch()  # steady state on both sides: the server was started with --prefetch
-    rpc, local = [], []
+    # the control: a bare gRPC server reading as many bytes as the scan does, and the same read here
+    nbytes = docs * 384 // 8
+    null = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "null_server.py"), str(nbytes)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert null.stdout is not None
+    null_channel = grpc.insecure_channel(f"127.0.0.1:{int(null.stdout.readline())}")
+    null_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = null_channel.unary_unary(METHOD)
+    buf = null_buffer(nbytes)
+    times: dict[str, list[float]] = {"rpc": [], "local": [], "null_rpc": [], "null_local": []}
+    calls: dict[str, Callable[[np.ndarray], object]] = {
+        "rpc": lambda q: client.search("big", code=q.tolist(), top_k=10),
+        "local": lambda q: coll.search(q, top_k=10),
+        "null_rpc": lambda q: null_call(q.tobytes()),
+        "null_local": lambda q: _hamming.read_sum(buf),
+    }
     for q in queries[:5]:
-        client.search("big", code=q.tolist(), top_k=10)
-        coll.search(q, top_k=10)
-
-    def timed_rpc(q: np.ndarray) -> None:
-        t = time.perf_counter()
-        client.search("big", code=q.tolist(), top_k=10)
-        rpc.append(time.perf_counter() - t)
-
-    def timed_local(q: np.ndarray) -> None:
-        t = time.perf_counter()
-        coll.search(q, top_k=10)
-        local.append(time.perf_counter() - t)
-
-    for i, q in enumerate(queries):  # interleaved, alternating which goes first
-        first, second = (timed_rpc, timed_local) if i % 2 else (timed_local, timed_rpc)
-        first(q)
-        second(q)
+        for call in calls.values():
+            call(q)
+    names = list(calls)
+    for i, q in enumerate(queries):  # interleaved, rotating which goes first
+        for name in names[i % 4 :] + names[: i % 4]:
+            t = time.perf_counter()
+            calls[name](q)
+            times[name].append(time.perf_counter() - t)
+    null_channel.close()
+    null.terminate()
+    null.wait(30)
+    rpc, local = times["rpc"], times["local"]
     loaded: list[float] = []
     lock = threading.Lock()
 
@@ -190,6 +208,8 @@ def search_latency(port: int, data: Path, queries: np.ndarray) -> dict[str, Any]
         "loaded_p50_ms": float(np.percentile(loaded, 50) * 1e3),
         "loaded_p99_ms": float(np.percentile(loaded, 99) * 1e3),
         "loaded_qps": len(loaded) / wall,
+        "null_rpc_ms": med(times["null_rpc"]) * 1e3,
+        "null_local_ms": med(times["null_local"]) * 1e3,
     }
 
 
@@ -220,7 +240,7 @@ def main() -> None:
         if "search" in parts:
             rng = np.random.default_rng(1)
             lat = search_latency(
-                port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32)
+                port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32), args.docs
             )
     finally:
         proc.terminate()
@@ -265,6 +285,13 @@ def report_search(docs: int, lat: dict[str, Any]) -> None:
                     "<= 1.5",
                 ],
                 ["in-process store search median", f"{lat['local_ms']:.2f}", 1.0, ""],
+                [
+                    "control: bare gRPC call reading the same bytes",
+                    f"{lat['null_rpc_ms']:.2f}",
+                    lat["null_rpc_ms"] / lat["null_local_ms"],
+                    "(info)",
+                ],
+                ["control: the same read in-process", f"{lat['null_local_ms']:.2f}", 1.0, ""],
                 [f"p50 under {CLIENTS} concurrent clients", f"{lat['loaded_p50_ms']:.2f}", "", ""],
                 [
                     f"p99 under {CLIENTS} concurrent clients",

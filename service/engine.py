@@ -265,8 +265,8 @@ class Engine:
         collection is small enough to hold the loop for only a few ms and no other search is running
         or ready to run. Searches that arrive together (queued while the loop was busy) see each
         other here and go to worker threads, where they run in parallel."""
-        if rows > self.settings.inline_search_rows:
-            return False
+        if rows > self.settings.inline_search_rows or self._threaded:
+            return False  # (busy: no need to look further)
         self._deciding += 1
         try:
             await asyncio.sleep(0)  # searches that are ready to run get to this point too
