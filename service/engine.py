@@ -22,7 +22,7 @@ from service.config import Settings
 from service.errors import InvalidArgument
 from service.runtime.model import EmbeddingModel
 from service.runtime.text import Overflow, TooLong
-from store import CollectionConfig, Hit, RescoreDtype, Store
+from store import CollectionConfig, Hit, RescoreDtype, Store, WouldBlock
 from store.config import Calibration
 
 F32 = npt.NDArray[np.float32]
@@ -133,10 +133,9 @@ class Engine:
 
     def _timed_search(self, fn: Callable[..., list[list[Hit]]], *args: Any, **kw: Any) -> list[list[Hit]]:
         t = time.perf_counter()
-        try:
-            return fn(*args, **kw)
-        finally:
-            self.on_search(time.perf_counter() - t)
+        hits = fn(*args, **kw)
+        self.on_search(time.perf_counter() - t)
+        return hits
 
     # ------------------------------------------------------------------ collections
     def default_config(self, code_bits: int = 0, rescore_dims: int = 0, **kw: Any) -> CollectionConfig:
@@ -247,10 +246,14 @@ class Engine:
             filter=flt,
             include_metadata=include_metadata,
         )
+        hits = None
         if await self._inline_ok(coll.count()):
-            self.search_paths["loop"] += 1
-            hits = call()
-        else:
+            try:
+                hits = call(wait=False)  # never wait on the event loop (a map resize may be under way)
+                self.search_paths["loop"] += 1
+            except WouldBlock:
+                pass
+        if hits is None:
             self.search_paths["thread"] += 1
             self._threaded += 1
             try:

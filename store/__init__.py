@@ -13,7 +13,7 @@ Public surface::
 
 from store.collection import DEFAULT_OVERSAMPLING, DEFAULT_REFINE, Collection, CollectionInfo, Hit, Record
 from store.config import Calibration, CollectionConfig
-from store.errors import AlreadyExists, FormatMismatch, InvalidArgument, NotFound, StoreError
+from store.errors import AlreadyExists, FormatMismatch, InvalidArgument, NotFound, StoreError, WouldBlock
 from store.quantize import RescoreDtype
 from store.store import Store
 
@@ -33,4 +33,5 @@ __all__ = [
     "RescoreDtype",
     "Store",
     "StoreError",
+    "WouldBlock",
 ]

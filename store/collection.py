@@ -397,10 +397,10 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
     @contextlib.contextmanager
-    def _consistent(self) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
+    def _consistent(self, wait: bool = True) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
         """A snapshot and a read transaction at the same generation (retried across a publish)."""
         for _ in range(100_000):
-            with self.env.reader(buffers=True) as txn:
+            with self.env.reader(buffers=True, wait=wait) as txn:
                 snap = self._snap
                 raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
                 if (_GEN.unpack(raw)[0] if raw is not None else 0) == snap.gen:
@@ -461,8 +461,12 @@ class Collection:
         refine: int = DEFAULT_REFINE,
         filter: Mapping[str, Any] | None = None,
         include_metadata: bool = True,
+        wait: bool = True,
     ) -> list[list[Hit]]:
-        """Search a batch of queries (a 1-D vector is one query); one hit list per query."""
+        """Search a batch of queries (a 1-D vector is one query); one hit list per query.
+
+        With ``wait`` off, :class:`WouldBlock` is raised rather than waiting for a map resize (for
+        callers that must not block, such as an event loop)."""
         top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
         oversampling = validate.int_range(oversampling, "oversampling", 1, validate.MAX_OVERSAMPLING)
         refine = validate.int_range(refine, "refine", 1, MAX_REFINE)
@@ -472,7 +476,7 @@ class Collection:
         first = shortlist * refine if rescore else shortlist
         dbs = self.env.dbs
         cid = self._rec.cid
-        with self._consistent() as (snap, txn):
+        with self._consistent(wait) as (snap, txn):
             view = snap.view
             masks = self._masks(snap, conditions)
             qcodes = quantize.pad_rows(quantize.binarize(cq, snap.thresholds), self.stride)

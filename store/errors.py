@@ -8,6 +8,8 @@ subclasses to status codes in one table; messages read "`field` must ...; given 
 - :class:`NotFound`: an unknown collection.
 - :class:`AlreadyExists`: creating a collection whose name is taken with a different configuration.
 - :class:`FormatMismatch`: the data directory was written by another format version or configuration.
+- :class:`WouldBlock`: a read asked not to wait found the map being resized (retry where waiting is
+  fine, e.g. on a worker thread).
 """
 
 from __future__ import annotations
@@ -47,3 +49,7 @@ class AlreadyExists(StoreError):
 
 class FormatMismatch(StoreError):
     """The data directory's format record or a collection's stored config does not match."""
+
+
+class WouldBlock(StoreError):
+    """A non-waiting read found the map being resized (readers wait for that)."""

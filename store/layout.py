@@ -36,7 +36,7 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import FormatMismatch
+from store.errors import FormatMismatch, WouldBlock
 
 FORMAT_NAME = "zembed-store"
 FORMAT_VERSION = 1
@@ -93,8 +93,11 @@ class _Gate:
         self._resizing = False
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self, wait: bool = True) -> Iterator[None]:
+        """Shared access; with ``wait`` off, :class:`WouldBlock` instead of waiting out a resize."""
         with self._cond:
+            if self._resizing and not wait:
+                raise WouldBlock("the map is being resized")
             while self._resizing:
                 self._cond.wait()
             self._readers += 1
@@ -169,12 +172,13 @@ class Env:
         return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}).encode()
 
     @contextlib.contextmanager
-    def reader(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction[Any]]:
+    def reader(self, *, buffers: bool = False, wait: bool = True) -> Iterator[lmdb.Transaction[Any]]:
         """A read transaction (a consistent snapshot of the whole environment).
 
         With ``buffers`` on, ``txn.get`` returns zero-copy views into the map, valid until it ends.
+        With ``wait`` off, :class:`WouldBlock` rather than waiting for a map resize to finish.
         """
-        with self.gate.read(), self.env.begin(write=False, buffers=buffers) as txn:  # type: ignore[call-overload]
+        with self.gate.read(wait), self.env.begin(write=False, buffers=buffers) as txn:  # type: ignore[call-overload]
             yield txn
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
-from store import CollectionConfig, Store
+from store import CollectionConfig, Store, WouldBlock
 
 N = 100
 
@@ -75,3 +76,21 @@ def test_256_concurrent_readers(store: Store) -> None:
         t.join()
     assert not failures, failures[:3]
     assert len(results) == 256 and all(r == expected for r in results)
+
+
+def test_a_search_that_must_not_wait_refuses_during_a_map_resize(store: Store) -> None:
+    store.create_collection("c", CollectionConfig(code_bits=64, rescore_dims=64))
+    c = store.collection("c")
+    x = np.random.default_rng(8).normal(size=(50, 64)).astype(np.float32)
+    c.upsert([str(i) for i in range(50)], x)
+    waited: list[str] = []
+    with c.env.gate.exclusive():  # what a map resize holds
+        with pytest.raises(WouldBlock, match="resized"):
+            c.search(x[3], top_k=1, wait=False)
+        t = threading.Thread(target=lambda: waited.append(c.search(x[3], top_k=1)[0][0].id))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive() and not waited  # the default waits the resize out
+    t.join(10)
+    assert waited == ["3"]
+    assert c.search(x[3], top_k=1, wait=False)[0][0].id == "3"

@@ -835,12 +835,51 @@ def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_serve
     # searches that arrive together see each other and run on worker threads, with the same results
     assert search_all([vecs[7]] * 8) == [want] * 8
     assert engine.search_paths["thread"] - before["thread"] == 8
+    # a map resize under way: the search does not wait on the event loop but on a thread
+    coll = engine.store.collection("paths")
+    held, release = threading.Event(), threading.Event()
+
+    def resize() -> None:
+        with coll.env.gate.exclusive():
+            held.set()
+            release.wait(10)
+
+    resizer = threading.Thread(target=resize)
+    resizer.start()
+    assert held.wait(10)
+    fut = asyncio.run_coroutine_threadsafe(
+        engine.search(
+            "paths",
+            None,
+            vecs[7],
+            None,
+            top_k=5,
+            oversampling=4,
+            rescore_on=True,
+            flt=None,
+            include_metadata=False,
+        ),
+        tiny_server.loop,
+    )
+    deadline = time.monotonic() + 10
+    while engine.search_paths["thread"] - before["thread"] < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    health = health_pb2_grpc.HealthStub(c.channel)  # the loop still answers meanwhile
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    assert not fut.done()
+    release.set()
+    resizer.join(10)
+    assert [h.id for h in fut.result(10)[0]] == want
+    assert engine.search_paths["thread"] - before["thread"] == 9
     # a collection over --inline-search-rows always goes to a thread
     settings = engine.settings
     engine.settings = dataclasses.replace(settings, inline_search_rows=100)
     try:
         assert search_all([vecs[7]]) == [want]
-        assert engine.search_paths["thread"] - before["thread"] == 9
+        assert engine.search_paths["thread"] - before["thread"] == 10
     finally:
         engine.settings = settings
     c.close()
