@@ -38,7 +38,8 @@ class Settings:
     max_inputs: int = 256  # inputs per Embed call
     max_chars: int = 32768  # characters per input
     max_top_k: int = 1000
-    inline_search_rows: int = 2_000_000  # see Engine.search: idle-server fast path up to this size
+    inline_search_rows: int = 2_000_000  # idle-server fast path up to this size (service.searcher)
+    search_batch: int = 64  # queued searches of one shape run together, up to this many; 1: never
     max_message_mb: int = 64
     default_collection: str = ""  # created at start with model-aware defaults when set
     prefetch: bool = False  # touch every stored vector at start (see Collection.prefetch)
@@ -71,6 +72,7 @@ class Settings:
             ("max_top_k", 1),
             ("max_message_mb", 1),
             ("inline_search_rows", 0),
+            ("search_batch", 1),
         ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
@@ -112,6 +114,8 @@ _HELP = {
     "max_top_k": "max top_k per search",
     "inline_search_rows": "an idle server runs searches of collections up to this many documents on "
     "its event loop, skipping a thread hand-off (0: always on a worker thread)",
+    "search_batch": "under load, searches of the same shape queued behind running ones run as one "
+    "batched search of up to this many queries (1: no queueing, every search runs alone)",
     "max_message_mb": "max gRPC message size in MiB",
     "default_collection": "create this collection at start with model-aware defaults",
     "prefetch": "touch every stored vector at start so first searches skip page faults",

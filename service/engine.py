@@ -1,15 +1,13 @@
 """The service's domain layer: embedding through the batcher, and the store, behind plain methods.
 
 No gRPC here: servicers convert protos to these calls and back. Blocking store work (synced commits,
-scans) runs in worker threads so the event loop keeps serving; the one exception is a search on an
-otherwise idle server (see ``Engine._inline_ok``).
+scans) runs in worker threads so the event loop keeps serving; searches are scheduled by
+``service.searcher`` (event loop when idle, threads, batches under load).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +20,8 @@ from service.config import Settings
 from service.errors import InvalidArgument
 from service.runtime.model import EmbeddingModel
 from service.runtime.text import Overflow, TooLong
-from store import CollectionConfig, Hit, RescoreDtype, Store, WouldBlock
+from service.searcher import SearchParams, SearchScheduler
+from store import CollectionConfig, Hit, RescoreDtype, Store
 from store.config import Calibration
 
 F32 = npt.NDArray[np.float32]
@@ -57,10 +56,9 @@ class Engine:
         store: Store,
         on_search: Callable[[float], None] = _noop,
     ) -> None:
-        self.on_search = on_search
-        self._threaded = 0  # searches running on worker threads
-        self._deciding = 0  # searches choosing between the event loop and a worker thread
-        self.search_paths = {"loop": 0, "thread": 0}  # where searches ran (a metric)
+        self.searcher = SearchScheduler(
+            settings.inline_search_rows, max_batch=settings.search_batch, on_search=on_search
+        )
         self.settings = settings
         self.model = model
         self.store = store
@@ -130,12 +128,6 @@ class Engine:
         return Embedded(
             vectors, [len(x) for x in ids], [len(x) < n for x, n in zip(ids, full, strict=True)], dim
         )
-
-    def _timed_search(self, fn: Callable[..., list[list[Hit]]], *args: Any, **kw: Any) -> list[list[Hit]]:
-        t = time.perf_counter()
-        hits = fn(*args, **kw)
-        self.on_search(time.perf_counter() - t)
-        return hits
 
     # ------------------------------------------------------------------ collections
     def default_config(self, code_bits: int = 0, rescore_dims: int = 0, **kw: Any) -> CollectionConfig:
@@ -235,47 +227,13 @@ class Engine:
             raise InvalidArgument("query", "must be text or vectors")
         if rescore is not None and len(rescore) == 0:
             rescore = None
-        call = functools.partial(
-            self._timed_search,
-            coll.search,
+        hits = await self.searcher.search(
+            coll,
             code,
             rescore,
-            top_k=top_k,
-            oversampling=oversampling,
-            rescore=rescore_on,
-            filter=flt,
-            include_metadata=include_metadata,
+            SearchParams(top_k, oversampling, rescore_on, flt, include_metadata),
         )
-        hits = None
-        if await self._inline_ok(coll.count()):
-            try:
-                hits = call(wait=False)  # never wait on the event loop (a map resize may be under way)
-                self.search_paths["loop"] += 1
-            except WouldBlock:
-                pass
-        if hits is None:
-            self.search_paths["thread"] += 1
-            self._threaded += 1
-            try:
-                hits = await asyncio.to_thread(call)
-            finally:
-                self._threaded -= 1
-        return hits[0], tokens, nbytes
-
-    async def _inline_ok(self, rows: int) -> bool:
-        """The idle-server fast path: run a search on the event loop itself (the thread hand-off and
-        the wake-up of an idle core cost ~0.1-0.15 ms of a ~2 ms search at 1M documents) when the
-        collection is small enough to hold the loop for only a few ms and no other search is running
-        or ready to run. Searches that arrive together (queued while the loop was busy) see each
-        other here and go to worker threads, where they run in parallel."""
-        if rows > self.settings.inline_search_rows or self._threaded:
-            return False  # (busy: no need to look further)
-        self._deciding += 1
-        try:
-            await asyncio.sleep(0)  # searches that are ready to run get to this point too
-            return self._deciding == 1 and self._threaded == 0
-        finally:
-            self._deciding -= 1
+        return hits, tokens, nbytes
 
 
 def _stack(rows: Sequence[F32 | None], dims: int, field: str) -> F32:

@@ -34,7 +34,7 @@ class Metrics:
         self.tokens = Counter("zembed_tokens", "tokens embedded", registry=r)
         self.store_seconds = Histogram(
             "zembed_store_search_seconds",
-            "store search time (scan + rescoring), per query",
+            "store search time (scan + rescoring) per call; a batch of queued queries counts once",
             registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256),
         )
@@ -73,7 +73,9 @@ class _StoreCollector(Collector):
             g.add_metric([name], count)
         yield g
         c = CounterMetricFamily(
-            "zembed_searches", "searches by where they ran (event loop or worker thread)", labels=["on"]
+            "zembed_searches",
+            "queries by where they ran: alone on the event loop or a thread, or in a batch",
+            labels=["on"],
         )
         for path, count in sorted(self._search_paths().items()):
             c.add_metric([path], count)

@@ -165,7 +165,7 @@ async def start(
     metrics.watch(
         lambda: engine.batcher.depth,
         lambda: {c.name: c.count for c in store.list_collections()},
-        lambda: dict(engine.search_paths),
+        lambda: dict(engine.searcher.paths),
     )
     if settings.default_collection and settings.default_collection not in {
         c.name for c in store.list_collections()

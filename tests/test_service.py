@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from service.client import Client, document
 from service.config import Settings
 from service.runtime.model import EmbeddingModel
 from service.server import Running, start
-from store import Store
+from store import InvalidArgument, Store
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -793,7 +792,9 @@ def test_upsert_stream_of_texts_embeds_groups(minilm_server: ServerThread) -> No
     ch.close()
 
 
-def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_server: ServerThread) -> None:
+def test_searches_run_on_the_loop_when_idle_and_on_threads_or_batched_under_load(
+    tiny_server: ServerThread,
+) -> None:
     running = tiny_server.running()
     engine = running.engine
     c = Client(f"127.0.0.1:{tiny_server.port}")
@@ -802,8 +803,10 @@ def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_serve
     c.upsert("paths", [{"id": f"p{i}", "code": v.tolist()} for i, v in enumerate(vecs)])
     want = [h.id for h in engine.store.collection("paths").search(vecs[7], top_k=5)[0]]
 
-    def search_all(qs: list[np.ndarray]) -> list[list[str]]:
-        async def go() -> list[list[str]]:
+    def search_all(qs: list[np.ndarray]) -> list[Any]:
+        """Searches that arrive together; each result is its hit ids or its exception."""
+
+        async def go() -> list[Any]:
             res = await asyncio.gather(
                 *(
                     engine.search(
@@ -818,23 +821,36 @@ def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_serve
                         include_metadata=False,
                     )
                     for q in qs
-                )
+                ),
+                return_exceptions=True,
             )
-            return [[h.id for h in hits] for hits, _, _ in res]
+            return [r if isinstance(r, BaseException) else [h.id for h in r[0]] for r in res]
 
         return asyncio.run_coroutine_threadsafe(go(), tiny_server.loop).result(30)
 
-    before = dict(engine.search_paths)
+    before = dict(engine.searcher.paths)
     for _ in range(3):  # one at a time: on the event loop, over gRPC and in-process
         assert [h.id for h in c.search("paths", code=vecs[7].tolist(), top_k=5)] == want
     assert search_all([vecs[7]]) == [want]
     assert (
-        engine.search_paths["loop"] - before["loop"] == 4
-        and engine.search_paths["thread"] == before["thread"]
+        engine.searcher.paths["loop"] - before["loop"] == 4
+        and engine.searcher.paths["thread"] == before["thread"]
     )
-    # searches that arrive together see each other and run on worker threads, with the same results
+    # searches that arrive together see each other: two run alone on threads, the six queued behind
+    # them run as one batched search when the first finishes; every result is the same
     assert search_all([vecs[7]] * 8) == [want] * 8
-    assert engine.search_paths["thread"] - before["thread"] == 8
+    assert engine.searcher.paths["thread"] - before["thread"] == 2
+    assert engine.searcher.paths["batch"] - before["batch"] == 6
+    # a bad query fails its batch; the batch's queries then run one by one: only the bad one fails
+    bad = vecs[7].copy()
+    bad[3] = np.nan
+    others = [vecs[i] for i in range(2, 9)]
+    res = search_all([*others, bad])
+    assert isinstance(res[-1], InvalidArgument) and "must be finite" in str(res[-1])
+    store_coll = engine.store.collection("paths")
+    assert res[:-1] == [[h.id for h in store_coll.search(q, top_k=5)[0]] for q in others]
+    assert engine.searcher.paths["thread"] - before["thread"] == 2 + 2 + 5  # answered alone
+    before = dict(engine.searcher.paths)
     # a map resize under way: the search does not wait on the event loop but on a thread
     coll = engine.store.collection("paths")
     held, release = threading.Event(), threading.Event()
@@ -862,7 +878,7 @@ def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_serve
         tiny_server.loop,
     )
     deadline = time.monotonic() + 10
-    while engine.search_paths["thread"] - before["thread"] < 9 and time.monotonic() < deadline:
+    while engine.searcher.paths["thread"] - before["thread"] < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     health = health_pb2_grpc.HealthStub(c.channel)  # the loop still answers meanwhile
     assert (
@@ -873,13 +889,21 @@ def test_idle_searches_run_on_the_loop_and_concurrent_ones_on_threads(tiny_serve
     release.set()
     resizer.join(10)
     assert [h.id for h in fut.result(10)[0]] == want
-    assert engine.search_paths["thread"] - before["thread"] == 9
+    assert engine.searcher.paths["thread"] - before["thread"] == 1
     # a collection over --inline-search-rows always goes to a thread
-    settings = engine.settings
-    engine.settings = dataclasses.replace(settings, inline_search_rows=100)
+    inline_rows = engine.searcher.inline_rows  # (--inline-search-rows)
+    engine.searcher.inline_rows = 100
     try:
         assert search_all([vecs[7]]) == [want]
-        assert engine.search_paths["thread"] - before["thread"] == 10
+        assert engine.searcher.paths["thread"] - before["thread"] == 2
     finally:
-        engine.settings = settings
+        engine.searcher.inline_rows = inline_rows
+    # --search-batch 1: nothing queues, every search runs alone
+    engine.searcher.max_batch = 1
+    try:
+        assert search_all([vecs[7]] * 8) == [want] * 8
+        assert engine.searcher.paths["thread"] - before["thread"] == 10
+        assert engine.searcher.paths["batch"] == before["batch"]
+    finally:
+        engine.searcher.max_batch = engine.settings.search_batch
     c.close()

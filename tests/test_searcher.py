@@ -1,0 +1,50 @@
+"""The search scheduler on a real LMDB store: queued searches run as one batch, cancelled ones are
+skipped, and the batch's answers equal searches run alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+
+from service.searcher import SearchParams, SearchScheduler
+from store import CollectionConfig, Store
+
+
+def test_queued_searches_run_as_one_batch_and_a_cancelled_one_is_skipped(store: Store) -> None:
+    store.create_collection("c", CollectionConfig(code_bits=64, rescore_dims=64))
+    coll = store.collection("c")
+    x = np.random.default_rng(11).standard_normal((300, 64), dtype=np.float32)
+    coll.upsert([f"d{i}" for i in range(300)], x)
+    sched = SearchScheduler(inline_rows=0, parallel=1, max_batch=64)
+    params = SearchParams(top_k=5, oversampling=4, rescore=True, filter=None, include_metadata=False)
+    started, release = threading.Event(), threading.Event()
+    real = sched._timed
+
+    def held_first(*args: Any, **kw: Any) -> Any:
+        if not started.is_set():
+            started.set()
+            release.wait(10)
+        return real(*args, **kw)
+
+    sched._timed = held_first  # type: ignore[method-assign]
+
+    async def go() -> list[list[str]]:
+        first = asyncio.create_task(sched.search(coll, x[0], None, params))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        queued = [asyncio.create_task(sched.search(coll, x[i], None, params)) for i in range(1, 5)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in queued)  # waiting behind the running search
+        queued[1].cancel()  # a caller that went away
+        release.set()
+        out = [await first] + [await queued[i] for i in (0, 2, 3)]
+        return [[h.id for h in hits] for hits in out]
+
+    got = asyncio.run(go())
+    want = [[h.id for h in coll.search(x[i], top_k=5)[0]] for i in (0, 1, 3, 4)]
+    assert got == want
+    assert sched.paths == {"loop": 0, "thread": 1, "batch": 3}
+    assert not sched._lanes  # nothing left behind
