@@ -4,9 +4,11 @@
    same batcher settings (and against sentence-transformers ``encode``), texts/s and ratios.
 2. Search RPC latency at 1,000,000 documents (384-bit codes, 384-dim float16 rescore) against the
    in-process store search on the same data: medians single-client, then p50/p99 under 8 concurrent
-   clients. A control runs alongside: a bare gRPC server (bench/null_server.py) whose handler only
-   reads as many bytes as the scan, against the same read in-process: what gRPC-Python and the
-   machine add to a memory-bound call of that size, with no service code involved.
+   clients (medians of 3 rounds), alternating with a second server started with --search-batch 1
+   (queued searches not batched). A control runs alongside the single-client part: a bare gRPC
+   server (bench/null_server.py) whose handler only reads as many bytes as the scan, against the
+   same read in-process: what gRPC-Python and the machine add to a memory-bound call of that size,
+   with no service code involved.
 
 Prints tables; writes bench/results/service.json.   make bench-service  [--docs N]
 """
@@ -46,7 +48,7 @@ PER_CALL = 8
 CLIENTS = 8
 
 
-def start_server(model: Path, data: Path) -> tuple[subprocess.Popen[str], int]:
+def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -63,6 +65,8 @@ def start_server(model: Path, data: Path) -> tuple[subprocess.Popen[str], int]:
             "WARNING",
             "--drain-delay-s",
             "0",
+            "--prefetch",
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -142,11 +146,11 @@ def build_store(data: Path, n: int) -> None:
             c.upsert([f"d{i}" for i in range(start, start + len(x))], x)
 
 
-def search_latency(port: int, data: Path, queries: np.ndarray, docs: int) -> dict[str, Any]:
+def search_latency(port: int, model: Path, data: Path, queries: np.ndarray, docs: int) -> dict[str, Any]:
     client = Client(f"127.0.0.1:{port}")
     store = Store(data)  # the same LMDB environment, opened in this process too (LMDB is multi-process)
     coll = store.collection("big")
-    coll.prefetch()  # steady state on both sides: the server was started with --prefetch
+    coll.prefetch()  # steady state on both sides: the servers are started with --prefetch
     # the control: a bare gRPC server reading as many bytes as the scan does, and the same read here
     nbytes = docs * 384 // 8
     null = subprocess.Popen(
@@ -178,6 +182,37 @@ def search_latency(port: int, data: Path, queries: np.ndarray, docs: int) -> dic
     null.terminate()
     null.wait(30)
     rpc, local = times["rpc"], times["local"]
+    store.close()
+    client.close()
+    # under load, batching on (this server) and off (a second one), alternating rounds
+    off, off_port = start_server(model, data, "--search-batch", "1")
+    rounds: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    try:
+        for _ in range(3):
+            rounds["on"].append(loaded_run(port, queries))
+            rounds["off"].append(loaded_run(off_port, queries))
+    finally:
+        off.terminate()
+        off.wait(30)
+        if off.stdout:
+            off.stdout.close()
+    med = statistics.median
+    loaded = {
+        f"loaded_{k}{'' if mode == 'on' else '_unbatched'}": med(r[k] for r in rounds[mode])
+        for mode in rounds
+        for k in ("p50_ms", "p99_ms", "qps")
+    }
+    return {
+        "rpc_ms": med(rpc) * 1e3,
+        "local_ms": med(local) * 1e3,
+        **loaded,
+        "null_rpc_ms": med(times["null_rpc"]) * 1e3,
+        "null_local_ms": med(times["null_local"]) * 1e3,
+    }
+
+
+def loaded_run(port: int, queries: np.ndarray) -> dict[str, float]:
+    """CLIENTS threads, each with its own channel, sending its share of the queries back to back."""
     loaded: list[float] = []
     lock = threading.Lock()
 
@@ -199,17 +234,10 @@ def search_latency(port: int, data: Path, queries: np.ndarray, docs: int) -> dic
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
-    store.close()
-    client.close()
-    med = statistics.median
     return {
-        "rpc_ms": med(rpc) * 1e3,
-        "local_ms": med(local) * 1e3,
-        "loaded_p50_ms": float(np.percentile(loaded, 50) * 1e3),
-        "loaded_p99_ms": float(np.percentile(loaded, 99) * 1e3),
-        "loaded_qps": len(loaded) / wall,
-        "null_rpc_ms": med(times["null_rpc"]) * 1e3,
-        "null_local_ms": med(times["null_local"]) * 1e3,
+        "p50_ms": float(np.percentile(loaded, 50) * 1e3),
+        "p99_ms": float(np.percentile(loaded, 99) * 1e3),
+        "qps": len(loaded) / wall,
     }
 
 
@@ -240,7 +268,11 @@ def main() -> None:
         if "search" in parts:
             rng = np.random.default_rng(1)
             lat = search_latency(
-                port, tmp / "data", rng.standard_normal((args.queries, 384), dtype=np.float32), args.docs
+                port,
+                model,
+                tmp / "data",
+                rng.standard_normal((args.queries, 384), dtype=np.float32),
+                args.docs,
             )
     finally:
         proc.terminate()
@@ -298,6 +330,18 @@ def report_search(docs: int, lat: dict[str, Any]) -> None:
                     f"{lat['loaded_p99_ms']:.2f}",
                     "",
                     f"{lat['loaded_qps']:.0f} qps",
+                ],
+                [
+                    "  same, --search-batch 1 (no batching): p50",
+                    f"{lat['loaded_p50_ms_unbatched']:.2f}",
+                    lat["loaded_p50_ms_unbatched"] / lat["loaded_p50_ms"],
+                    "",
+                ],
+                [
+                    "  same, --search-batch 1 (no batching): p99",
+                    f"{lat['loaded_p99_ms_unbatched']:.2f}",
+                    lat["loaded_p99_ms_unbatched"] / lat["loaded_p99_ms"],
+                    f"{lat['loaded_qps_unbatched']:.0f} qps",
                 ],
             ],
         )
