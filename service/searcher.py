@@ -2,7 +2,9 @@
 
 - An otherwise idle server runs a search on the event loop (no thread hand-off) when the collection
   is small enough to hold the loop for only a few ms and no other search is running or ready; it
-  never waits there (``wait=False``: a map resize under way sends it to a thread instead).
+  never waits there (``wait=False``: a map resize under way sends it to a thread instead), and a
+  search that held the loop over 20 ms (vectors read from disk rather than memory) turns the path
+  off for 10 s.
 - Otherwise searches run on worker threads (the scan releases the GIL).
 - Under load, searches of the same shape (collection, top_k, oversampling, rescore, filter,
   metadata) that find ``parallel`` of their kind already running queue up and run together as one
@@ -30,6 +32,10 @@ import numpy.typing as npt
 from store import Collection, Hit, WouldBlock
 
 F32 = npt.NDArray[np.float32]
+# A search that held the event loop longer than this (its vectors came from disk, say) turns the
+# event-loop path off for LOOP_BACKOFF_S: the loop must not wait on I/O.
+SLOW_ON_LOOP_S = 0.02
+LOOP_BACKOFF_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class SearchScheduler:
         self._threaded = 0  # calls running on worker threads
         self._deciding = 0  # searches choosing between the event loop and a worker thread
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_off_until = 0.0  # the event-loop path is off until then (a search there was slow)
 
     async def search(self, coll: Collection, code: F32, rescore: F32 | None, p: SearchParams) -> list[Hit]:
         if self.max_batch <= 1:  # batching off: every search runs alone
@@ -111,19 +118,23 @@ class SearchScheduler:
     # ------------------------------------------------------------------ one search
     async def _alone(self, coll: Collection, code: F32, rescore: F32 | None, p: SearchParams) -> list[Hit]:
         if await self._idle(coll.count()):
+            t = time.monotonic()
             try:
                 hits = self._timed(coll, code, rescore, p, wait=False)
                 self.paths["loop"] += 1
                 return hits[0]
             except WouldBlock:
                 pass
+            finally:
+                if time.monotonic() - t > SLOW_ON_LOOP_S:  # e.g. vectors read from disk, not memory
+                    self._loop_off_until = time.monotonic() + LOOP_BACKOFF_S
         self.paths["thread"] += 1
         return (await self._on_thread(coll, code, rescore, p))[0]
 
     async def _idle(self, rows: int) -> bool:
         """True when nothing else is searching or about to: searches that arrive together (queued
         while the loop was busy) each yield once here, see each other, and go to threads."""
-        if rows > self.inline_rows or self._threaded:
+        if rows > self.inline_rows or self._threaded or time.monotonic() < self._loop_off_until:
             return False
         self._deciding += 1
         try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
-from service.searcher import SearchParams, SearchScheduler
+from service.searcher import SLOW_ON_LOOP_S, SearchParams, SearchScheduler
 from store import CollectionConfig, Store
 
 
@@ -48,3 +49,27 @@ def test_queued_searches_run_as_one_batch_and_a_cancelled_one_is_skipped(store: 
     assert got == want
     assert sched.paths == {"loop": 0, "thread": 1, "batch": 3}
     assert not sched._lanes  # nothing left behind
+
+
+def test_a_slow_search_on_the_event_loop_turns_that_path_off(store: Store) -> None:
+    store.create_collection("c", CollectionConfig(code_bits=64, rescore_dims=64))
+    coll = store.collection("c")
+    x = np.random.default_rng(12).standard_normal((50, 64), dtype=np.float32)
+    coll.upsert([f"d{i}" for i in range(50)], x)
+    sched = SearchScheduler(inline_rows=1000)
+    params = SearchParams(top_k=3, oversampling=2, rescore=True, filter=None, include_metadata=False)
+    real = sched._timed
+
+    def slow_on_loop(*args: Any, **kw: Any) -> Any:
+        if kw.get("wait") is False:
+            time.sleep(SLOW_ON_LOOP_S * 2)  # as if its vectors came from disk
+        return real(*args, **kw)
+
+    sched._timed = slow_on_loop  # type: ignore[method-assign]
+
+    async def go() -> None:
+        for _ in range(3):
+            await sched.search(coll, x[1], None, params)
+
+    asyncio.run(go())
+    assert sched.paths == {"loop": 1, "thread": 2, "batch": 0}  # after the slow one: threads
