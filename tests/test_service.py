@@ -909,4 +909,17 @@ def test_searches_run_on_the_loop_when_idle_and_on_threads_or_batched_under_load
         assert engine.searcher.paths["batch"] == before["batch"]
     finally:
         engine.searcher.max_batch = engine.settings.search_batch
+    # over gRPC, 48 concurrent Search calls (3 shapes, some batched as they queue): each answer
+    # equals the in-process search of its own query and shape
+    _, stub, ch = stubs(tiny_server.port)
+    store_coll = engine.store.collection("paths")
+    calls = []
+    for i in range(48):
+        req = pb.SearchRequest(collection="paths", top_k=3 + i % 3, include_metadata=False)
+        req.vectors.code_f32le = vecs[i].tobytes()
+        calls.append((i, stub.Search.future(req)))
+    for i, fut in calls:
+        want_i = [h.id for h in store_coll.search(vecs[i], top_k=3 + i % 3)[0]]
+        assert [h.id for h in fut.result(30).hits] == want_i
+    ch.close()
     c.close()
