@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -507,36 +508,25 @@ def test_overload_gets_resource_exhausted_and_recovers(tiny_fp32: Path, tmp_path
     srv.stop()
 
 
+def _openssl(cwd: Path, *args: str) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cwd)
+
+
+def _self_signed(cwd: Path, name: str, subject: str, *extra: str) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, ``NAME.key`` and ``NAME.pem`` in ``cwd``."""
+    _openssl(cwd, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.pem", "-days", "1", "-subj", subject, *extra)  # fmt: skip
+    return cwd / f"{name}.key", cwd / f"{name}.pem"
+
+
 def _tls_files(tmp: Path) -> tuple[Path, Path]:
-    key, cert = tmp / "key.pem", tmp / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return key, cert
+    san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+    return _self_signed(tmp, "server", "/CN=localhost", "-addext", san)
 
 
 def test_tls_port_refuses_plaintext(tiny_fp32: Path, tmp_path: Path) -> None:
-    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
-        pytest.skip("openssl is needed to make a test certificate")
     key, cert = _tls_files(tmp_path)
     srv = ServerThread(settings(tiny_fp32, tmp_path / "d", tls_cert=cert, tls_key=key))
     srv.running()
@@ -670,27 +660,10 @@ def test_collections_pagination_documents_and_token_counts(
 
 
 def test_mutual_tls_requires_a_client_certificate(tiny_fp32: Path, tmp_path: Path) -> None:
-    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
-        pytest.skip("openssl is needed to make test certificates")
-
     def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+        _openssl(tmp_path, *args)
 
-    ossl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-    )
+    _self_signed(tmp_path, "ca", "/CN=test-ca")
     for name, san in (
         ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
         ("client", "subjectAltName=DNS:client"),
