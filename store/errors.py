@@ -10,6 +10,12 @@ subclasses to status codes in one table; messages read "`field` must ...; given 
 - :class:`FormatMismatch`: the data directory was written by another format version or configuration.
 - :class:`WouldBlock`: a read asked not to wait found the map being resized (retry where waiting is
   fine, e.g. on a worker thread).
+- :class:`DiskFull`: a write could not commit because the data volume has no space left (names the
+  path and the free bytes). Nothing was written; writes succeed again once space is freed.
+- :class:`Locked`: another process holds the data directory open for writing (names the directory and
+  the holder's pid).
+- :class:`Damaged`: the data files are truncated or corrupt (names the file, what is wrong, and how to
+  restore). Raised at open, before any page of the map is touched.
 """
 
 from __future__ import annotations
@@ -53,3 +59,37 @@ class FormatMismatch(StoreError):
 
 class WouldBlock(StoreError):
     """A non-waiting read found the map being resized (readers wait for that)."""
+
+
+class DiskFull(StoreError):
+    """A commit failed for lack of space on the data volume; nothing of the batch was written."""
+
+    def __init__(self, path: str, free_bytes: int) -> None:
+        self.path = path
+        self.free_bytes = free_bytes
+        super().__init__(f"no space left on the data volume ({path}: {free_bytes} bytes free); nothing was written")
+
+
+class Locked(StoreError):
+    """Another process has the data directory open for writing."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"data directory {path} is open for writing by {holder}; one writing process per directory "
+            "(stop it, or open read-only)"
+        )
+
+
+class Damaged(StoreError):
+    """The data files are truncated or corrupt; refused before any page is touched."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: {problem}; the store is damaged: restore the directory from a snapshot "
+            "(zembed snapshot) or move it aside"
+        )
