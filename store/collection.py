@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ import numpy.typing as npt
 
 from store import quantize, scan, validate
 from store.config import Calibration, CollectionConfig
-from store.errors import FormatMismatch, InvalidArgument
+from store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
 from store.filters import FilterIndex, doc_keys, parse_filter
 from store.index import CHUNK_ROWS, CodeIndex, View
 from store.layout import (
@@ -55,6 +56,8 @@ DEFAULT_OVERSAMPLING = 4
 DEFAULT_REFINE = 5
 MAX_REFINE = 20
 _KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
+_KEEP_GENERATIONS = 3
+_PUBLISH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class Collection:
         self.bits = self.config.code_bits
         self.stride = quantize.row_stride(self.bits)
         self._snap: _Snapshot
+        self._snaps: dict[int, _Snapshot] = {}
+        self._published = threading.Condition()
         self._index: CodeIndex
         self._filters: FilterIndex
         self.dropped = False
@@ -195,12 +200,20 @@ class Collection:
 
     def _publish(self) -> None:
         t = self._rec.thresholds
-        self._snap = _Snapshot(
+        snap = _Snapshot(
             self._index.publish(),
             self._filters,
             self._rec.gen,
             np.asarray(t, dtype=np.float32) if t is not None else None,
         )
+        with self._published:
+            self._snap = snap
+            # the last few generations: a reader whose transaction began just before this commit
+            # still finds its own (views are immutable)
+            kept = {g: s for g, s in self._snaps.items() if g >= snap.gen - _KEEP_GENERATIONS}
+            kept[snap.gen] = snap
+            self._snaps = kept
+            self._published.notify_all()
 
     # ------------------------------------------------------------------ info
     def info(self) -> CollectionInfo:
@@ -258,7 +271,7 @@ class Collection:
             cid = self._rec.cid
 
             def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], bool]:
-                rec = self._rec
+                rec = self._record_in(txn)
                 row = rec.next_row
                 id_keys = [id_key(cid, e) for e in id_list]
                 old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(id_keys)]
@@ -317,7 +330,7 @@ class Collection:
                     txn.delete(ik, db=dbs["ids"])
                     old.append(unpack_rowid(prev))
                     _delete_row(txn, dbs, cid, unpack_rowid(prev))
-                rec = self._rec
+                rec = self._record_in(txn)
                 new = replace(rec, count=rec.count - len(old), gen=rec.gen + (1 if old else 0))
                 if old:
                     self._write_record(txn, new)
@@ -348,9 +361,8 @@ class Collection:
                 )
 
             def txn_fn(txn: lmdb.Transaction) -> _Record:
-                new = _calibrate_in_txn(
-                    txn, self.env.dbs, replace(self._rec, gen=self._rec.gen + 1), self.bits
-                )
+                rec = self._record_in(txn)
+                new = _calibrate_in_txn(txn, self.env.dbs, replace(rec, gen=rec.gen + 1), self.bits)
                 self._write_record(txn, new)
                 return new
 
@@ -358,6 +370,17 @@ class Collection:
             self._load()
             assert self._rec.thresholds is not None
             return self._rec.thresholds
+
+    def _record_in(self, txn: lmdb.Transaction) -> _Record:
+        """The collection's allocation record as this write transaction sees it (never the cached
+        copy: row ids and counts are allocated from what is committed, whoever committed it)."""
+        raw = get(txn, meta_key(self.name), self.env.dbs["meta"])
+        if raw is None:
+            raise NotFound("collection", self.name)
+        rec = _Record.from_bytes(raw)
+        if rec.cid != self._rec.cid:
+            raise NotFound("collection", self.name)  # dropped and created again elsewhere
+        return rec
 
     def _write_record(self, txn: lmdb.Transaction, rec: _Record) -> None:
         txn.put(meta_key(self.name), rec.to_bytes(), db=self.env.dbs["meta"])
@@ -367,10 +390,14 @@ class Collection:
         t = self._rec.thresholds if self._rec.thresholds is not None else self.config.thresholds
         return np.asarray(t, dtype=np.float32) if t is not None else None
 
+    def mark_dropped(self) -> None:
+        """Called by the store after the drop committed: readers waiting here end with NotFound."""
+        with self._published:
+            self.dropped = True
+            self._published.notify_all()
+
     def _check_open(self) -> None:
         if self.dropped:
-            from store.errors import NotFound
-
             raise NotFound("collection", self.name)
 
     def prefetch(self) -> int:
@@ -398,16 +425,40 @@ class Collection:
     # ------------------------------------------------------------------ reads
     @contextlib.contextmanager
     def _consistent(self, wait: bool = True) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
-        """A snapshot and a read transaction at the same generation (retried across a publish)."""
-        for _ in range(100_000):
+        """A snapshot and a read transaction at the same generation.
+
+        A read transaction sees either the generation last published or the one committed just
+        after it (the writer publishes right after its commit, under the write lock); the last
+        snapshots are kept by generation, so the pair is found without retrying. Only in the short
+        window between a commit and its publish does a reader wait (on a condition, not a spin), and
+        with ``wait`` off it raises :class:`WouldBlock` instead (callers on an event loop retry on a
+        thread). A collection dropped meanwhile raises :class:`NotFound` at once.
+        """
+        deadline = time.monotonic() + _PUBLISH_TIMEOUT_S
+        while True:
             with self.env.reader(buffers=True, wait=wait) as txn:
-                snap = self._snap
+                if self.dropped:
+                    raise NotFound("collection", self.name)
                 raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
-                if (_GEN.unpack(raw)[0] if raw is not None else 0) == snap.gen:
+                if raw is None:
+                    raise NotFound("collection", self.name)
+                gen = _GEN.unpack(raw)[0]
+                snap = self._snaps.get(gen)
+                if snap is not None:
                     yield snap, txn
                     return
-            time.sleep(0)  # a commit is being published right now
-        raise RuntimeError(f"collection {self.name!r}: no consistent snapshot after many tries")
+            if gen < self._snap.gen:
+                continue  # several commits happened since this transaction began: take a new one
+            if not wait:
+                raise WouldBlock(f"collection {self.name!r}: a commit is being published")
+            with self._published:
+                if gen > self._snap.gen and not self.dropped:
+                    self._published.wait(0.05)
+            if time.monotonic() > deadline:
+                raise FormatMismatch(
+                    f"collection {self.name!r}: generation {gen} was committed but never published "
+                    "here; was the data directory written by another process?"
+                )
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record | None]:
         """Documents by id, in order; None for an id that is not stored."""

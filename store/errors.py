@@ -22,6 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
+ECHO_CHARS = 80  # a client's value is echoed in a message at most this many characters
+
+
+def clip(value: Any, limit: int = ECHO_CHARS, *, quote: bool = True) -> str:
+    """``repr(value)`` (or ``str`` with ``quote=False``) cut to ``limit`` characters with an ellipsis
+    and the full length, so an error message can never grow with the input."""
+    text = repr(value) if quote else str(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | bytes | list | tuple) else ""
+    return text[: limit - 1] + "\u2026" + size
+
 
 class StoreError(Exception):
     """Base class of every error the store raises on purpose."""
@@ -43,7 +55,7 @@ class NotFound(StoreError, KeyError):
     def __init__(self, what: str, name: str) -> None:
         self.what = what
         self.name = name
-        super().__init__(f"{what} {name!r} does not exist")
+        super().__init__(f"{what} {clip(name)} does not exist")
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -67,7 +79,9 @@ class DiskFull(StoreError):
     def __init__(self, path: str, free_bytes: int) -> None:
         self.path = path
         self.free_bytes = free_bytes
-        super().__init__(f"no space left on the data volume ({path}: {free_bytes} bytes free); nothing was written")
+        super().__init__(
+            f"no space left on the data volume ({path}: {free_bytes} bytes free); nothing was written"
+        )
 
 
 class Locked(StoreError):

@@ -19,13 +19,23 @@ calib      cid + rowid                      float32 code-dims vector, kept until
 
 The map grows on demand: a write that hits ``MapFullError`` is aborted, the map is doubled while no
 read transaction is open (readers and the resize share a readers-writer gate), and the write retried.
+
+One writing process per directory: a writable open takes an exclusive ``flock`` on ``zembed.lock``
+(held for the life of the environment, the holder's pid written inside) and a second writable open,
+in this process or another, is refused with :class:`Locked`. Read-only opens (backups, snapshots)
+take no lock. Before LMDB maps ``data.mdb``, its two meta pages are read with plain file reads and
+the file's size checked against the newest one, so a truncated or foreign file is refused with
+:class:`Damaged` instead of a SIGBUS on the first page touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -36,7 +46,7 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import FormatMismatch, WouldBlock
+from store.errors import Damaged, DiskFull, FormatMismatch, Locked, StoreError, WouldBlock
 
 FORMAT_NAME = "zembed-store"
 FORMAT_VERSION = 1
@@ -49,6 +59,17 @@ T = TypeVar("T")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _CID_ROW = struct.Struct(">IQ")
+LOCK_FILE = "zembed.lock"
+DATA_FILE = "data.mdb"
+# LMDB's meta page (64-bit build): page header 16 bytes, then mm_magic u32, mm_version u32,
+# mm_address, mm_mapsize, two MDB_db records of 48 bytes (the first's md_pad holds the page size),
+# mm_last_pg, mm_txnid.
+_LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<QHHHHIIQQI44xI44xQQ")
+# a commit that fails with one of these on a volume with less than this free is "disk full"
+_DISK_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
+DISK_FULL_MARGIN = 64 << 20
+_DAMAGE_ERRORS = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PanicError)
 
 
 def row_key(cid: int, rowid: int) -> bytes:
@@ -129,25 +150,47 @@ class Env:
     """The LMDB environment of one data directory, with its sub-databases and growth policy."""
 
     def __init__(self, path: Path, *, map_size: int, max_readers: int, readonly: bool = False) -> None:
-        path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            max_dbs=len(SUBDBS) + 2,
-            max_readers=max_readers,
-            sync=True,
-            metasync=True,
-            readahead=False,
-            subdir=True,
-            lock=True,
-            readonly=readonly,
-        )
-        self.map_size = int(self.env.info()["map_size"])
-        self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDBS}
+        self.readonly = readonly
+        self._lock_fd: int | None = None
+        if readonly:
+            if not (path / DATA_FILE).exists():
+                raise Damaged(str(path / DATA_FILE), "no such file (not a zembed data directory)")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock_directory(path)
+        try:
+            check_data_file(path / DATA_FILE)
+            try:
+                self.env = lmdb.open(
+                    str(path),
+                    map_size=map_size,
+                    max_dbs=len(SUBDBS) + 2,
+                    max_readers=max_readers,
+                    sync=True,
+                    metasync=True,
+                    readahead=False,
+                    subdir=True,
+                    lock=True,
+                    readonly=readonly,
+                )
+                self.map_size = int(self.env.info()["map_size"])
+                self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDBS}
+            except (
+                lmdb.InvalidError,
+                lmdb.CorruptedError,
+                lmdb.VersionMismatchError,
+                lmdb.PanicError,
+            ) as exc:
+                raise Damaged(str(path / DATA_FILE), f"LMDB refuses it ({exc})") from None
+            except lmdb.NotFoundError as exc:
+                raise Damaged(str(path / DATA_FILE), f"a sub-database is missing ({exc})") from None
+        except BaseException:
+            self._unlock()
+            raise
         self.page_size = int(self.env.stat()["psize"])
         self._preallocate = not readonly
-        self._allocated = (path / "data.mdb").stat().st_size if (path / "data.mdb").exists() else 0
+        self._allocated = (path / DATA_FILE).stat().st_size if (path / DATA_FILE).exists() else 0
         self.gate = _Gate()
         self.write_lock = threading.RLock()
         self.resizes = 0
@@ -157,6 +200,8 @@ class Env:
         with self.env.begin(write=False) as txn:
             raw = get(txn, b"format", self.dbs["meta"])
         if raw is None:
+            if self.readonly:
+                raise Damaged(str(self.path / DATA_FILE), "it holds no format record (not a zembed store)")
             self.write(lambda txn: txn.put(b"format", self._format_record(), db=self.dbs["meta"]))
             return
         rec = json.loads(raw)
@@ -186,6 +231,8 @@ class Env:
 
         ``fn`` must have no side effects outside the transaction (it may run more than once).
         """
+        if self.readonly:
+            raise StoreError(f"data directory {self.path} is open read-only; writes are refused")
         with self.write_lock:
             while True:
                 try:
@@ -201,6 +248,22 @@ class Env:
                     return result
                 except lmdb.MapFullError:
                     self._grow()
+                except lmdb.Error as exc:
+                    raise self._disk_error(exc) from exc
+
+    def free_bytes(self) -> int:
+        """Bytes free on the data volume (for unprivileged users)."""
+        return int(shutil.disk_usage(self.path).free)
+
+    def _disk_error(self, exc: lmdb.Error) -> BaseException:
+        """:class:`DiskFull` for a commit that failed for lack of space (LMDB often reports EIO)."""
+        code = getattr(exc, "errno", None)
+        if code is None and exc.args and isinstance(exc.args[-1], int):
+            code = exc.args[-1]
+        free = self.free_bytes()
+        if (code in _DISK_ERRNOS or isinstance(exc, lmdb.DiskError)) and free < DISK_FULL_MARGIN:
+            return DiskFull(str(self.path), free)
+        return exc
 
     def _allocate_ahead(self) -> None:
         """Reserve file blocks ahead of LMDB's writes.
@@ -216,14 +279,16 @@ class Env:
             return
         target = min(max(2 * used, used + PREALLOCATE_MIN), self.map_size)
         try:
-            fd = os.open(self.path / "data.mdb", os.O_RDWR)
+            fd = os.open(self.path / DATA_FILE, os.O_RDWR)
             try:
                 os.posix_fallocate(fd, 0, target)
             finally:
                 os.close(fd)
             self._allocated = target
-        except OSError:
-            self._preallocate = False  # the filesystem does not support it: LMDB grows the file itself
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRNOS:
+                self._preallocate = False  # not supported here: LMDB grows the file itself
+            # out of space: LMDB's own writes get what is left; try again after a later commit
 
     def _grow(self) -> None:
         with self.gate.exclusive():
@@ -232,18 +297,105 @@ class Env:
             self.resizes += 1
 
     def copy(self, dest: Path) -> None:
-        """Compacting hot copy into an empty directory (readers keep going meanwhile)."""
-        dest.mkdir(parents=True, exist_ok=True)
-        if any(dest.iterdir()):
+        """Compacting hot copy into ``dest`` (absent or empty); readers and the writer keep going.
+
+        The copy is written to a temporary sibling directory, fsynced, and renamed into place only
+        when complete: ``dest`` never holds a partial copy, whatever kills this process.
+        """
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise FileExistsError(f"snapshot directory {dest} is not empty")
-        with self.gate.read():
-            self.env.copy(str(dest), compact=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            with self.gate.read():
+                self.env.copy(str(tmp), compact=True)
+            for f in tmp.iterdir():
+                _fsync_path(f)
+            _fsync_path(tmp)
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+            _fsync_path(dest.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         self.env.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def stat(self) -> dict[str, Any]:
         return dict(self.env.info())
+
+
+def _lock_directory(path: Path) -> int:
+    """Take the directory's exclusive writer lock (held until the fd closes); write our pid in it."""
+    lock_path = path / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        raise Locked(str(path), int(raw) if raw.isdigit() else None) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def check_data_file(data: Path) -> None:
+    """Refuse a truncated or foreign ``data.mdb`` before LMDB maps it (touching a page past the end
+    of a mapped file is a SIGBUS, not an error). A missing file is fine: LMDB creates it."""
+    try:
+        size = data.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # created but never committed to: LMDB initializes it
+    with open(data, "rb") as f:
+        head = f.read(_META.size)
+        metas = []
+        if len(head) == _META.size:
+            metas.append(_META.unpack(head))
+            psize = metas[0][9] if metas[0][5] == _LMDB_MAGIC else 4096
+            f.seek(psize)
+            second = f.read(_META.size)
+            if len(second) == _META.size:
+                metas.append(_META.unpack(second))
+    valid = [m for m in metas if m[5] == _LMDB_MAGIC]
+    if not valid:
+        raise Damaged(str(data), f"not an LMDB data file ({size} bytes, no valid meta page)")
+    newest = max(valid, key=lambda m: m[12])
+    psize, last_pg = newest[9], newest[11]
+    need = (last_pg + 1) * psize
+    if psize < 512 or psize & (psize - 1):
+        raise Damaged(str(data), f"its meta page names an invalid page size {psize}")
+    if size < need:
+        raise Damaged(
+            str(data),
+            f"the file is {size} bytes but its last transaction uses {need} bytes "
+            "(truncated, or a partial copy)",
+        )
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def must(value: bytes | None) -> bytes:

@@ -10,15 +10,21 @@ import lmdb
 from store import validate
 from store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
 from store.config import CollectionConfig
-from store.errors import AlreadyExists, FormatMismatch, NotFound
-from store.layout import SUBDBS, Env, cid_prefix, get, iter_prefix
+from store.errors import AlreadyExists, Damaged, FormatMismatch, NotFound
+from store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
 DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
 
 
 class Store:
-    """Open (or create) the store in ``path``. Thread-safe; one instance per directory per process."""
+    """Open (or create) the store in ``path``. Thread-safe.
+
+    One writing process per directory: a second writable open (here or in another process) raises
+    :class:`~store.errors.Locked` naming the holder's pid. ``readonly=True`` opens without the lock
+    (backups, inspection) and refuses writes. A truncated or corrupt data file raises
+    :class:`~store.errors.Damaged` before any page is touched.
+    """
 
     def __init__(
         self,
@@ -26,9 +32,10 @@ class Store:
         *,
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.env = Env(self.path, map_size=map_size, max_readers=max_readers)
+        self.env = Env(self.path, map_size=map_size, max_readers=max_readers, readonly=readonly)
         self._lock = threading.RLock()
         self._collections: dict[str, Collection] = {}
         try:
@@ -37,6 +44,9 @@ class Store:
                 names = [k[5:].decode() for k, _ in iter_prefix(txn, self.env.dbs["meta"], b"coll:")]
             for name in names:
                 self._collections[name] = Collection(self.env, name, _load_record(self.env, name))
+        except lmdb.Error as exc:
+            self.env.close()
+            raise Damaged(str(self.path / DATA_FILE), f"reading it failed ({exc})") from None
         except BaseException:
             self.env.close()
             raise
@@ -105,20 +115,26 @@ class Store:
                 txn.delete(gen_key(coll.cid), db=meta)
 
             self.env.write(txn_fn)
-            coll.dropped = True
+            coll.mark_dropped()
             del self._collections[name]
 
     # ------------------------------------------------------------------ environment
     def snapshot(self, dest: str | Path) -> Path:
-        """Compacting hot copy into an empty directory; open it with ``Store(dest)`` to restore."""
+        """Compacting hot copy into ``dest`` (absent or empty), complete or not at all (written
+        beside it and renamed into place); open it with ``Store(dest)`` to restore."""
         dest = Path(dest)
         self.env.copy(dest)
         return dest
+
+    def free_bytes(self) -> int:
+        """Bytes free on the data volume."""
+        return self.env.free_bytes()
 
     def stats(self) -> dict[str, object]:
         info = self.env.stat()
         return {
             "path": str(self.path),
+            "free_bytes": self.free_bytes(),
             "map_size": info["map_size"],
             "map_resizes": self.env.resizes,
             "collections": {c.name: c.count for c in self.list_collections()},
@@ -144,4 +160,16 @@ def _load_record(env: Env, name: str) -> _Record:
     return _Record.from_bytes(raw)
 
 
-__all__ = ["Store"]
+def snapshot_directory(data_dir: str | Path, dest: str | Path) -> Path:
+    """Snapshot a data directory from outside the process that serves it (read-only, no lock)."""
+    env = Env(Path(data_dir), map_size=0, max_readers=DEFAULT_MAX_READERS, readonly=True)
+    try:
+        env.check_format()
+        dest = Path(dest)
+        env.copy(dest)
+        return dest
+    finally:
+        env.close()
+
+
+__all__ = ["Store", "snapshot_directory"]
