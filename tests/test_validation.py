@@ -145,7 +145,7 @@ def test_bad_collection_names(store: Store, name: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         store.collection(name)
     assert store.list_collections() == []
-    assert not any(p.name not in {"data.mdb", "lock.mdb"} for p in (tmp_path / "data").iterdir())
+    assert not any(p.name not in {"data.mdb", "lock.mdb", "zembed.lock"} for p in (tmp_path / "data").iterdir())
 
 
 def test_unknown_collection(store: Store) -> None:
