@@ -257,11 +257,11 @@ class Env:
 
     def _disk_error(self, exc: lmdb.Error) -> BaseException:
         """:class:`DiskFull` for a commit that failed for lack of space (LMDB often reports EIO)."""
-        code = getattr(exc, "errno", None)
-        if code is None and exc.args and isinstance(exc.args[-1], int):
-            code = exc.args[-1]
+        # py-lmdb carries no errno: the C error text is the last argument
+        text = str(exc)
+        disk = isinstance(exc, lmdb.DiskError) or any(os.strerror(e) in text for e in _DISK_ERRNOS)
         free = self.free_bytes()
-        if (code in _DISK_ERRNOS or isinstance(exc, lmdb.DiskError)) and free < DISK_FULL_MARGIN:
+        if disk and free < DISK_FULL_MARGIN:
             return DiskFull(str(self.path), free)
         return exc
 
@@ -363,7 +363,9 @@ def check_data_file(data: Path) -> None:
     except FileNotFoundError:
         return
     if size == 0:
-        return  # created but never committed to: LMDB initializes it
+        # LMDB writes its meta pages when it creates the file: an empty one was cut (treating it as
+        # a new store would hide every collection it held)
+        raise Damaged(str(data), "the file is empty (truncated)")
     with open(data, "rb") as f:
         head = f.read(_META.size)
         metas = []

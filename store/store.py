@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -15,6 +16,7 @@ from store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
 DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
+SNAPSHOTS_DIR = "snapshots"  # Store.snapshot_named writes under <data directory>/snapshots/
 
 
 class Store:
@@ -125,6 +127,16 @@ class Store:
         dest = Path(dest)
         self.env.copy(dest)
         return dest
+
+    def snapshot_named(self, name: str = "") -> Path:
+        """Snapshot into ``<path>/snapshots/<name>`` (a collection-style name; empty: a UTC
+        timestamp). ``AlreadyExists`` when that snapshot exists."""
+        name = name or time.strftime("snapshot-%Y%m%d-%H%M%S", time.gmtime())
+        validate.name(name, "name")
+        dest = self.path / SNAPSHOTS_DIR / name
+        if dest.exists():
+            raise AlreadyExists(f"snapshot {name!r} already exists at {dest}")
+        return self.snapshot(dest)
 
     def free_bytes(self) -> int:
         """Bytes free on the data volume."""

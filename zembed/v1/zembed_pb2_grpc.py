@@ -295,6 +295,11 @@ class SearchServiceStub:
                 request_serializer=zembed_dot_v1_dot_zembed__pb2.SearchStreamRequest.SerializeToString,
                 response_deserializer=zembed_dot_v1_dot_zembed__pb2.SearchStreamResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/zembed.v1.SearchService/Snapshot',
+                request_serializer=zembed_dot_v1_dot_zembed__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=zembed_dot_v1_dot_zembed__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -365,6 +370,17 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Admin: a consistent hot copy of the whole store (every collection) into
+        `<data directory>/snapshots/<name>`, written beside it and renamed into place only when complete,
+        while searches and writes go on. Restore by serving that directory (`--data`). Behind the bearer
+        token like every call. ALREADY_EXISTS if that snapshot name is taken; RESOURCE_EXHAUSTED if the
+        volume runs out of space (nothing is left behind). From a shell: `zembed snapshot DATA_DIR OUT_DIR`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -417,6 +433,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.SearchStream,
                     request_deserializer=zembed_dot_v1_dot_zembed__pb2.SearchStreamRequest.FromString,
                     response_serializer=zembed_dot_v1_dot_zembed__pb2.SearchStreamResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=zembed_dot_v1_dot_zembed__pb2.SnapshotRequest.FromString,
+                    response_serializer=zembed_dot_v1_dot_zembed__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +711,33 @@ class SearchService:
             '/zembed.v1.SearchService/SearchStream',
             zembed_dot_v1_dot_zembed__pb2.SearchStreamRequest.SerializeToString,
             zembed_dot_v1_dot_zembed__pb2.SearchStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zembed.v1.SearchService/Snapshot',
+            zembed_dot_v1_dot_zembed__pb2.SnapshotRequest.SerializeToString,
+            zembed_dot_v1_dot_zembed__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
