@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= .cache/models/all-minilm-l6-v2
 DATA_DIR ?= data
 
-.PHONY: test lint serve protos smoke-container bench bench-store bench-recall bench-export bench-service clean
+.PHONY: crash-100 test lint serve protos smoke-container bench bench-store bench-recall bench-export bench-service clean
 
 # The test command (README; .ci/run runs exactly this).
 test: $(VENV)/.installed
@@ -48,6 +48,11 @@ protos: $(VENV)/.installed
 # Build the CPU image with podman and check it serves (root; Debian's podman, runc, mmdebstrap).
 smoke-container: $(VENV)/.installed $(MODEL_DIR)/manifest.json
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash deploy/smoke.sh $(MODEL_DIR)
+
+# Slow fault runs (not in CI): 100 SIGKILLs of a writer at random moments, 100 kills of a snapshot.
+crash-100: $(VENV)/.installed
+	ZEMBED_CRASH_ROUNDS=100 ZEMBED_SNAPSHOT_KILLS=100 $(PY) -m pytest -q -s tests/test_crash.py \
+		tests/test_faults_store.py -k "sigkill"
 
 bench: bench-store bench-recall bench-export bench-service
 

@@ -16,7 +16,7 @@ import numpy as np
 from store import Store, quantize
 from tests.crash_child import BATCH, batch_data
 
-ROUNDS = 24
+ROUNDS = int(os.environ.get("ZEMBED_CRASH_ROUNDS", "24"))  # `make crash-100`: 100
 
 
 def expected_state(acked: list[int]) -> dict[str, tuple[int, int]]:
