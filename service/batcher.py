@@ -2,20 +2,31 @@
 
 Requests put their inputs (token id lists) on the queue as items, each with an asyncio future. The
 worker takes up to ``max_batch`` items (waiting at most ``max_wait_s`` for the batch to fill), drops
-items whose caller went away (cancelled futures), sorts the rest by length and splits them into
-sub-batches whose padded size (rows x longest) stays within ``max_tokens`` and whose longest input is
-at most ``max_pad_ratio`` times the shortest, runs each, and resolves every item's future: with its
-row, or with the batch's exception (the worker lives on).
+items whose caller went away (cancelled futures) or whose deadline has passed (never computed), sorts
+the rest by length and splits them into sub-batches whose padded size (rows x longest) stays within
+``max_tokens`` and whose longest input is at most ``max_pad_ratio`` times the shortest, runs each, and
+resolves every item's future: with its row, or with the batch's exception (the worker lives on).
 
-Back-pressure: at most ``capacity`` items wait. A unary call that does not fit fails at once with
-:class:`Overloaded`; streams pass ``wait=True`` and wait for room (their own in-flight bound keeps
-that wait short).
+Admission (back-pressure) is decided BEFORE tokenizing, from an estimate of each call's tokens
+(:meth:`Batcher.reserve`), and the queue is bounded in work, not items: the tokens waiting (reserved
+or queued) divided by the measured inference rate (tokens per second, a moving average over recent
+batches) may not exceed ``max_queue_s``, and at most ``capacity`` items wait. An empty queue admits
+any call. A unary call that does not fit fails at once with :class:`Overloaded` (no await, so in
+microseconds); streams pass ``wait=True`` and wait for room (their own in-flight bound keeps that
+wait short). The reservation is corrected to the real token count once the call is tokenized.
+
+No gRPC here. The caller's deadline travels in the :data:`call_deadline` context variable (set at the
+edge), so every layer can read it without threading it through every signature.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -25,10 +36,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import Overloaded, Unavailable
+from service.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger("zembed.batcher")
 F32 = npt.NDArray[np.float32]
+
+# time.monotonic() by which the current call must be answered (None: no deadline)
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): hands freed heap pages back to the OS after a burst (no-op elsewhere)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def run() -> None:
+        trim(0)
+
+    return run
 
 
 @dataclass
@@ -36,6 +63,7 @@ class _Item:
     ids: Sequence[int]
     future: asyncio.Future[F32]
     loop: asyncio.AbstractEventLoop
+    deadline: float | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -44,10 +72,39 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     tokens: int = 0
-    dropped: int = 0
+    dropped: int = 0  # caller went away before its item ran
+    expired: int = 0  # deadline passed before its item ran: dropped, not computed
+    refused: int = 0  # calls refused at admission
     failed_batches: int = 0
     last_batch_size: int = 0
     busy_s: float = 0.0
+    trims: int = 0
+
+
+class Reservation:
+    """Room in the queue held for one call, from admission until its items are queued (or it fails)."""
+
+    def __init__(self, batcher: Batcher, items: int, tokens: int) -> None:
+        self._b = batcher
+        self.items = items
+        self.tokens = tokens
+        self.active = True
+
+    def adjust(self, tokens: int) -> None:
+        """Replace the estimate with the real token count (after tokenizing)."""
+        with self._b._cond:
+            if self.active:
+                self._b._work += tokens - self.tokens
+            self.tokens = tokens
+
+    def release(self) -> None:
+        with self._b._cond:
+            if not self.active:
+                return
+            self.active = False
+            self._b._work -= self.tokens
+            self._b._items -= self.items
+        self._b._wake_waiters()
 
 
 class Batcher:
@@ -60,6 +117,8 @@ class Batcher:
         max_wait_s: float = 0.002,
         capacity: int = 1024,
         max_pad_ratio: float = 1.5,
+        max_queue_s: float = 2.0,
+        rate: float | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._run = run
@@ -68,11 +127,16 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.capacity = capacity
         self.max_pad_ratio = max_pad_ratio
+        self.max_queue_s = max_queue_s
+        self.rate = rate  # padded tokens per second of inference (None until measured)
         self._on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
+        self._work = 0  # tokens reserved or queued, not yet taken by the worker
+        self._items = 0  # items reserved or queued, not yet taken
         self._space: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._stopping = False
+        self._trim = _malloc_trim()
         self._thread = threading.Thread(target=self._worker, name="zembed-inference", daemon=True)
         self.stats = BatchStats()
 
@@ -89,28 +153,86 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, ids: Sequence[Sequence[int]], *, wait: bool = False) -> F32:
-        """Embed token id lists; rows come back in input order."""
+    @property
+    def queued_tokens(self) -> int:
+        return self._work
+
+    def max_queue_tokens(self) -> float:
+        """The work bound in tokens: ``max_queue_s`` of inference at the measured rate."""
+        if self.rate is None:
+            return float(self.max_tokens) * 4  # before any measurement: four full batches
+        return self.rate * self.max_queue_s
+
+    def estimated_wait_s(self) -> float:
+        return self._work / self.rate if self.rate else 0.0
+
+    def _fits(self, items: int, tokens: int) -> bool:
+        if self._items == 0:
+            return True  # an empty queue admits any call (it is bounded by the call limits)
+        return self._items + items <= self.capacity and self._work + tokens <= self.max_queue_tokens()
+
+    async def reserve(
+        self, items: int, tokens: int, *, wait: bool = False, deadline: float | None = None
+    ) -> Reservation:
+        """Admit a call of ``items`` inputs estimated at ``tokens`` tokens, or refuse it at once
+        (``Overloaded``) unless ``wait`` (streams: wait for room, at most until ``deadline``)."""
         if self._stopping:
             raise Unavailable("the server is shutting down")
-        if len(ids) > self.capacity:
-            raise Overloaded(f"inputs must be at most {self.capacity} per call; given {len(ids)}")
+        if items > self.capacity:
+            raise Overloaded(f"inputs must be at most {self.capacity} per call; given {items}")
         loop = asyncio.get_running_loop()
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded("the call's deadline passed while it waited for the embedding queue")
             with self._cond:
-                if len(self._queue) + len(ids) <= self.capacity:
-                    items = [_Item(x, loop.create_future(), loop) for x in ids]
-                    self._queue.extend(items)
-                    self._cond.notify()
-                    break
+                if self._fits(items, tokens):
+                    self._work += tokens
+                    self._items += items
+                    return Reservation(self, items, tokens)
                 if not wait:
+                    self.stats.refused += 1
                     raise Overloaded(
-                        f"the embedding queue is full ({len(self._queue)} of {self.capacity} inputs "
-                        "waiting); retry with backoff"
+                        f"the embedding queue is full (~{self.estimated_wait_s():.1f} s of work, "
+                        f"{self._items} inputs waiting; limit {self.max_queue_s:g} s, "
+                        f"{self.capacity} inputs); retry with backoff"
                     )
                 event = asyncio.Event()
                 self._space.append((loop, event))
-            await event.wait()
+            if deadline is None:
+                await event.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), max(deadline - time.monotonic(), 0.0))
+
+    async def submit(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        wait: bool = False,
+        reservation: Reservation | None = None,
+        deadline: float | None = None,
+    ) -> F32:
+        """Embed token id lists; rows come back in input order. Without a ``reservation`` the call is
+        admitted here (by its real token count)."""
+        if deadline is None:
+            deadline = call_deadline.get()
+        tokens = sum(len(x) for x in ids)
+        if reservation is None:
+            reservation = await self.reserve(len(ids), tokens, wait=wait, deadline=deadline)
+        else:
+            reservation.adjust(tokens)
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._stopping:
+                reservation.active = False
+                self._work -= reservation.tokens
+                self._items -= reservation.items
+                raise Unavailable("the server is shutting down")
+            items = [_Item(x, loop.create_future(), loop, deadline) for x in ids]
+            self._queue.extend(items)
+            reservation.active = False  # the queued items carry the accounting from here
+            self._items += len(items) - reservation.items
+            self._cond.notify()
         try:
             rows = await asyncio.gather(*(i.future for i in items))
         except BaseException:
@@ -119,11 +241,20 @@ class Batcher:
             raise
         return np.stack(rows)
 
+    def _wake_waiters(self) -> None:
+        with self._cond:
+            waiters, self._space = self._space, []
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
     # ------------------------------------------------------------------ worker thread
     def _take(self) -> list[_Item]:
         with self._cond:
             while not self._queue and not self._stopping:
-                self._cond.wait()
+                if not self._cond.wait(1.0) and self.stats.batches != self.stats.trims:
+                    # idle for a second after work: return the burst's freed heap to the OS
+                    self.stats.trims = self.stats.batches
+                    self._trim()
             if not self._queue:
                 return []
             deadline = time.perf_counter() + self.max_wait_s
@@ -134,9 +265,9 @@ class Batcher:
                 self._cond.wait(left)
             n = min(self.max_batch, len(self._queue))
             taken = [self._queue.popleft() for _ in range(n)]
-            waiters, self._space = self._space, []
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            self._items -= n
+            self._work -= sum(len(i.ids) for i in taken)
+        self._wake_waiters()
         return taken
 
     def _worker(self) -> None:
@@ -147,8 +278,20 @@ class Batcher:
                     self._fail_all(Unavailable("the server is shutting down"))
                     return
                 continue
-            live = [i for i in taken if not i.future.done()]
-            self.stats.dropped += len(taken) - len(live)
+            now = time.monotonic()
+            live = []
+            for i in taken:
+                if i.future.done():
+                    self.stats.dropped += 1
+                elif i.deadline is not None and i.deadline <= now:
+                    self.stats.expired += 1
+                    i.loop.call_soon_threadsafe(
+                        _set_exception,
+                        i.future,
+                        DeadlineExceeded("the call's deadline passed before its input was embedded"),
+                    )
+                else:
+                    live.append(i)
             live.sort(key=lambda i: len(i.ids))
             for batch in self._split(live):
                 self._run_batch(batch)
@@ -182,6 +325,10 @@ class Batcher:
             return
         took = time.perf_counter() - t
         tokens = sum(len(i.ids) for i in batch)
+        padded = len(batch) * max(len(i.ids) for i in batch)
+        if took > 0:
+            rate = padded / took
+            self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.tokens += tokens
@@ -195,6 +342,8 @@ class Batcher:
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
             items, self._queue = list(self._queue), collections.deque()
+            self._items -= len(items)
+            self._work -= sum(len(i.ids) for i in items)
         for i in items:
             i.loop.call_soon_threadsafe(_set_exception, i.future, exc)
 

@@ -76,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from service.config import ConfigError, from_args
+    from service.errors import StartupError
+    from service.runtime.manifest import ManifestError
     from service.server import JsonFormatter, serve
+    from store.errors import StoreError
 
     try:
         settings = from_args(args)
@@ -87,7 +90,12 @@ def _serve(args: argparse.Namespace) -> int:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("zembed").info("settings %s", settings.redacted())
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (StartupError, StoreError, ManifestError, OSError) as exc:
+        # one clear line, no traceback: the store and TLS files are checked before anything listens
+        print(f"zembed serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -24,6 +24,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0  # 0 disables the HTTP metrics endpoint
+    metrics_host: str = "127.0.0.1"  # /metrics listens here; with a token set it also requires it
     token: str | None = None  # bearer token; None disables auth
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -34,6 +35,8 @@ class Settings:
     max_wait_ms: float = 2.0  # how long a batch waits to fill up
     max_pad_ratio: float = 1.5  # a sub-batch's longest input is at most this x its shortest
     queue_items: int = 1024  # items waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED
+    max_queue_s: float = 2.0  # estimated seconds of queued inference work; unary calls beyond refused
+    stream_idle_s: float = 300.0  # a stream with no message this long and nothing pending is ended
     stream_in_flight: int = 64  # items per stream being processed at once
     max_inputs: int = 256  # inputs per Embed call
     max_chars: int = 32768  # characters per input
@@ -46,6 +49,7 @@ class Settings:
     grace_s: float = 10.0  # SIGTERM: time in-flight calls get to finish
     drain_delay_s: float = 1.0  # SIGTERM: NOT_SERVING this long before refusing new calls
     intra_op_threads: int = 0  # onnxruntime threads; 0 lets it choose
+    accept_parity_failure: bool = False  # serve an export whose manifest records a failed parity check
     log_level: str = "INFO"
 
     def validate(self) -> Settings:
@@ -73,6 +77,8 @@ class Settings:
             ("max_message_mb", 1),
             ("inline_search_rows", 0),
             ("search_batch", 1),
+            ("max_queue_s", 0),
+            ("stream_idle_s", 0),
         ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
@@ -98,6 +104,9 @@ _HELP = {
     "host": "address to listen on (0.0.0.0 inside a container)",
     "port": "gRPC port (0 picks a free one and logs it)",
     "metrics_port": "HTTP port for Prometheus /metrics (0 disables)",
+    "metrics_host": "address /metrics listens on (default localhost only; 0.0.0.0 to let Prometheus "
+    "scrape it, and then set --token: /metrics requires `Authorization: Bearer TOKEN` whenever a "
+    "token is set)",
     "token": "require `authorization: Bearer TOKEN` on every call except health",
     "tls_cert": "PEM certificate chain (enables TLS)",
     "tls_key": "PEM private key",
@@ -108,6 +117,10 @@ _HELP = {
     "max_wait_ms": "max milliseconds a batch waits to fill",
     "max_pad_ratio": "split batches so the longest input is at most this x the shortest (raise on GPUs)",
     "queue_items": "max inputs waiting for inference; unary calls beyond get RESOURCE_EXHAUSTED",
+    "max_queue_s": "max estimated seconds of queued inference work (tokens waiting / measured "
+    "tokens per second); unary calls beyond get RESOURCE_EXHAUSTED at once, streams wait",
+    "stream_idle_s": "end a stream (DEADLINE_EXCEEDED) that sent no message for this many seconds "
+    "while none of its items was pending",
     "stream_in_flight": "max items being processed per stream",
     "max_inputs": "max inputs per Embed call",
     "max_chars": "max characters per input",
@@ -122,6 +135,8 @@ _HELP = {
     "grace_s": "seconds in-flight calls get to finish after SIGTERM",
     "drain_delay_s": "seconds health reports NOT_SERVING after SIGTERM before new calls are refused",
     "intra_op_threads": "onnxruntime intra-op threads (0: its default)",
+    "accept_parity_failure": "serve an export whose manifest.json records a failed parity check "
+    "(it does not embed like its checkpoint; refused otherwise)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,8 @@ import numpy.typing as npt
 
 from service.errors import InvalidArgument
 from service.runtime.text import Overflow
-from store import CollectionInfo, Hit
+from store import CollectionInfo, Hit, validate
+from store.errors import clip
 from zembed.v1 import zembed_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
@@ -73,12 +74,28 @@ def encode_embedding(vec: F32, encoding: int, tokens: int, truncated: bool) -> p
 
 
 def metadata_to_dict(m: Mapping[str, pb.MetadataValue], field: str) -> dict[str, Any]:
+    """Checked at the edge: at most MAX_METADATA_KEYS keys of at most MAX_METADATA_KEY_BYTES each,
+    string lists of at most MAX_STRING_LIST values, about MAX_METADATA_BYTES in all."""
+    validate.count(len(m), field, validate.MAX_METADATA_KEYS, "keys")
     out: dict[str, Any] = {}
+    size = 0
     for key, v in m.items():
+        validate.text(key, f"{field} key {clip(key)}", validate.MAX_METADATA_KEY_BYTES)
         kind = v.WhichOneof("kind")
         if kind is None:
-            raise InvalidArgument(f"{field}.{key}", "must set a value")
+            raise InvalidArgument(f"{field}.{clip(key, quote=False)}", "must set a value")
+        size += len(key) + (v.ByteSize() if kind in ("string_value", "string_list") else 8)
+        if size > validate.MAX_METADATA_BYTES + 1024:  # the store checks the exact JSON size
+            raise InvalidArgument(
+                field, f"must be at most {validate.MAX_METADATA_BYTES} bytes in all; given more than {size}"
+            )
         if kind == "string_list":
+            validate.count(
+                len(v.string_list.values),
+                f"{field}.{clip(key, quote=False)}",
+                validate.MAX_STRING_LIST,
+                "values",
+            )
             out[key] = list(v.string_list.values)
         elif kind == "double_value":
             if not math.isfinite(v.double_value):
@@ -105,30 +122,43 @@ def dict_to_metadata(d: Mapping[str, Any]) -> dict[str, pb.MetadataValue]:
     return {k: value_to_proto(v) for k, v in d.items()}
 
 
-def filter_from_proto(conds: Iterable[pb.Condition]) -> dict[str, Any] | None:
+def filter_from_proto(conds: Sequence[pb.Condition]) -> dict[str, Any] | None:
+    """Checked at the edge: at most MAX_FILTER_CONDITIONS conditions on field names like collection
+    names, each with at most MAX_FILTER_VALUES values of at most MAX_FILTER_VALUE_BYTES."""
+    validate.count(len(conds), "filter", validate.MAX_FILTER_CONDITIONS, "conditions")
     out: dict[str, Any] = {}
     for i, c in enumerate(conds):
         field = f"filter[{i}]"
         if not c.field:
             raise InvalidArgument(f"{field}.field", "must not be empty")
+        validate.name(c.field, f"{field}.field")
         if c.field in out:
             raise InvalidArgument(f"{field}.field", f"repeats {c.field!r}; put all values in one any_of")
         if not c.any_of:
             raise InvalidArgument(f"{field}.any_of", "must hold at least one value")
+        validate.count(len(c.any_of), f"{field}.any_of", validate.MAX_FILTER_VALUES, "values")
         values = []
-        for v in c.any_of:
+        for j, v in enumerate(c.any_of):
             kind = v.WhichOneof("kind")
             if kind not in ("string_value", "int_value", "bool_value"):
                 raise InvalidArgument(
                     f"{field}.any_of", f"values must be strings, integers or booleans; given {kind}"
                 )
+            if kind == "string_value":
+                validate.text(v.string_value, f"{field}.any_of[{j}]", validate.MAX_FILTER_VALUE_BYTES)
             values.append(getattr(v, kind))
         out[c.field] = {"$nin" if c.negate else "$in": values}
     return out or None
 
 
 def vector(values: Iterable[float], field: str, packed: bytes = b"") -> F32:
-    """A float vector from a repeated float field, or from its packed little-endian float32 twin."""
+    """A float vector from a repeated float field, or from its packed little-endian float32 twin
+    (one of them: both set is refused)."""
+    if packed and len(values):  # type: ignore[arg-type]
+        name = field.rsplit(".", 1)[-1]
+        raise InvalidArgument(
+            field, f"and {field}_f32le are both set; set one of `{name}` or `{name}_f32le`, not both"
+        )
     if packed:
         if len(packed) % 4:
             raise InvalidArgument(f"{field}_f32le", f"must be a multiple of 4 bytes; given {len(packed)}")

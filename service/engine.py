@@ -8,17 +8,18 @@ scans) runs in worker threads so the event loop keeps serving; searches are sche
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import Batcher
+from service.batcher import Batcher, call_deadline
 from service.config import Settings
 from service.errors import InvalidArgument
-from service.runtime.model import EmbeddingModel
+from service.runtime.manifest import Manifest
 from service.runtime.text import Overflow, TooLong
 from service.searcher import SearchParams, SearchScheduler
 from store import CollectionConfig, Hit, RescoreDtype, Store
@@ -26,6 +27,34 @@ from store.config import Calibration
 
 F32 = npt.NDArray[np.float32]
 HOSTED_BYTES_PER_INPUT = 150  # the hosted zembed API's byte count: 150 + UTF-8 length per input
+INLINE_TOKENIZE_CHARS = 4096  # calls up to this many characters tokenize on the loop (< ~0.2 ms)
+
+
+class Tokenizer(Protocol):
+    def encode_counted(
+        self, texts: Sequence[str], input_type: str | None, overflow: Overflow = ...
+    ) -> tuple[list[list[int]], list[int]]: ...
+
+    def count(self, texts: Sequence[str], input_type: str | None) -> list[int]: ...
+
+
+class Embedder(Protocol):
+    """What the service needs of a model: ``service.runtime.model.EmbeddingModel``, or a fake in tests."""
+
+    manifest: Manifest
+    provider: str
+
+    @property
+    def text(self) -> Tokenizer: ...
+
+    @property
+    def dims(self) -> list[int]: ...
+
+    def run(self, ids: Sequence[Sequence[int]]) -> F32: ...
+
+    def project(self, emb: F32, dim: int) -> F32: ...
+
+    def warmup(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +81,7 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        model: EmbeddingModel,
+        model: Embedder,
         store: Store,
         on_search: Callable[[float], None] = _noop,
     ) -> None:
@@ -69,7 +98,32 @@ class Engine:
             max_wait_s=settings.max_wait_ms / 1000.0,
             capacity=settings.queue_items,
             max_pad_ratio=settings.max_pad_ratio,
+            max_queue_s=settings.max_queue_s,
         )
+
+    def calibrate(self, rows: int = 16, length: int = 128) -> float:
+        """Time one padded batch (after warm-up) to seed the batcher's inference rate, so the work
+        bound holds from the first call. Returns tokens per second."""
+        length = max(1, min(length, self.model.manifest.max_length))
+        ids = [[1] * length for _ in range(rows)]
+        t = time.perf_counter()
+        self.model.run(ids)
+        rate = rows * length / max(time.perf_counter() - t, 1e-6)
+        self.batcher.rate = rate
+        return rate
+
+    def estimate_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens a call will take, before tokenizing (admission): about one token per two
+        characters plus prompt and suffix, at most ``max_length`` each; corrected after tokenizing."""
+        cap = self.model.manifest.max_length
+        return sum(min(cap, len(t) // 2 + 8) for t in texts)
+
+    async def count_tokens(self, texts: Sequence[str], input_type: str | None) -> list[int]:
+        self.check_texts(texts)
+        it = self.input_type(input_type)
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return self.model.text.count(texts, it)
+        return await asyncio.to_thread(self.model.text.count, texts, it)
 
     # ------------------------------------------------------------------ embedding
     def check_texts(
@@ -115,15 +169,27 @@ class Engine:
         self.check_texts(texts, field, names)
         dim = self.check_dim(dim)
         it = self.input_type(input_type)
+        deadline = call_deadline.get()
+        # admission first (microseconds, no await when refused), then tokenize off the event loop
+        room = await self.batcher.reserve(
+            len(texts), self.estimate_tokens(texts), wait=wait, deadline=deadline
+        )
         try:
-            ids, full = self.model.text.encode_counted(texts, it, overflow)  # one tokenization
+            if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+                ids, full = self.model.text.encode_counted(texts, it, overflow)  # one tokenization
+            else:
+                ids, full = await asyncio.to_thread(self.model.text.encode_counted, texts, it, overflow)
         except TooLong as exc:
+            room.release()
             raise InvalidArgument(
                 names[exc.index] if names is not None else f"{field}[{exc.index}]",
                 f"must be at most {exc.limit} tokens with prompt and suffix (truncation=STRICT); "
                 f"given {exc.tokens}",
             ) from None
-        emb = await self.batcher.submit(ids, wait=wait)
+        except BaseException:
+            room.release()
+            raise
+        emb = await self.batcher.submit(ids, reservation=room, deadline=deadline)
         vectors = self.model.project(emb, dim)
         return Embedded(
             vectors, [len(x) for x in ids], [len(x) < n for x, n in zip(ids, full, strict=True)], dim

@@ -1,61 +1,71 @@
-"""The one table mapping domain errors to gRPC status codes, and the service's own errors.
+"""The service's own domain errors. No gRPC here: the one table that maps these (and the store's and
+the runtime's errors) to status codes lives at the edge, in :mod:`service.status`.
 
-Every handler runs inside :func:`status_of`'s mapping (through the servicers' guard): a known error
-becomes its status with its message ("`field` must ...; given ..."); anything else becomes INTERNAL
-with the traceback logged, never a hang.
+Messages read "`field` must ...; given ..." and echo a client's value at most :data:`ECHO_CHARS`
+characters (:func:`clip`), so an error can never outgrow a client's metadata limit.
 """
 
 from __future__ import annotations
 
-import logging
+from store.errors import clip
 
-import grpc
-
-from service.runtime.manifest import ManifestError
-from service.runtime.text import TooLong
-from store import errors as store_errors
-
-log = logging.getLogger("zembed.errors")
+__all__ = [
+    "DeadlineExceeded",
+    "InvalidArgument",
+    "Overloaded",
+    "ServiceError",
+    "StartupError",
+    "StreamIdle",
+    "TooLarge",
+    "Unavailable",
+    "Undecodable",
+    "clip",
+]
 
 
 class ServiceError(Exception):
-    code = grpc.StatusCode.INTERNAL
+    """Base of the service's own errors (anything else unexpected is INTERNAL)."""
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """A request field is invalid (INVALID_ARGUMENT)."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        super().__init__(f"{field} {message}")
+        super().__init__(f"{clip(field, 120, quote=False)} {message}")
+
+
+class Undecodable(InvalidArgument):
+    """A request's bytes are not a valid protobuf message of the method's request type."""
+
+    def __init__(self, type_name: str, reason: str, nbytes: int) -> None:
+        self.type_name = type_name
+        super().__init__(
+            "request",
+            f"could not be parsed as a {type_name} message ({nbytes} bytes): "
+            + clip(reason, 200, quote=False),
+        )
 
 
 class Overloaded(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """The server has no room for the call now; retry with backoff (RESOURCE_EXHAUSTED)."""
+
+
+class TooLarge(ServiceError):
+    """The answer would exceed the message size limit; ask for less (RESOURCE_EXHAUSTED)."""
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """Starting or shutting down (UNAVAILABLE)."""
 
 
-# (exception type, status code), first match wins: the ONE table.
-TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (ServiceError, grpc.StatusCode.INTERNAL),  # subclasses carry their own code (below)
-    (TooLong, grpc.StatusCode.INVALID_ARGUMENT),
-    (store_errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (store_errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (store_errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (store_errors.FormatMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-    (ManifestError, grpc.StatusCode.FAILED_PRECONDITION),
-)
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before the work was done; it was dropped (DEADLINE_EXCEEDED)."""
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a client sees for ``exc``."""
-    for kind, code in TABLE:
-        if isinstance(exc, kind):
-            if isinstance(exc, ServiceError):
-                code = exc.code
-            return code, str(exc)
-    log.error("unexpected error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+class StreamIdle(ServiceError):
+    """A stream sent no message for too long while nothing of it was pending (DEADLINE_EXCEEDED)."""
+
+
+class StartupError(ServiceError):
+    """The server cannot start (bad TLS files, port taken...); one line for the operator, exit code 2."""

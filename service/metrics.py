@@ -1,11 +1,26 @@
 """Prometheus metrics (text format on an HTTP port): requests and latency per RPC, batch sizes,
-queue depth, tokens, store size."""
+queue depth and queued work, tokens, store size, free space on the data volume.
+
+The endpoint lists every collection's name and size, so it is not public: it listens on
+``--metrics-host`` (default 127.0.0.1), and whenever the service has a token, ``/metrics`` requires
+the same ``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials_file: ...}``).
+"""
 
 from __future__ import annotations
 
+import hmac
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +54,13 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256),
         )
         self.queue_depth = Gauge("zembed_queue_depth", "inputs waiting for inference", registry=r)
+        self.queued_seconds = Gauge(
+            "zembed_queue_seconds",
+            "estimated seconds of inference work waiting (the admission bound)",
+            registry=r,
+        )
+        self.free_bytes = Gauge("zembed_data_free_bytes", "free bytes on the data volume", registry=r)
+        self.http: ThreadingHTTPServer | None = None
 
     def on_batch(self, size: int, tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -50,14 +72,57 @@ class Metrics:
         queue_depth: Callable[[], int],
         collections: Callable[[], dict[str, int]],
         search_paths: Callable[[], dict[str, int]],
+        *,
+        free_bytes: Callable[[], int] | None = None,
+        queued_seconds: Callable[[], float] | None = None,
     ) -> None:
-        """Read at scrape time: the batcher's queue, the store's collection sizes, and how many
-        searches ran on the event loop or on worker threads."""
+        """Read at scrape time: the batcher's queue, the store's collection sizes, how many searches
+        ran on the event loop or on worker threads, free space on the data volume."""
         self.queue_depth.set_function(queue_depth)
+        if free_bytes is not None:
+            self.free_bytes.set_function(free_bytes)
+        if queued_seconds is not None:
+            self.queued_seconds.set_function(queued_seconds)
         self.registry.register(_StoreCollector(collections, search_paths))
 
-    def serve(self, port: int, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", token: str | None = None) -> int:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread (requiring ``Authorization: Bearer
+        <token>`` when ``token`` is set); returns the bound port."""
+        registry = self.registry
+        expected = f"Bearer {token}".encode() if token else None
+
+        class MetricsHandler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                if expected is not None:
+                    given = self.headers.get_all("Authorization") or []
+                    if len(given) != 1 or not hmac.compare_digest(given[0].encode(), expected):
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Bearer realm="zembed metrics"')
+                        self.end_headers()
+                        return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # no access log
+                pass
+
+        self.http = ThreadingHTTPServer((host, port), MetricsHandler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, name="zembed-metrics", daemon=True).start()
+        return int(self.http.server_address[1])
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None
 
 
 class _StoreCollector(Collector):

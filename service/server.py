@@ -9,33 +9,34 @@ the store closes.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import shutil
 import signal
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
+import lmdb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service.config import Settings
-from service.engine import Engine
+from service.edge import Edge
+from service.engine import Embedder, Engine
+from service.errors import StartupError
 from service.metrics import Metrics
-from service.runtime.model import EmbeddingModel
 from service.servicers import EmbeddingServicer, SearchServicer
 from store import Store
+from store.errors import StoreError
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
-Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 log = logging.getLogger("zembed.server")
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[n].full_name for n in ("EmbeddingService", "SearchService"))
-OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,47 +45,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
-
-
-class BearerAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` (constant-time compare); health and reflection open."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        if details.method.startswith(OPEN_METHODS) or handler is None:
-            return handler
-        given = dict(details.invocation_metadata or ()).get("authorization")
-        if given is None:
-            return _deny(handler, "authorization metadata is missing: send `authorization: Bearer <token>`")
-        if not hmac.compare_digest(str(given).encode(), self._expected):
-            return _deny(handler, "authorization token is not valid")
-        return handler
-
-
-def _deny(handler: Handler, message: str) -> Handler:
-    """A handler of the same shape as ``handler`` that fails with UNAUTHENTICATED."""
-
-    async def abort(request: Any, context: Ctx) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **kw)
-    return grpc.unary_unary_rpc_method_handler(abort, **kw)
 
 
 @dataclass
@@ -113,31 +73,124 @@ class Running:
         self.engine.store.close()
 
 
+# Keepalive and connection limits: a client that vanished (no FIN: a pulled cable, a frozen VM) is
+# found by pings within ~keepalive_time + keepalive_timeout and its calls are cancelled, which ends
+# its streams; clients may ping at most every 10 s; idle connections are closed after 30 min.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.max_connection_idle_ms", 30 * 60_000),
+)
+
+
+def check_tls(settings: Settings) -> tuple[bytes, bytes, bytes | None] | None:
+    """The TLS files, read and checked to belong together before anything binds (gRPC would only say
+    "Failed to bind to address")."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        key, cert = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
+        ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise StartupError(f"cannot read a TLS file: {exc}") from None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as exc:
+        why = "the key does not match the certificate" if "MISMATCH" in str(exc) else str(exc)
+        raise StartupError(
+            f"--tls-cert {settings.tls_cert} and --tls-key {settings.tls_key} cannot be used: {why}"
+        ) from None
+    if ca is not None:
+        try:
+            ssl.create_default_context(cadata=ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise StartupError(
+                f"--tls-client-ca {settings.tls_client_ca} is not a PEM CA bundle: {exc}"
+            ) from None
+    return key, cert, ca
+
+
+def open_store(settings: Settings) -> Store:
+    """The store, opened before anything listens: a locked, damaged, unreadable or read-only data
+    directory is a :class:`StartupError` with one clear line."""
+    try:
+        return Store(settings.data)
+    except StoreError as exc:
+        raise StartupError(f"cannot open the store in {settings.data}: {exc}") from None
+    except (OSError, lmdb.Error) as exc:
+        raise StartupError(
+            f"cannot open the store in {settings.data}: {type(exc).__name__}: {exc} "
+            "(is the directory readable and writable by this user?)"
+        ) from None
+
+
 async def start(
-    settings: Settings, *, metrics: Metrics | None = None, announce: Callable[[int], None] | None = None
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    announce: Callable[[int], None] | None = None,
+    model: Embedder | None = None,
+    store: Store | None = None,
 ) -> Running:
-    """Open everything, bind, and start serving (health SERVING once warm)."""
+    """Open everything, bind, and start serving (health SERVING once warm).
+
+    ``model`` and ``store`` are injection points (tests pass a fake embedder, or an open store);
+    by default the export folder ``settings.model`` is loaded and ``settings.data`` opened. The store
+    and the TLS files are checked BEFORE the port is bound, so a bad data directory or key never
+    leaves a half-started server; the model loads after binding (health says NOT_SERVING meanwhile).
+    """
     metrics = metrics or Metrics()
-    interceptors = [BearerAuth(settings.token)] if settings.token else []
+    tls = check_tls(settings)
+    if store is None:
+        store = await asyncio.to_thread(open_store, settings)
     max_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)],
+        interceptors=[Edge(settings.token)],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            *SERVER_OPTIONS,
+        ],
     )
+    try:
+        running = await _start(settings, server, store, metrics, announce, model, tls, max_bytes)
+    except BaseException:
+        await server.stop(None)
+        store.close()
+        raise
+    return running
+
+
+async def _start(
+    settings: Settings,
+    server: grpc.aio.Server,
+    store: Store,
+    metrics: Metrics,
+    announce: Callable[[int], None] | None,
+    model: Embedder | None,
+    tls: tuple[bytes, bytes, bytes | None] | None,
+    max_bytes: int,
+) -> Running:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICES):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        creds = grpc.ssl_server_credentials(
-            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-            root_certificates=settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None,
-            require_client_auth=settings.tls_client_ca is not None,
-        )
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None:
+            key, cert, ca = tls
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
     reflection.enable_server_reflection((*SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
     embedding, search = EmbeddingServicer(None, metrics), SearchServicer(None, metrics)
     pb_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
@@ -152,13 +205,17 @@ async def start(
         "on" if settings.tls_cert else "off",
         "on" if settings.token else "off",
     )
-    model = await asyncio.to_thread(
-        EmbeddingModel,
-        settings.model,
-        providers=settings.providers or None,
-        intra_op_threads=settings.intra_op_threads,
-    )
-    store = await asyncio.to_thread(Store, settings.data)
+    if model is None:
+        from service.runtime.model import EmbeddingModel
+
+        loaded: Embedder = await asyncio.to_thread(
+            EmbeddingModel,
+            settings.model,
+            providers=settings.providers or None,
+            intra_op_threads=settings.intra_op_threads,
+            accept_parity_failure=settings.accept_parity_failure,
+        )
+        model = loaded
     engine = Engine(settings, model, store, on_search=metrics.store_seconds.observe)
     engine.batcher._on_batch = metrics.on_batch
     engine.batcher.start()
@@ -166,6 +223,8 @@ async def start(
         lambda: engine.batcher.depth,
         lambda: {c.name: c.count for c in store.list_collections()},
         lambda: dict(engine.searcher.paths),
+        free_bytes=lambda: _free_bytes(store),
+        queued_seconds=engine.batcher.estimated_wait_s,
     )
     if settings.default_collection and settings.default_collection not in {
         c.name for c in store.list_collections()
@@ -175,6 +234,7 @@ async def start(
         for info in store.list_collections():
             await asyncio.to_thread(store.collection(info.name).prefetch)
     await asyncio.to_thread(model.warmup)
+    await asyncio.to_thread(engine.calibrate)
     embedding.attach(engine)
     search.attach(engine)
     running = Running(server, port, engine, health, metrics)
@@ -190,10 +250,15 @@ async def start(
     return running
 
 
+def _free_bytes(store: Store) -> int:
+    free = getattr(store, "free_bytes", None)
+    if callable(free):
+        return int(free())
+    return shutil.disk_usage(store.path).free
+
+
 async def serve(settings: Settings) -> None:
     metrics = Metrics()
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,6 +266,14 @@ async def serve(settings: Settings) -> None:
     running = await start(
         settings, metrics=metrics, announce=lambda p: print(f"zembed: listening on port {p}", flush=True)
     )
+    if settings.metrics_port:
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_host, settings.token)
+        except OSError as exc:
+            await running.drain(0)
+            raise StartupError(
+                f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}"
+            ) from None
     print(f"zembed: serving on port {running.port}", flush=True)
     await stop.wait()
     log.info("draining (grace %.1f s)", settings.grace_s)

@@ -1,6 +1,7 @@
 """gRPC servicers: validate the request's shape, convert with ``convert``, call the engine, convert
 back. Every method runs inside ``guarded``: domain errors map to status codes through the one table in
-``service.errors``; metrics are recorded per method and status."""
+``service.status``; metrics are recorded per method and status. Streams live in ``service.streams``
+(reading, bounds, ordering, ending); the edge (``service.edge``) authenticates and decodes first."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-from service import convert
+from service import convert, streams
 from service.engine import Engine, usage_bytes
-from service.errors import InvalidArgument, Unavailable, status_of
+from service.errors import InvalidArgument, TooLarge, Unavailable
 from service.metrics import Metrics
+from service.status import status_of
+from store import validate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -23,6 +27,10 @@ Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
+
+
+def snap_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
 def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -40,7 +48,7 @@ def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            code, message = status_of(exc)
+            code, message = status_of(exc, name)
             await context.abort(code, message)
             raise  # unreachable: abort raises
         finally:
@@ -48,41 +56,6 @@ def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             self.metrics.latency.labels(name).observe(time.perf_counter() - t)
 
     return wrapper
-
-
-async def bounded_stream(
-    requests: AsyncIterator[Req], limit: int, handle: Callable[[Req], Awaitable[Resp]]
-) -> AsyncIterator[Resp]:
-    """Process stream items concurrently, at most ``limit`` at once; yield results as they finish."""
-    sem = asyncio.Semaphore(limit)
-    out: asyncio.Queue[Resp | None] = asyncio.Queue()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def run(item: Req) -> None:
-        try:
-            await out.put(await handle(item))
-        finally:
-            sem.release()
-
-    async def reader() -> None:
-        async for item in requests:
-            await sem.acquire()  # stop reading while `limit` items are pending
-            task = asyncio.create_task(run(item))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-        await out.put(None)
-
-    feeder = asyncio.create_task(reader())
-    try:
-        while (res := await out.get()) is not None:
-            yield res
-        await feeder
-    finally:
-        feeder.cancel()
-        for t in list(tasks):
-            t.cancel()
 
 
 def item_status(exc: BaseException) -> pb.Status:
@@ -153,17 +126,16 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             except Exception as exc:
                 return pb.EmbedStreamResponse(id=req.id, status=item_status(exc))
 
-        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
+        settings = self.engine.settings
+        async for res in streams.concurrent(
+            request_iterator, settings.stream_in_flight, handle, settings.stream_idle_s
+        ):
             yield res
 
     @guarded
     async def CountTokens(self, request: pb.CountTokensRequest, context: Ctx) -> pb.CountTokensResponse:
-        texts = list(request.inputs)
-        self.engine.check_texts(texts)
-        it = self.engine.input_type(convert.input_type(request.input_type))
-        return pb.CountTokensResponse(
-            tokens=self.engine.model.text.count(texts, it), max_tokens=self.engine.model.manifest.max_length
-        )
+        tokens = await self.engine.count_tokens(list(request.inputs), convert.input_type(request.input_type))
+        return pb.CountTokensResponse(tokens=tokens, max_tokens=self.engine.model.manifest.max_length)
 
     @guarded
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Ctx) -> pb.GetModelInfoResponse:
@@ -211,11 +183,16 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
                 "page_size", f"must be in [1, 1000] (0 means 100); given {request.page_size}"
             )
         infos = [i for i in self.engine.store.list_collections() if i.name > request.page_token]
-        page = infos[:size]
-        token = page[-1].name if len(infos) > size else ""
-        return pb.ListCollectionsResponse(
-            collections=[convert.collection_to_proto(i) for i in page], next_page_token=token
-        )
+        page: list[pb.Collection] = []
+        room = self.engine.settings.max_message_mb * 1024 * 1024 // 2
+        for info in infos[:size]:  # a page also ends before it could outgrow the message limit
+            proto = convert.collection_to_proto(info)
+            room -= proto.ByteSize() + 8
+            if room < 0 and page:
+                break
+            page.append(proto)
+        token = page[-1].name if len(infos) > len(page) else ""
+        return pb.ListCollectionsResponse(collections=page, next_page_token=token)
 
     @guarded
     async def DeleteCollection(
@@ -223,6 +200,14 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     ) -> pb.DeleteCollectionResponse:
         await asyncio.to_thread(self.engine.store.drop_collection, request.name)
         return pb.DeleteCollectionResponse()
+
+    @guarded
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> pb.SnapshotResponse:
+        t = time.perf_counter()
+        snap = await asyncio.to_thread(self.engine.store.snapshot_named, request.name)
+        return pb.SnapshotResponse(
+            path=str(snap), size_bytes=snap_size(snap), seconds=time.perf_counter() - t
+        )
 
     async def _upsert(self, collection: str, docs: list[pb.Document], wait: bool) -> tuple[int, int, int]:
         if not docs:
@@ -238,6 +223,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             kind = d.WhichOneof("content")
             if kind is None:
                 raise InvalidArgument(f"documents[{i}]", "must have text or vectors")
+            validate.text(d.id, f"documents[{i}].id", validate.MAX_ID_BYTES)  # before any embedding
             ids.append(d.id)
             texts.append(d.text if kind == "text" else None)
             if kind == "text" and not d.text:
@@ -266,47 +252,16 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         """Items that arrive together (within max_wait_ms of the first) are written as one transaction
         (bulk loads commit per group, not per document) and each is acknowledged, in order, once that
         commit is durable."""
-        queue: asyncio.Queue[pb.UpsertStreamRequest | None] = asyncio.Queue(
-            self.engine.settings.stream_in_flight
-        )
-
-        async def reader() -> None:
-            async for req in request_iterator:
-                await queue.put(req)
-            await queue.put(None)
-
-        feeder = asyncio.create_task(reader())
-        loop = asyncio.get_running_loop()
-        try:
-            done = False
-            while not done:
-                first = await queue.get()
-                if first is None:
-                    break
-                group = [first]
-                # at most one Embed call's worth of inputs per transaction (texts are embedded together);
-                # like the batcher, wait up to max_wait_ms for more before committing a short group
-                deadline = loop.time() + self.engine.settings.max_wait_ms / 1000
-                while len(group) < self.engine.settings.max_inputs:
-                    try:
-                        nxt = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        left = deadline - loop.time()
-                        if left <= 0:
-                            break
-                        try:
-                            nxt = await asyncio.wait_for(queue.get(), left)
-                        except TimeoutError:
-                            break
-                    if nxt is None:
-                        done = True
-                        break
-                    group.append(nxt)
-                for ack in await self._upsert_group(group):
-                    yield ack
-            await feeder
-        finally:
-            feeder.cancel()
+        settings = self.engine.settings
+        async for ack in streams.grouped(
+            request_iterator,
+            settings.stream_in_flight,
+            settings.max_inputs,  # one Embed call's worth of texts per transaction
+            settings.max_wait_ms / 1000,
+            self._upsert_group,
+            settings.stream_idle_s,
+        ):
+            yield ack
 
     async def _upsert_group(self, group: list[pb.UpsertStreamRequest]) -> list[pb.UpsertStreamResponse]:
         status: dict[int, pb.Status] = {}
@@ -335,14 +290,18 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     async def DeleteDocuments(
         self, request: pb.DeleteDocumentsRequest, context: Ctx
     ) -> pb.DeleteDocumentsResponse:
+        validate.count(len(request.ids), "ids", validate.MAX_DELETE_IDS, "ids")
         coll = self.engine.store.collection(request.collection)
         n = await asyncio.to_thread(coll.delete, list(request.ids))
         return pb.DeleteDocumentsResponse(deleted=n)
 
     @guarded
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: Ctx) -> pb.GetDocumentsResponse:
+        # refused up front past MAX_GET_IDS; the answer is sized as it is built (never over the limit)
+        validate.count(len(request.ids), "ids", validate.MAX_GET_IDS, "ids (page larger requests)")
         coll = self.engine.store.collection(request.collection)
         recs = await asyncio.to_thread(coll.get, list(request.ids), with_vectors=request.include_vectors)
+        room = self.engine.settings.max_message_mb * 1024 * 1024 - 1024
         out = []
         for ext, r in zip(request.ids, recs, strict=True):
             if r is None:
@@ -352,6 +311,13 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             if request.include_vectors and r.rescore is not None:
                 doc.rescore.extend(r.rescore.tolist())
                 doc.code = r.code
+            room -= doc.ByteSize() + 8
+            if room < 0:
+                limit = self.engine.settings.max_message_mb
+                raise TooLarge(
+                    f"the {len(request.ids)} documents asked for exceed the {limit} MiB message limit "
+                    f"(after {len(out)}); ask for fewer ids per call"
+                )
             out.append(doc)
         return pb.GetDocumentsResponse(documents=out)
 
@@ -401,5 +367,8 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             except Exception as exc:
                 return pb.SearchStreamResponse(id=req.id, status=item_status(exc))
 
-        async for res in bounded_stream(request_iterator, self.engine.settings.stream_in_flight, handle):
+        settings = self.engine.settings
+        async for res in streams.concurrent(
+            request_iterator, settings.stream_in_flight, handle, settings.stream_idle_s
+        ):
             yield res

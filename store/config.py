@@ -68,13 +68,8 @@ class CollectionConfig:
         object.__setattr__(self, "thresholds", validate.thresholds(self.thresholds, self.code_bits))
         if self.thresholds is not None and self.calibration is not Calibration.NONE:
             raise InvalidArgument("thresholds", "cannot be given together with calibration='median'")
-        fields = tuple(self.filterable)
-        if len(fields) > validate.MAX_FILTERABLE or not all(isinstance(f, str) and f for f in fields):
-            raise InvalidArgument(
-                "filterable",
-                f"must be at most {validate.MAX_FILTERABLE} non-empty field names; given {fields!r}",
-            )
-        object.__setattr__(self, "filterable", fields)
+        # names like collection names, unique, at most MAX_FILTERABLE (the config is rewritten per write)
+        object.__setattr__(self, "filterable", validate.field_names(self.filterable))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

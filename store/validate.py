@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import InvalidArgument
+from store.errors import InvalidArgument, clip
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 MAX_CODE_BITS = 1016  # a code is at most 127 bytes
@@ -25,7 +25,15 @@ MAX_BATCH = 100_000
 MAX_QUERIES = 4096
 MAX_TOP_K = 1000
 MAX_OVERSAMPLING = 100
-MAX_FILTERABLE = 32
+MAX_FILTERABLE = 32  # filterable field names per collection (each a name like a collection's)
+MAX_METADATA_KEYS = 256  # keys per document's metadata
+MAX_METADATA_KEY_BYTES = 256
+MAX_STRING_LIST = 1024  # values in one metadata string list
+MAX_FILTER_CONDITIONS = MAX_FILTERABLE
+MAX_FILTER_VALUES = 1024  # values in one filter condition
+MAX_FILTER_VALUE_BYTES = 1024
+MAX_GET_IDS = 1000  # ids per GetDocuments call (the answer must fit one message)
+MAX_DELETE_IDS = MAX_BATCH
 
 F32 = npt.NDArray[np.float32]
 
@@ -33,14 +41,47 @@ F32 = npt.NDArray[np.float32]
 def name(value: Any, field: str = "name") -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidArgument(
-            field, f"must match {NAME_RE.pattern}; given {value!r}", value=value, limit=NAME_RE.pattern
+            field, f"must match {NAME_RE.pattern}; given {clip(value)}", value=value, limit=NAME_RE.pattern
         )
     return value
 
 
+def field_names(values: Sequence[Any], field: str = "filterable") -> tuple[str, ...]:
+    """Metadata field names declared filterable: each a name like a collection's, unique, at most
+    :data:`MAX_FILTERABLE`."""
+    values = tuple(values)
+    if len(values) > MAX_FILTERABLE:
+        raise InvalidArgument(
+            field, f"must hold at most {MAX_FILTERABLE} names; given {len(values)}", limit=MAX_FILTERABLE
+        )
+    seen: set[str] = set()
+    for i, v in enumerate(values):
+        name(v, f"{field}[{i}]")
+        if v in seen:
+            raise InvalidArgument(f"{field}[{i}]", f"repeats {clip(v)}", value=v)
+        seen.add(v)
+    return values
+
+
+def text(value: str, field: str, max_bytes: int) -> str:
+    """A client string of at most ``max_bytes`` UTF-8 bytes."""
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument(
+            field, f"must be at most {max_bytes} UTF-8 bytes; given {size}", value=size, limit=max_bytes
+        )
+    return value
+
+
+def count(n: int, field: str, limit: int, what: str = "items") -> int:
+    if n > limit:
+        raise InvalidArgument(field, f"must hold at most {limit} {what}; given {n}", value=n, limit=limit)
+    return n
+
+
 def int_range(value: Any, field: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InvalidArgument(field, f"must be an integer; given {value!r}", value=value)
+        raise InvalidArgument(field, f"must be an integer; given {clip(value)}", value=value)
     if not lo <= int(value) <= hi:
         raise InvalidArgument(
             field, f"must be in [{lo}, {hi}]; given {value}", value=int(value), limit=(lo, hi)
@@ -58,7 +99,7 @@ def ids(values: Sequence[Any], field: str = "ids", *, unique: bool = True) -> li
     seen: set[str] = set()
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v:
-            raise InvalidArgument(f"{field}[{i}]", f"must be a non-empty string; given {v!r}", value=v)
+            raise InvalidArgument(f"{field}[{i}]", f"must be a non-empty string; given {clip(v)}", value=v)
         size = len(v.encode("utf-8", errors="strict"))
         if size > MAX_ID_BYTES:
             raise InvalidArgument(
@@ -69,19 +110,25 @@ def ids(values: Sequence[Any], field: str = "ids", *, unique: bool = True) -> li
             )
         if unique:
             if v in seen:
-                raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {v!r}", value=v)
+                raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {clip(v)}", value=v)
             seen.add(v)
     return list(values)
 
 
 class Vectors(NamedTuple):
-    """Validated vectors as given (float32, C-contiguous) and their inverse L2 norms."""
+    """Validated vectors as given (float32, C-contiguous) and their inverse L2 norms. Norms are
+    computed in float64, so any finite non-zero float32 vector is accepted: 1e30 (whose square
+    overflows float32) as well as 1e-25 (whose square underflows it). Where the inverse norm itself
+    leaves float32's normal range (norms beyond ~1e38 or below ~1e-38), ``raw`` is pre-scaled by a
+    power of two (exact) so that ``raw * inv_norm`` is the unit vector either way."""
 
     raw: F32
     inv_norm: F32
 
     def unit(self) -> F32:
-        out: F32 = self.raw * self.inv_norm[:, None]
+        out: F32 = (self.raw.astype(np.float64) * self.inv_norm[:, None].astype(np.float64)).astype(
+            np.float32
+        )
         return out
 
 
@@ -98,14 +145,22 @@ def vectors(value: Any, field: str, rows: int, dims: int) -> Vectors:
         raise InvalidArgument(
             field, f"must have length {dims}; given {arr.shape[1]}", value=arr.shape[1], limit=dims
         )
-    sq = np.einsum("ij,ij->i", arr, arr)
-    if not np.isfinite(sq).all():
-        i = int(np.argmin(np.isfinite(arr).all(axis=1)))
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
         raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
+    wide = arr.astype(np.float64)
+    sq = np.einsum("ij,ij->i", wide, wide)  # float64: no overflow at 3.4e38, no underflow at 1e-45
     if not (sq > 0).all():
         i = int(np.argmin(sq > 0))
         raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
-    return Vectors(arr, np.asarray(1.0 / np.sqrt(sq), dtype=np.float32))
+    inv = 1.0 / np.sqrt(sq)
+    # keep inv_norm a normal float32 (1e-30..1e30); move the rest of the scale into raw (exact powers of 2)
+    shift = np.where((inv > 1e30) | (inv < 1e-30), np.round(np.log2(inv)), 0.0)
+    if shift.any():
+        arr = np.ascontiguousarray(np.ldexp(wide, shift.astype(np.int32)[:, None]).astype(np.float32))
+        inv = np.ldexp(inv, -shift.astype(np.int32))
+    return Vectors(arr, np.asarray(inv, dtype=np.float32))
 
 
 def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> list[bytes]:
@@ -124,7 +179,9 @@ def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> li
         try:
             raw = json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"metadata[{i}]", f"must be JSON-compatible: {exc}") from None
+            raise InvalidArgument(
+                f"metadata[{i}]", f"must be JSON-compatible: {clip(str(exc), quote=False)}"
+            ) from None
         if len(raw) > MAX_METADATA_BYTES:
             raise InvalidArgument(
                 f"metadata[{i}]",
