@@ -30,7 +30,7 @@ def vec(rng: np.random.Generator) -> pb.Vectors:
 def test_delete_collection_during_searches_and_upserts_over_grpc(tmp_path: Path) -> None:
     with FakeServer(tmp_path) as server:
         ch = grpc.insecure_channel(server.target)
-        search = pb_grpc.SearchServiceStub(ch)
+        search = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
         health = health_pb2_grpc.HealthStub(ch)
         cfg = pb.CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, rescore_dtype="float32")
         rng = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def test_delete_collection_during_searches_and_upserts_over_grpc(tmp_path: Path)
         def prober() -> None:
             while not stop.is_set():
                 t = time.perf_counter()
-                health.Check(health_pb2.HealthCheckRequest(), timeout=15)
+                health.Check(health_pb2.HealthCheckRequest(), timeout=15)  # type: ignore[attr-defined]
                 health_s.append(time.perf_counter() - t)
                 time.sleep(0.005)
 

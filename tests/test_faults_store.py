@@ -140,7 +140,7 @@ def test_a_lock_bypass_still_never_reuses_a_row(tmp_path: Path) -> None:
         assert c.count() == 300
         for prefix, x in (("a", xa), ("b", xb), ("c", xc)):
             recs = c.get([f"{prefix}{i}" for i in range(100)], with_vectors=True)
-            got = np.stack([r.rescore for r in recs if r is not None])
+            got = np.stack([r.rescore for r in recs if r is not None and r.rescore is not None])
             assert got.shape == (100, 96)
             want = x / np.linalg.norm(x, axis=1, keepdims=True)
             np.testing.assert_allclose(got / np.linalg.norm(got, axis=1, keepdims=True), want, atol=1e-6)
