@@ -168,6 +168,8 @@ class FakeServer:
         self.running: Running = asyncio.run_coroutine_threadsafe(
             start(self.settings, model=self.model, store=store), self.loop
         ).result(60)
+        self.model.entered.clear()  # the start-up calibration batch ran through the model
+        self.model.seen.clear()
         self.port = self.running.port
         self.target = f"127.0.0.1:{self.port}"
 
