@@ -3,15 +3,18 @@ queue depth and queued work, tokens, store size, free space on the data volume.
 
 The endpoint lists every collection's name and size, so it is not public: it listens on
 ``--metrics-host`` (default 127.0.0.1), and whenever the service has a token, ``/metrics`` requires
-the same ``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials_file: ...}``).
+the same ``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials_file: ...}``),
+served over HTTPS with the gRPC port's certificate when TLS is on.
 """
 
 from __future__ import annotations
 
 import hmac
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -85,9 +88,16 @@ class Metrics:
             self.queued_seconds.set_function(queued_seconds)
         self.registry.register(_StoreCollector(collections, search_paths))
 
-    def serve(self, port: int, host: str = "127.0.0.1", token: str | None = None) -> int:
-        """Serve ``/metrics`` on ``host:port`` in a daemon thread (requiring ``Authorization: Bearer
-        <token>`` when ``token`` is set); returns the bound port."""
+    def serve(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> int:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread, requiring ``Authorization: Bearer
+        <token>`` when ``token`` is set and over HTTPS with ``tls`` (cert, key: the gRPC port's), so
+        the token never crosses the network in clear; returns the bound port."""
         registry = self.registry
         expected = f"Bearer {token}".encode() if token else None
 
@@ -115,6 +125,10 @@ class Metrics:
 
         self.http = ThreadingHTTPServer((host, port), MetricsHandler)
         self.http.daemon_threads = True
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls[0], tls[1])
+            self.http.socket = ctx.wrap_socket(self.http.socket, server_side=True)
         threading.Thread(target=self.http.serve_forever, name="zembed-metrics", daemon=True).start()
         return int(self.http.server_address[1])
 

@@ -267,8 +267,15 @@ async def serve(settings: Settings) -> None:
         settings, metrics=metrics, announce=lambda p: print(f"zembed: listening on port {p}", flush=True)
     )
     if settings.metrics_port:
+        if settings.metrics_host not in ("127.0.0.1", "::1", "localhost") and not settings.token:
+            log.warning(
+                "/metrics listens on %s without a token: anyone who reaches it reads every collection's "
+                "name and size (set --token, or keep --metrics-host 127.0.0.1)",
+                settings.metrics_host,
+            )
         try:
-            metrics.serve(settings.metrics_port, settings.metrics_host, settings.token)
+            tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+            metrics.serve(settings.metrics_port, settings.metrics_host, settings.token, tls)
         except OSError as exc:
             await running.drain(0)
             raise StartupError(

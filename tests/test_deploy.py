@@ -29,7 +29,29 @@ def test_kubernetes_manifests_validate() -> None:
     manifests = sorted(str(p) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
     out = subprocess.run([str(kv), "--strict", "-k", "1.30", *manifests], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("passed") == 3  # Service + StatefulSet, Deployment
+    assert out.stdout.count("passed") == 4  # Service + StatefulSet + scrape ConfigMap, Deployment
+
+
+def test_metrics_are_never_exposed_without_the_token() -> None:
+    """Issue 7, defect 11: the shared-service manifest published /metrics (every collection's name and
+    size) without a token. Now a container that opens /metrics beyond localhost also sets a token
+    (and TLS), and the Prometheus job sends the token from a file over HTTPS."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML (a kubernetes-validate dependency) reads manifests")
+    seen = 0
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "ConfigMap" and "scrape.yaml" in doc.get("data", {}):
+                job = yaml.safe_load(doc["data"]["scrape.yaml"])["scrape_configs"][0]
+                assert job["scheme"] == "https" and job["authorization"]["credentials_file"]
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                env = {e["name"]: e.get("value", "<from secret>") for e in c.get("env", [])}
+                if "ZEMBED_METRICS_PORT" not in env:
+                    continue
+                seen += 1
+                if env.get("ZEMBED_METRICS_HOST", "127.0.0.1") not in ("127.0.0.1", "::1", "localhost"):
+                    assert "ZEMBED_TOKEN" in env and "ZEMBED_TLS_CERT" in env, (path.name, c["name"])
+    assert seen == 2
 
 
 def test_images_share_entrypoint_and_settings() -> None:
