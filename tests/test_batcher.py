@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher
-from service.errors import Overloaded
+from service.errors import DeadlineExceeded, Overloaded
 
 
 def fake_run(log: list[list[int]]) -> object:
@@ -122,3 +122,69 @@ def test_cancelled_requests_are_dropped_from_the_queue() -> None:
     asyncio.run(go())
     b.stop()
     assert seen == [1, 3] and b.stats.dropped == 1
+
+
+def test_expired_items_are_dropped_not_computed() -> None:
+    """Issue 7, defect 6: an item whose caller's deadline has passed while it waited is dropped (its
+    caller gets DeadlineExceeded), never computed; one with time left is computed."""
+    gate, entered = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def run(ids: list[Sequence[int]]) -> np.ndarray:
+        entered.set()
+        gate.wait(10)
+        seen.extend(x[0] for x in ids)
+        return np.zeros((len(ids), 1), dtype=np.float32)
+
+    b = Batcher(run, max_batch=1, max_wait_s=0.0, capacity=10)
+    b.start()
+
+    async def go() -> None:
+        import time
+
+        blocker = asyncio.create_task(b.submit([[1]]))
+        await until(entered.is_set)
+        late = asyncio.create_task(b.submit([[2]], deadline=time.monotonic() + 0.05))
+        kept = asyncio.create_task(b.submit([[3]], deadline=time.monotonic() + 30))
+        await until(lambda: b.depth == 2)
+        await asyncio.sleep(0.1)  # the first deadline passes while the worker is held
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, kept), 10)
+        with pytest.raises(DeadlineExceeded):
+            await late
+
+    asyncio.run(go())
+    b.stop()
+    assert seen == [1, 3] and b.stats.expired == 1
+
+
+def test_admission_is_bounded_in_work_not_items() -> None:
+    """Issue 7, defect 6: the queue was bounded in items (1,024), so 1,024 long inputs queued ~40 s of
+    work. Now the tokens waiting may not exceed max_queue_s at the measured rate (an empty queue admits
+    any call), refusals are immediate, and a reservation can be released or corrected."""
+    gate = threading.Event()
+
+    def run(ids: list[Sequence[int]]) -> np.ndarray:
+        gate.wait(10)
+        return np.zeros((len(ids), 1), dtype=np.float32)
+
+    b = Batcher(run, max_batch=4, max_wait_s=0.0, capacity=1000, max_queue_s=1.0, rate=1000.0)
+
+    async def go() -> None:
+        big = await b.reserve(4, 5000)  # empty queue: admitted although over the bound
+        with pytest.raises(Overloaded, match=r"queue is full \(~5.0 s of work"):
+            await b.reserve(1, 10)
+        big.release()
+        small = await b.reserve(2, 600)
+        small.adjust(900)
+        assert b.queued_tokens == 900
+        with pytest.raises(Overloaded):
+            await b.reserve(1, 200)  # 900 + 200 > 1 s x 1000 tokens/s
+        ok = await b.reserve(1, 100)
+        assert b.queued_tokens == 1000 and b.stats.refused == 2
+        ok.release()
+        small.release()
+        assert b.queued_tokens == 0
+
+    asyncio.run(go())
+    gate.set()
