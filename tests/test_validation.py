@@ -145,7 +145,9 @@ def test_bad_collection_names(store: Store, name: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         store.collection(name)
     assert store.list_collections() == []
-    assert not any(p.name not in {"data.mdb", "lock.mdb", "zembed.lock"} for p in (tmp_path / "data").iterdir())
+    assert not any(
+        p.name not in {"data.mdb", "lock.mdb", "zembed.lock"} for p in (tmp_path / "data").iterdir()
+    )
 
 
 def test_unknown_collection(store: Store) -> None:
@@ -170,3 +172,48 @@ def test_bad_collection_config(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         small_config(**kwargs)
     assert err.value.field == field
+
+
+def test_finite_large_and_tiny_vectors_normalize_in_float64(coll: Collection) -> None:
+    """Issue 7, defect 10: 1e30 (square overflows float32) was refused as "NaN or infinity" and 1e-25
+    (square underflows) as "the zero vector". Both are finite, non-zero vectors: stored and found."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((1, 64)).astype(np.float32)
+    base /= np.abs(base).max()
+    resc = rng.standard_normal((1, 96)).astype(np.float32)
+    for scale in (1e30, 3e38, 1e-25, 1e-38):
+        v = validate.vectors(base * np.float32(scale), "code", 1, 64)
+        np.testing.assert_allclose(v.unit(), base / np.linalg.norm(base), rtol=1e-5, atol=1e-6)
+        assert np.isfinite(v.inv_norm).all() and (v.inv_norm > 0).all()
+    coll.upsert(
+        ["big", "tiny"], np.vstack([base * 1e30, base * 1e-25]), np.vstack([resc * 1e30, resc * 1e-25])
+    )
+    hits = coll.search(base * np.float32(1e-25), resc * np.float32(1e30), top_k=2)[0]
+    assert {h.id for h in hits} == {"big", "tiny"} and all(abs(h.score - 1) < 1e-3 for h in hits)
+    with pytest.raises(InvalidArgument, match="zero vector"):
+        validate.vectors(np.zeros((1, 64)), "code", 1, 64)
+
+
+def test_filterable_names_are_names_unique_and_few() -> None:
+    """Issue 7, defect 8: 32 filterable names of 1 MiB each, and duplicates, were accepted."""
+    assert small_config(filterable=("lang", "tags")).filterable == ("lang", "tags")
+    for bad, match in (
+        (("a" * (1 << 20),), r"filterable\[0\] must match .*\(1048576 characters\)"),
+        (("lang", "lang"), r"filterable\[1\] repeats 'lang'"),
+        (tuple(f"f{i}" for i in range(33)), "at most 32 names; given 33"),
+        (("Lang",), r"filterable\[0\] must match"),
+    ):
+        with pytest.raises(InvalidArgument, match=match) as info:
+            small_config(filterable=bad)
+        assert len(str(info.value)) < 200
+
+
+def test_errors_echo_values_at_most_80_characters(store: Store) -> None:
+    """Issue 7, defect 9: a 100,000-character name was echoed whole (the message outgrew a client's
+    16 KiB metadata limit). Values are clipped to 80 characters with an ellipsis and the length."""
+    name = "Z" * 100_000
+    for call in (lambda: store.create_collection(name, small_config()), lambda: store.collection(name)):
+        with pytest.raises((InvalidArgument, NotFound)) as info:
+            call()
+        msg = str(info.value)
+        assert len(msg) < 200 and "\u2026 (100000 characters)" in msg
