@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+PARITY_FAILED = 3  # exit status of an export whose parity check failed
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -53,7 +55,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="prompt for an input type, overriding or adding to the checkpoint's "
         "(Python escapes; repeatable)",
     )
-    p.add_argument("--no-parity", action="store_true", help="skip the parity check against PyTorch")
+    p.add_argument(
+        "--no-parity",
+        action="store_true",
+        help="skip the model check against PyTorch (the token-id check of the tokenizer always runs)",
+    )
+    p.add_argument(
+        "--allow-parity-failure",
+        action="store_true",
+        help="exit 0 when the parity check fails: the failure is recorded in manifest.json and "
+        "`zembed serve` then refuses the folder unless given --accept-parity-failure",
+    )
     p.add_argument("--force", action="store_true", help="delete the contents of a non-empty --out first")
     p.set_defaults(func=run)
 
@@ -80,7 +92,9 @@ def _unescape(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportOptions, export
+    from export.onnx_export import PARITY_BARS, ExportOptions, ParityFailure, export, failure_message
+    from export.source import SourceError
+    from export.tokens import TokenizerError
 
     src, model_id, revision = resolve_source(args.source, args.revision)
     model_id = args.model_id or model_id
@@ -101,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         prompts=prompts or None,
         model_id=model_id,
         revision=revision,
+        allow_parity_failure=args.allow_parity_failure,
     )
     step = [0]
 
@@ -113,9 +128,37 @@ def run(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         print(f"zembed export: {exc}", file=sys.stderr)
         return 2
-    if manifest.parity:
+    except (SourceError, TokenizerError) as exc:
+        print(f"zembed export: {exc}", file=sys.stderr)
+        return 2
+    except ParityFailure as exc:
         print(
-            f"parity: min cosine {manifest.parity['min_cosine']:.7f} over {manifest.parity['texts']} texts "
-            f"x {len(manifest.parity['dims'])} dims; token ids equal: {manifest.parity['token_ids_equal']}"
+            f"zembed export: PARITY FAILED: {args.out} does not embed like {args.source} "
+            f"({args.dtype}; bar: min cosine >= {PARITY_BARS[args.dtype]} and equal token ids):\n"
+            f"{exc}\n"
+            f"The folder is kept for inspection and its manifest.json records the failure: `zembed serve` "
+            f"refuses it (unless --accept-parity-failure). Pass --allow-parity-failure to exit 0 anyway.",
+            file=sys.stderr,
+        )
+        return PARITY_FAILED
+    p = manifest.parity
+    if p.get("model_checked"):
+        print(
+            f"parity: min cosine {p['min_cosine']:.7f} (bar {p['bar']}) over {p['texts']} texts "
+            f"x {len(p['dims'])} dims; token ids equal: {p['token_ids_equal']} "
+            f"({p['tokenizer']['strings']} strings incl. the hostile sample, every prompt)"
+        )
+    elif p:
+        print(
+            f"parity: model not checked (--no-parity); token ids equal: {p['token_ids_equal']} "
+            f"({p['tokenizer']['strings']} strings incl. the hostile sample, every prompt)"
+        )
+    if p.get("allowed_failure"):
+        banner = "!" * 78
+        print(
+            f"{banner}\nWARNING: PARITY FAILED and --allow-parity-failure was given. {args.out} does NOT "
+            f"embed like {args.source}:\n{failure_message(p)}\nmanifest.json records the failure; "
+            f"`zembed serve` refuses this folder unless given --accept-parity-failure.\n{banner}",
+            file=sys.stderr,
         )
     return 0

@@ -27,9 +27,34 @@ import numpy as np
 from export.source import Source, read_source
 from service.runtime.manifest import MANIFEST, Manifest, TensorSpec, sha256_file
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # copied for reference
 GRAPH = "model.onnx"
 EXTERNAL_DATA_OVER = 1_800_000_000  # bytes of weights; protobuf's hard limit is 2 GB
+# min cosine against the PyTorch reference that an export must reach, per dtype (every sample, prompt
+# and dim); token ids must be equal in every case. int8: dynamic quantization of real MiniLM weights
+# gives 0.98, random-weight models 0.995+.
+PARITY_BARS = {"float32": 0.99999, "float16": 0.999, "int8": 0.97}
+SHOW_FAILURES = 8
+
+
+class ParityFailure(Exception):
+    """The export does not embed like the checkpoint; ``manifest`` (written) records it."""
+
+    def __init__(self, manifest: Manifest, out: Path) -> None:
+        self.manifest = manifest
+        self.out = out
+        super().__init__(failure_message(manifest.parity))
+
+
+def failure_message(report: dict[str, Any]) -> str:
+    """The first few failures of each kind, one per line, for people."""
+    failures: dict[str, list[str]] = report.get("failures") or {}
+    lines: list[str] = []
+    for kind, items in failures.items():
+        lines += items[:SHOW_FAILURES]
+        if len(items) > SHOW_FAILURES:
+            lines.append(f"... and {len(items) - SHOW_FAILURES} more {kind} failures (manifest.json, parity)")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,7 @@ class ExportOptions:
     external_data: bool | None = None  # None: only when the weights pass EXTERNAL_DATA_OVER
     suffix: str | None = None  # overrides the checkpoint's suffix
     prompts: dict[str, str] | None = None  # override or add prompts by input type
+    allow_parity_failure: bool = False  # record a failed check in the manifest instead of raising
 
 
 def _say(step: str, progress: Callable[[str], None] | None) -> None:
@@ -128,30 +154,61 @@ def _quantize_int8(fp32_graph: Path, dest: Path) -> None:
     )
 
 
-def parity_report(source: Source, out: Path, dtype: str) -> dict[str, Any]:
-    """Min/mean cosine of the exported folder (runtime, padded batch) against the PyTorch reference."""
+def token_report(
+    hf_tok: Any, shipped: Path, prompts: dict[str, str], suffix: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Token ids of the shipped tokenizer vs the checkpoint's tokenizer class on the samples and the
+    hostile sample, for every prompt and for no prompt. (report, failure lines)."""
+    from export.samples import HOSTILE, SAMPLES
+    from export.tokens import compare_token_ids
+
+    input_types: list[str | None] = [*prompts, None]
+    n, bad = compare_token_ids(shipped, hf_tok, prompts, suffix, [*SAMPLES, *HOSTILE], input_types)
+    report = {
+        "strings": n,
+        "samples": len(SAMPLES),
+        "hostile": len(HOSTILE),
+        "prompts": input_types,
+        "mismatch_count": len(bad),
+        "mismatches": [m.to_json() for m in bad[:SHOW_FAILURES]],
+    }
+    return report, [m.describe() for m in bad]
+
+
+def parity_report(
+    source: Source, out: Path, dtype: str, tokenizer: Any = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Cosine of the exported folder (runtime, padded batch) against the PyTorch reference on every
+    sample and hostile text that fits, every prompt and dim: (report, failure lines under the bar)."""
     from export.reference import Reference
-    from export.samples import SAMPLES
+    from export.samples import HOSTILE, SAMPLES
     from service.runtime.model import EmbeddingModel
 
-    ref = Reference(source)
+    bar = PARITY_BARS[dtype]
+    ref = Reference(source, tokenizer=tokenizer)
     model = EmbeddingModel(
         out, providers=["CPUExecutionProvider"], allow_fp16_on_cpu=True, verify_hashes=False
     )
     input_types: list[str | None] = [*source.prompts] or [None]
     # the reference runs whole sequences: compare only texts that fit without truncation
     limit = model.manifest.max_length
-    texts = [t for t in SAMPLES if all(len(ref.token_ids(t, it)) <= limit for it in input_types)]
+    texts = [
+        t
+        for t in dict.fromkeys([*SAMPLES, *HOSTILE])
+        if all(0 < len(ref.token_ids(t, it)) <= limit for it in input_types)
+    ]
     report: dict[str, Any] = {"texts": len(texts), "provider": "CPUExecutionProvider", "dims": {}}
     report["token_ids_equal"] = all(
         model.encode([t], it)[0] == ref.token_ids(t, it) for t in texts for it in input_types
     )
+    worst: list[tuple[float, str, str | None, int]] = []
     for it in input_types:
         want = ref.embed(texts, it)
         got = model.run(model.encode(texts, it))
         for dim in [source.hidden_size, *source.projection_dims]:
             a, b = model.project(got, dim), ref.project(want, dim)
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            worst += [(float(c), t, it, dim) for c, t in zip(cos, texts, strict=True)]
             prev = report["dims"].get(str(dim), {"min_cosine": 1.0, "mean_cosine": 0.0, "n": 0})
             n = prev["n"] + len(cos)
             report["dims"][str(dim)] = {
@@ -159,9 +216,22 @@ def parity_report(source: Source, out: Path, dtype: str) -> dict[str, Any]:
                 "mean_cosine": float((prev["mean_cosine"] * prev["n"] + cos.sum()) / n),
                 "n": n,
             }
+    worst.sort(key=lambda w: w[0])
     report["min_cosine"] = min(d["min_cosine"] for d in report["dims"].values())
+    report["worst"] = [
+        {"cosine": c, "text": t, "input_type": it, "dim": dim} for c, t, it, dim in worst[:SHOW_FAILURES]
+    ]
     report["dtype"] = dtype
-    return report
+    report["bar"] = bar
+    failures = [
+        f"text {t[:80]!r}{'...' if len(t) > 80 else ''} (prompt {it!r}, dim {dim}): "
+        f"cosine {c:.7f} < {bar} ({dtype} bar)"
+        for c, t, it, dim in worst
+        if c < bar
+    ]
+    if not report["token_ids_equal"] and not failures:
+        failures.append("the runtime's token ids differ from the reference's (see the token check)")
+    return report, failures
 
 
 def export(
@@ -185,6 +255,9 @@ def export(
             "if the checkpoint's files do not say so, pass --suffix",
             progress,
         )
+    from export.tokens import load_hf_tokenizer, ship_tokenizer
+
+    hf_tok = load_hf_tokenizer(source.path)  # before anything slow: a folder without one fails at once
     prepare_out(out, force)
     max_length = opts.max_length or source.max_length
     _say(
@@ -200,14 +273,11 @@ def export(
             _quantize_int8(fp32, out / GRAPH)
     else:
         _export_graph(source, out / GRAPH, opts.dtype, opts.device, opts.opset, opts.external_data)
-    _say("copying tokenizer and projections", progress)
-    for name in TOKENIZER_FILES:
+    _say("writing the tokenizer the checkpoint's tokenizer class runs, and projections", progress)
+    ship_tokenizer(hf_tok, out / "tokenizer.json")
+    for name in TOKENIZER_CONFIG_FILES:
         if (source.path / name).exists():
             shutil.copy2(source.path / name, out / name)
-    if not (out / "tokenizer.json").exists():
-        raise FileNotFoundError(
-            f"{source.path / 'tokenizer.json'} is missing: the runtime needs a fast tokenizer"
-        )
     projections = None
     if source.projection_dims:
         projections = "projections.safetensors"
@@ -243,12 +313,25 @@ def export(
         tools=_tool_versions(),
     )
     (out / MANIFEST).write_text(manifest.to_json())
+    _say("checking token ids: shipped tokenizer vs transformers, samples + hostile sample", progress)
+    tokens, token_failures = token_report(hf_tok, out / "tokenizer.json", source.prompts, source.suffix)
+    report: dict[str, Any] = {"model_checked": opts.parity, "tokenizer": tokens}
+    report["token_ids_equal"] = not token_failures
+    cosine_failures: list[str] = []
     if opts.parity:
         _say("checking parity against the PyTorch reference", progress)
-        report = parity_report(source, out, opts.dtype)
-        manifest = Manifest(**{**manifest.__dict__, "parity": report})
+        model_report, cosine_failures = parity_report(source, out, opts.dtype, hf_tok)
+        report.update(model_report)
+        report["token_ids_equal"] = not token_failures and model_report["token_ids_equal"]
+    report["failures"] = {"token_ids": token_failures, "cosine": cosine_failures}
+    failed = bool(token_failures or cosine_failures)
+    report["passed"] = not failed
+    report["allowed_failure"] = failed and opts.allow_parity_failure
+    manifest = Manifest(**{**manifest.__dict__, "parity": report})
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = Manifest(**{**manifest.__dict__, "files": files})
     (out / MANIFEST).write_text(manifest.to_json())
+    if failed and not opts.allow_parity_failure:
+        raise ParityFailure(manifest, out)
     _say(f"done in {time.perf_counter() - t0:.1f} s: {out}", progress)
     return manifest

@@ -10,6 +10,7 @@ multiply by the composed projection chain and normalize again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +35,13 @@ def projection_chain(path: Path, dims: list[int]) -> dict[int, F32]:
 
 
 class Reference:
-    def __init__(self, source: Source, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, source: Source, dtype: torch.dtype = torch.float32, tokenizer: Any = None) -> None:
+        """``tokenizer``: the checkpoint's tokenizer already loaded (``AutoTokenizer`` of the folder,
+        slow to build for big Unigram vocabularies); loaded here when None."""
         from transformers import AutoModel, AutoTokenizer
 
         self.source = source
-        self.tok = AutoTokenizer.from_pretrained(str(source.path))
+        self.tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(source.path))
         self.model = AutoModel.from_pretrained(str(source.transformer_path), dtype=dtype).eval()
         self.chain = (
             projection_chain(source.path / "projections.safetensors", source.projection_dims)

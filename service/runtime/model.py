@@ -6,6 +6,7 @@ Stages (each usable alone, so the batcher can tokenize on one thread and run on 
 
 Execution providers: TensorRT, then CUDA, then CPU, among those onnxruntime offers (override with
 ``providers``). fp16 graphs run only on a GPU provider unless ``allow_fp16_on_cpu`` (tests) is set.
+A folder whose manifest records a failed parity check is refused unless ``accept_parity_failure``.
 No torch here.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.runtime.manifest import Manifest, ManifestError, read_manifest, verify_files
+from service.runtime.manifest import Manifest, ManifestError, check_parity, read_manifest, verify_files
 from service.runtime.text import Overflow, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,20 @@ class EmbeddingModel:
         verify_hashes: bool = True,
         allow_fp16_on_cpu: bool = False,
         intra_op_threads: int = 0,
+        accept_parity_failure: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest(self.folder)
         m = self.manifest
+        self.parity_failure = check_parity(self.folder, m, accept_parity_failure)
+        if self.parity_failure is not None:
+            log.warning(
+                "SERVING AN EXPORT THAT FAILED ITS PARITY CHECK (--accept-parity-failure): %s: %s",
+                self.folder,
+                self.parity_failure,
+            )
         if verify_hashes:
             verify_files(self.folder, m)
         self.providers = choose_providers(ort.get_available_providers(), providers)
