@@ -7,7 +7,7 @@ characters (:func:`clip`), so an error can never outgrow a client's metadata lim
 
 from __future__ import annotations
 
-from store.errors import clip
+from store.errors import MAX_MESSAGE_CHARS, clip
 
 __all__ = [
     "DeadlineExceeded",
@@ -32,7 +32,7 @@ class InvalidArgument(ServiceError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        super().__init__(f"{clip(field, 120, quote=False)} {message}")
+        super().__init__(clip(f"{clip(field, 120, quote=False)} {message}", MAX_MESSAGE_CHARS, quote=False))
 
 
 class Undecodable(InvalidArgument):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 ECHO_CHARS = 80  # a client's value is echoed in a message at most this many characters
+MAX_MESSAGE_CHARS = 400  # a net under every InvalidArgument message (values should be clipped first)
 
 
 def clip(value: Any, limit: int = ECHO_CHARS, *, quote: bool = True) -> str:
@@ -32,7 +33,7 @@ def clip(value: Any, limit: int = ECHO_CHARS, *, quote: bool = True) -> str:
     if len(text) <= limit:
         return text
     size = f" ({len(value)} characters)" if isinstance(value, str | bytes | list | tuple) else ""
-    return text[: limit - 1] + "\u2026" + size
+    return text[: max(limit - 1 - len(size), 8)] + "\u2026" + size
 
 
 class StoreError(Exception):
@@ -46,7 +47,7 @@ class InvalidArgument(StoreError, ValueError):
         self.field = field
         self.value = value
         self.limit = limit
-        super().__init__(f"{field} {message}")
+        super().__init__(clip(f"{field} {message}", MAX_MESSAGE_CHARS, quote=False))
 
 
 class NotFound(StoreError, KeyError):
