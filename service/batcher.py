@@ -326,7 +326,8 @@ class Batcher:
         took = time.perf_counter() - t
         tokens = sum(len(i.ids) for i in batch)
         padded = len(batch) * max(len(i.ids) for i in batch)
-        if took > 0:
+        if took > 0 and padded >= min(2048, self.max_tokens // 4):
+            # only batches big enough to show throughput (a lone short input is mostly fixed overhead)
             rate = padded / took
             self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate
         self.stats.batches += 1
