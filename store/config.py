@@ -68,7 +68,7 @@ class CollectionConfig:
         object.__setattr__(self, "thresholds", validate.thresholds(self.thresholds, self.code_bits))
         if self.thresholds is not None and self.calibration is not Calibration.NONE:
             raise InvalidArgument("thresholds", "cannot be given together with calibration='median'")
-        # names like collection names, unique, at most MAX_FILTERABLE (the config is rewritten per write)
+        # bounded names, unique, at most MAX_FILTERABLE (the config is rewritten per write)
         object.__setattr__(self, "filterable", validate.field_names(self.filterable))
 
     def to_json(self) -> dict[str, Any]:
@@ -84,5 +84,8 @@ class CollectionConfig:
         d = dict(d)
         if d.get("thresholds") is not None:
             d["thresholds"] = tuple(d["thresholds"])
-        d["filterable"] = tuple(d.get("filterable", ()))
-        return cls(**d)
+        stored = tuple(d.pop("filterable", ()))
+        config = cls(**d)
+        # names stored by an earlier version open as they are (today's rules apply to new names)
+        object.__setattr__(config, "filterable", stored)
+        return config

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from store.errors import InvalidArgument, clip
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+FIELD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 MAX_CODE_BITS = 1016  # a code is at most 127 bytes
 MAX_RESCORE_DIMS = 16384
 MAX_ID_BYTES = 256
@@ -47,7 +48,8 @@ def name(value: Any, field: str = "name") -> str:
 
 
 def field_names(values: Sequence[Any], field: str = "filterable") -> tuple[str, ...]:
-    """Metadata field names declared filterable: each a name like a collection's, unique, at most
+    """Metadata field names declared filterable: each matching :data:`FIELD_RE` (a collection name's
+    length, with the capitals, dots and underscores JSON keys use), unique, at most
     :data:`MAX_FILTERABLE`."""
     values = tuple(values)
     if len(values) > MAX_FILTERABLE:
@@ -56,7 +58,13 @@ def field_names(values: Sequence[Any], field: str = "filterable") -> tuple[str, 
         )
     seen: set[str] = set()
     for i, v in enumerate(values):
-        name(v, f"{field}[{i}]")
+        if not isinstance(v, str) or not FIELD_RE.fullmatch(v):
+            raise InvalidArgument(
+                f"{field}[{i}]",
+                f"must match {FIELD_RE.pattern}; given {clip(v)}",
+                value=v,
+                limit=FIELD_RE.pattern,
+            )
         if v in seen:
             raise InvalidArgument(f"{field}[{i}]", f"repeats {clip(v)}", value=v)
         seen.add(v)

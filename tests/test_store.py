@@ -311,3 +311,29 @@ def test_explicit_thresholds(store: Store, rng: np.random.Generator) -> None:
     assert (
         rec.code == np.packbits(quantize.l2_normalize(x[1:2])[0] > np.asarray(t, dtype=np.float32)).tobytes()
     )
+
+
+def test_filterable_names_stored_by_an_earlier_version_still_open(tmp_path: Path) -> None:
+    """Earlier versions accepted any filterable name; today's stricter rules apply to new names only."""
+    import json
+
+    import lmdb
+
+    from store.collection import meta_key
+
+    path = tmp_path / "old"
+    with Store(path) as s:
+        s.create_collection("c", small_config(filterable=("lang",)))
+        x = np.random.default_rng(0).normal(size=(3, 96)).astype(np.float32)
+        s.collection("c").upsert(["a", "b", "c"], x[:, :64], x, [{"Owner Id": "7"}, {}, {"Owner Id": "8"}])
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        rec = json.loads(txn.get(meta_key("c"), db=meta))
+        rec["config"]["filterable"] = ["lang", "Owner Id"]  # refused by today's rules
+        txn.put(meta_key("c"), json.dumps(rec).encode(), db=meta)
+    env.close()
+    with Store(path) as s:
+        c = s.collection("c")
+        assert c.config.filterable == ("lang", "Owner Id")
+        assert c.count() == 3
