@@ -371,6 +371,42 @@ class Collection:
             assert self._rec.thresholds is not None
             return self._rec.thresholds
 
+    def add_filterable(self, fields: Sequence[str]) -> CollectionInfo:
+        """Declare more metadata fields filterable, indexing the values the stored documents already
+        have. One transaction: an interrupted call leaves the collection as it was and can simply be
+        repeated. Fields already filterable are ignored; fields are never removed."""
+        new = list(validate.field_names(fields, "add_filterable"))
+        with self.env.write_lock:
+            self._check_open()
+            new = [f for f in new if f not in self.config.filterable]
+            if not new:
+                return self.info()
+            names = (*self.config.filterable, *new)
+            if len(names) > validate.MAX_FILTERABLE:
+                raise InvalidArgument(
+                    "add_filterable",
+                    f"would make {len(names)} filterable fields; at most {validate.MAX_FILTERABLE}",
+                    value=len(names),
+                    limit=validate.MAX_FILTERABLE,
+                )
+            config = CollectionConfig.from_json({**self.config.to_json(), "filterable": list(names)})
+            dbs = self.env.dbs
+
+            def txn_fn(txn: lmdb.Transaction) -> _Record:
+                rec = self._record_in(txn)
+                for k, v in iter_prefix(txn, dbs["docs"], cid_prefix(rec.cid)):
+                    fk = _keys_to_json(doc_keys(json.loads(v), names))
+                    if fk:
+                        txn.put(k, fk, db=dbs["fkeys"])
+                new_rec = replace(rec, config=config, gen=rec.gen + 1)
+                self._write_record(txn, new_rec)
+                return new_rec
+
+            self._rec = self.env.write(txn_fn)
+            self.config = config
+            self._load()
+            return self.info()
+
     def _record_in(self, txn: lmdb.Transaction) -> _Record:
         """The collection's allocation record as this write transaction sees it (never the cached
         copy: row ids and counts are allocated from what is committed, whoever committed it)."""

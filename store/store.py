@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -78,17 +79,26 @@ class Store:
             return coll.info()
 
     def ensure_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
-        """Create the collection, or check that the existing one has exactly this configuration."""
+        """Create the collection, or check that the existing one has this configuration; filterable
+        fields it lacks are added (stored documents indexed), never removed."""
         with self._lock:
             if name in self._collections:
-                have = self._collections[name].config
-                if have != config:
+                coll = self._collections[name]
+                have = coll.config
+                if replace(have, filterable=()) != replace(config, filterable=()):
                     raise FormatMismatch(
                         f"collection {name!r} in {self.path} was created with {have.to_json()}; "
                         f"expected {config.to_json()}. Use another collection name or data directory."
                     )
-                return self._collections[name].info()
+                missing = [f for f in config.filterable if f not in have.filterable]
+                if missing:
+                    coll.add_filterable(missing)
+                return coll.info()
             return self.create_collection(name, config)
+
+    def add_filterable(self, name: str, fields: list[str]) -> CollectionInfo:
+        """Make more metadata fields of a collection filterable (see ``Collection.add_filterable``)."""
+        return self.collection(name).add_filterable(fields)
 
     def collection(self, name: str) -> Collection:
         validate.name(name)

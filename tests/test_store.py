@@ -12,6 +12,7 @@ from store import (
     Calibration,
     CollectionConfig,
     FormatMismatch,
+    InvalidArgument,
     NotFound,
     RescoreDtype,
     Store,
@@ -337,3 +338,36 @@ def test_filterable_names_stored_by_an_earlier_version_still_open(tmp_path: Path
         c = s.collection("c")
         assert c.config.filterable == ("lang", "Owner Id")
         assert c.count() == 3
+
+
+def test_filterable_fields_added_to_a_filled_collection_index_stored_documents(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ids, x = docs(rng, 300)
+    meta = [{"lang": ["en", "de", "ja"][i % 3], "Owner.Id": i % 5} for i in range(300)]
+    with Store(tmp_path / "d") as s:
+        s.create_collection("c", small_config(filterable=()))
+        c = s.collection("c")
+        c.upsert(ids, x[:, :64], x, meta)
+        with pytest.raises(InvalidArgument):
+            c.search(x[0, :64], x[0], filter={"lang": "de"})
+        info = s.add_filterable("c", ["lang", "Owner.Id"])
+        assert info.config.filterable == ("lang", "Owner.Id")
+        hits = c.search(x[1, :64], x[1], top_k=300, oversampling=1, filter={"lang": "de", "Owner.Id": 1})
+        want = {ids[i] for i in range(300) if i % 3 == 1 and i % 5 == 1}
+        assert {h.id for h in hits[0]} == want
+        # new documents are indexed on the new fields as they arrive; repeating is a no-op
+        c.upsert(["new"], x[:1, :64], x[:1], [{"lang": "de", "Owner.Id": 1}])
+        assert s.add_filterable("c", ["lang"]).config.filterable == ("lang", "Owner.Id")
+        hits = c.search(x[0, :64], x[0], top_k=1, filter={"lang": "de", "Owner.Id": 1})
+        assert hits[0][0].id == "new"
+        # a bad name changes nothing
+        with pytest.raises(InvalidArgument):
+            s.add_filterable("c", ["bad name"])
+        # ensure_collection (--default-collection) adds the fields it asks for, keeps the rest
+        s.ensure_collection("c", small_config(filterable=("tier",)))
+        assert s.collection("c").config.filterable == ("lang", "Owner.Id", "tier")
+    with Store(tmp_path / "d") as s:  # durable
+        c = s.collection("c")
+        assert c.config.filterable == ("lang", "Owner.Id", "tier")
+        hits = c.search(x[1, :64], x[1], top_k=300, oversampling=1, filter={"lang": "de", "Owner.Id": 1})
+        assert {h.id for h in hits[0]} == want | {"new"}
