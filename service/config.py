@@ -45,6 +45,7 @@ class Settings:
     search_batch: int = 64  # queued searches of one shape run together, up to this many; 1: never
     max_message_mb: int = 64
     default_collection: str = ""  # created at start with model-aware defaults when set
+    default_filterable: tuple[str, ...] = ()  # filterable fields of the default collection
     prefetch: bool = False  # touch every stored vector at start (see Collection.prefetch)
     grace_s: float = 10.0  # SIGTERM: time in-flight calls get to finish
     drain_delay_s: float = 1.0  # SIGTERM: NOT_SERVING this long before refusing new calls
@@ -131,6 +132,8 @@ _HELP = {
     "batched search of up to this many queries (1: no queueing, every search runs alone)",
     "max_message_mb": "max gRPC message size in MiB",
     "default_collection": "create this collection at start with model-aware defaults",
+    "default_filterable": "comma-separated metadata fields the default collection can filter on "
+    "(added to an existing one, its stored documents indexed; e.g. lang,tags)",
     "prefetch": "touch every stored vector at start so first searches skip page faults",
     "grace_s": "seconds in-flight calls get to finish after SIGTERM",
     "drain_delay_s": "seconds health reports NOT_SERVING after SIGTERM before new calls are refused",

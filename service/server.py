@@ -226,10 +226,12 @@ async def _start(
         free_bytes=lambda: _free_bytes(store),
         queued_seconds=engine.batcher.estimated_wait_s,
     )
-    if settings.default_collection and settings.default_collection not in {
-        c.name for c in store.list_collections()
-    }:
-        store.create_collection(settings.default_collection, engine.default_config())
+    if settings.default_collection:
+        name, fields = settings.default_collection, list(settings.default_filterable)
+        if name not in {c.name for c in store.list_collections()}:
+            store.create_collection(name, engine.default_config(filterable=tuple(fields)))
+        elif fields:
+            await asyncio.to_thread(store.add_filterable, name, fields)
     if settings.prefetch:
         for info in store.list_collections():
             await asyncio.to_thread(store.collection(info.name).prefetch)

@@ -202,6 +202,15 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         return pb.DeleteCollectionResponse()
 
     @guarded
+    async def UpdateCollection(
+        self, request: pb.UpdateCollectionRequest, context: Ctx
+    ) -> pb.UpdateCollectionResponse:
+        info = await asyncio.to_thread(
+            self.engine.store.add_filterable, request.name, list(request.add_filterable)
+        )
+        return pb.UpdateCollectionResponse(collection=convert.collection_to_proto(info))
+
+    @guarded
     async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> pb.SnapshotResponse:
         t = time.perf_counter()
         snap = await asyncio.to_thread(self.engine.store.snapshot_named, request.name)

@@ -244,6 +244,20 @@ class DeleteCollectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class UpdateCollectionRequest(_message.Message):
+    __slots__ = ("name", "add_filterable")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADD_FILTERABLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    add_filterable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., add_filterable: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateCollectionResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

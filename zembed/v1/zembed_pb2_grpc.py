@@ -265,6 +265,11 @@ class SearchServiceStub:
                 request_serializer=zembed_dot_v1_dot_zembed__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=zembed_dot_v1_dot_zembed__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
+        self.UpdateCollection = channel.unary_unary(
+                '/zembed.v1.SearchService/UpdateCollection',
+                request_serializer=zembed_dot_v1_dot_zembed__pb2.UpdateCollectionRequest.SerializeToString,
+                response_deserializer=zembed_dot_v1_dot_zembed__pb2.UpdateCollectionResponse.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/zembed.v1.SearchService/Upsert',
                 request_serializer=zembed_dot_v1_dot_zembed__pb2.UpsertRequest.SerializeToString,
@@ -326,6 +331,15 @@ class SearchServiceServicer:
 
     def DeleteCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCollection(self, request, context):
+        """Changes what a collection allows after its creation: today, more filterable metadata fields
+        (the values stored documents already have are indexed in one transaction; fields are never
+        removed, and naming one that is already filterable is a no-op).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -403,6 +417,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.DeleteCollection,
                     request_deserializer=zembed_dot_v1_dot_zembed__pb2.DeleteCollectionRequest.FromString,
                     response_serializer=zembed_dot_v1_dot_zembed__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'UpdateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCollection,
+                    request_deserializer=zembed_dot_v1_dot_zembed__pb2.UpdateCollectionRequest.FromString,
+                    response_serializer=zembed_dot_v1_dot_zembed__pb2.UpdateCollectionResponse.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -549,6 +568,33 @@ class SearchService:
             '/zembed.v1.SearchService/DeleteCollection',
             zembed_dot_v1_dot_zembed__pb2.DeleteCollectionRequest.SerializeToString,
             zembed_dot_v1_dot_zembed__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zembed.v1.SearchService/UpdateCollection',
+            zembed_dot_v1_dot_zembed__pb2.UpdateCollectionRequest.SerializeToString,
+            zembed_dot_v1_dot_zembed__pb2.UpdateCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
