@@ -41,10 +41,8 @@ def test_filterable_fields_added_to_the_default_collection_over_grpc(tmp_path: P
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as err:
             search.UpdateCollection(pb.UpdateCollectionRequest(name="docs", add_filterable=["bad name"]))
-        assert (
-            err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            and "add_filterable[0]" in err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "add_filterable[0]" in str(err.value.details())
         with pytest.raises(grpc.RpcError) as err:
             search.UpdateCollection(pb.UpdateCollectionRequest(name="nope", add_filterable=["lang"]))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
