@@ -1,13 +1,13 @@
 """One collection: writes (one LMDB transaction per batch), reads, and the two-stage search.
 
-Search, per query:
+Search, per query (sizes from :class:`store.params.SearchParams`):
 
 1. binarize the code-dims vector with the collection's thresholds and scan every visible row's code
-   (popcount Hamming, running top-k, filter and live masks applied inside the scan);
-2. with ``rescore`` on, the Hamming shortlist is ``top_k x oversampling x refine`` rows; the float
-   query is scored against those rows' +-1 bits (asymmetric, from memory) down to
-   ``top_k x oversampling`` candidates, whose float vectors are read from LMDB and scored exactly
-   (cosine: all vectors are unit length); ``refine=1`` skips the asymmetric step;
+   (popcount Hamming, running top-k, filter and live masks applied inside the scan) for the
+   ``shortlist`` nearest rows;
+2. refine (on by default): the float query is scored against those rows' +-1 bits in memory (the
+   asymmetric estimate of :class:`store.quantize.CodeModel`) down to ``float_reads`` candidates,
+   whose float vectors are read from LMDB and scored exactly (cosine: all vectors are unit length);
 3. with ``rescore`` off, the Hamming order is the answer and the score is ``1 - 2 * hamming / bits``
    (the cosine of the two +-1 vectors).
 """
@@ -21,13 +21,14 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import lmdb
 import numpy as np
 import numpy.typing as npt
 
+from store import calibrate as calibration
 from store import quantize, scan, validate
 from store.config import Calibration, CollectionConfig
 from store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
@@ -47,14 +48,15 @@ from store.layout import (
     rowid_of,
     unpack_rowid,
 )
+from store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Plan, SearchParams, Tuning
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-DEFAULT_OVERSAMPLING = 4
-DEFAULT_REFINE = 5
-MAX_REFINE = 20
+DEFAULT_OVERSAMPLING = DEFAULT_READS_PER_K  # the earlier name: float reads per result
+DEFAULT_REFINE = DEFAULT_SHORTLIST_PER_READ  # the earlier name: Hamming candidates per float read
+MAX_REFINE = 100
 _KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
 _KEEP_GENERATIONS = 3
 _PUBLISH_TIMEOUT_S = 10.0
@@ -88,6 +90,12 @@ class CollectionInfo:
     thresholds: tuple[float, ...] | None
     calibrated: bool
     index_bytes: int
+    #: documents held when the codes were last calibrated (0: never), and whether that was final
+    calibrated_at: int = 0
+    calibration_final: bool = False
+    #: recall@10 against exact search measured at that calibration, per setting; and at the defaults
+    tuning: Tuning = field(default_factory=Tuning)
+    measured_recall: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,14 @@ class _Record:
     count: int = 0
     gen: int = 0
     thresholds: tuple[float, ...] | None = None
+    # calibration (absent from records written before calibration was automatic): the refine
+    # step's per-dimension scales and centring, the document count it was computed at, whether it
+    # is final (the kept code vectors dropped), and the recall measured for each setting
+    scale: tuple[float, ...] | None = None
+    centre: float = 0.5
+    calibrated_at: int = 0
+    final: bool = False
+    tuning: Tuning = field(default_factory=Tuning)
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -110,6 +126,11 @@ class _Record:
                 "count": self.count,
                 "gen": self.gen,
                 "thresholds": list(self.thresholds) if self.thresholds is not None else None,
+                "scale": list(self.scale) if self.scale is not None else None,
+                "centre": self.centre,
+                "calibrated_at": self.calibrated_at,
+                "final": self.final,
+                "tuning": self.tuning.to_json(),
             }
         ).encode()
 
@@ -117,18 +138,52 @@ class _Record:
     def from_bytes(cls, raw: bytes) -> _Record:
         d = json.loads(raw)
         t = d.get("thresholds")
+        sc = d.get("scale")
+        config = CollectionConfig.from_json(d["config"])
         return cls(
             cid=d["cid"],
-            config=CollectionConfig.from_json(d["config"]),
+            config=config,
             next_row=d["next_row"],
             count=d["count"],
             gen=d["gen"],
             thresholds=tuple(t) if t is not None else None,
+            scale=tuple(sc) if sc is not None else None,
+            centre=float(d.get("centre", 0.5)),
+            calibrated_at=int(d.get("calibrated_at", 0)),
+            # a median calibration written by the earlier version was final once it existed
+            final=bool(d.get("final", config.calibration is Calibration.MEDIAN and t is not None)),
+            tuning=Tuning.from_json(d.get("tuning")),
+        )
+
+    @property
+    def collecting(self) -> bool:
+        """Code vectors are kept (in ``calib``) for a calibration still to come."""
+        cal = self.config.calibration
+        return (cal is Calibration.MEDIAN and self.thresholds is None) or (
+            cal is Calibration.AUTO and not self.final
         )
 
     @property
     def pending_calibration(self) -> bool:
-        return self.config.calibration is Calibration.MEDIAN and self.thresholds is None
+        return self.collecting
+
+    def due(self) -> bool:
+        """Whether the collection's size calls for a calibration now (see :class:`Calibration`)."""
+        cap = self.config.calibration_sample
+        if not self.collecting or self.count < 2:
+            return False
+        if self.config.calibration is Calibration.MEDIAN:
+            return self.count >= cap
+        return self.count >= cap or self.count >= 2 * max(self.calibrated_at, 1)
+
+    def code_model(self) -> quantize.CodeModel | None:
+        """The refine step's model; None for sign codes (the query itself is the weight)."""
+        t = self.thresholds if self.thresholds is not None else self.config.thresholds
+        if t is None:
+            return None
+        tt = np.asarray(t, dtype=np.float32)
+        scale = np.asarray(self.scale, dtype=np.float32) if self.scale is not None else np.ones_like(tt)
+        return quantize.CodeModel(tt, scale, self.centre)
 
 
 @dataclass(frozen=True)
@@ -137,6 +192,8 @@ class _Snapshot:
     filters: FilterIndex
     gen: int
     thresholds: F32 | None
+    model: quantize.CodeModel | None
+    tuning: Tuning
 
 
 _GEN = struct.Struct(">Q")
@@ -199,12 +256,13 @@ class Collection:
         self._publish()
 
     def _publish(self) -> None:
-        t = self._rec.thresholds
         snap = _Snapshot(
             self._index.publish(),
             self._filters,
             self._rec.gen,
-            np.asarray(t, dtype=np.float32) if t is not None else None,
+            self._current_thresholds(),  # the codes' thresholds: explicit ones too
+            self._rec.code_model(),
+            self._rec.tuning,
         )
         with self._published:
             self._snap = snap
@@ -225,6 +283,10 @@ class Collection:
             rec.thresholds if rec.thresholds is not None else self.config.thresholds,
             rec.thresholds is not None,
             self._index.nbytes,
+            rec.calibrated_at,
+            rec.final,
+            rec.tuning,
+            rec.tuning.recall_at(DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ),
         )
 
     @property
@@ -285,14 +347,15 @@ class Collection:
                 _putmulti(txn, dbs["vecs"], zip(rks, resc_blobs, strict=True))
                 _putmulti(txn, dbs["docs"], ((k, m) for k, m in zip(rks, meta, strict=True) if m))
                 _putmulti(txn, dbs["fkeys"], ((k, f) for k, f in zip(rks, fkeys, strict=True) if f))
-                if rec.pending_calibration:
-                    unit = code.unit()
-                    _putmulti(txn, dbs["calib"], ((rks[i], unit[i].tobytes()) for i in range(n)))
                 new = replace(rec, next_row=row + n, count=rec.count - len(old) + n, gen=rec.gen + 1)
                 recalibrated = False
-                if new.pending_calibration and new.count >= self.config.calibration_sample:
-                    new = _calibrate_in_txn(txn, dbs, new, self.bits)
-                    recalibrated = True
+                if rec.collecting:
+                    unit = code.unit()
+                    if new.due():
+                        new = _calibrate_in_txn(txn, dbs, new, self.bits, rks, unit)
+                        recalibrated = True
+                    else:
+                        _putmulti(txn, dbs["calib"], ((rks[i], unit[i].tobytes()) for i in range(n)))
                 self._write_record(txn, new)
                 return new, old, recalibrated
 
@@ -344,15 +407,21 @@ class Collection:
             return len(old)
 
     def calibrate(self) -> tuple[float, ...]:
-        """Compute median thresholds now from the documents held, and rebuild every code."""
+        """Calibrate now from the documents held (thresholds, refine model, measured recall) and
+        rebuild every code; for ``auto`` the next calibration comes when the count doubles again."""
         with self.env.write_lock:
             self._check_open()
-            if self.config.calibration is not Calibration.MEDIAN:
+            if self.config.calibration is Calibration.NONE:
                 raise InvalidArgument(
-                    "calibration", f"must be 'median' to calibrate; collection {self.name!r} has 'none'"
+                    "calibration",
+                    f"must be 'auto' or 'median' to calibrate; collection {self.name!r} has 'none'",
                 )
-            if not self._rec.pending_calibration:
-                raise InvalidArgument("calibration", f"collection {self.name!r} is already calibrated")
+            if not self._rec.collecting:
+                raise InvalidArgument(
+                    "calibration",
+                    f"collection {self.name!r} is already calibrated (final, at "
+                    f"{self._rec.calibrated_at or self.config.calibration_sample} documents)",
+                )
             if self._rec.count < 2:
                 raise InvalidArgument(
                     "calibration",
@@ -541,42 +610,51 @@ class Collection:
         self,
         code_queries: Any,
         rescore_queries: Any | None = None,
+        params: SearchParams | None = None,
         *,
-        top_k: int = 10,
-        oversampling: int = DEFAULT_OVERSAMPLING,
-        rescore: bool = True,
-        refine: int = DEFAULT_REFINE,
-        filter: Mapping[str, Any] | None = None,
-        include_metadata: bool = True,
         wait: bool = True,
+        **options: Any,
     ) -> list[list[Hit]]:
         """Search a batch of queries (a 1-D vector is one query); one hit list per query.
 
+        ``params`` is built once by the caller; or give its fields as keywords (``top_k``,
+        ``shortlist``, ``float_reads``, ``refine``, ``rescore``, ``recall_target``, ``filter`` as a
+        mapping, ``include_metadata``; the earlier ``oversampling`` and integer ``refine`` too).
         With ``wait`` off, :class:`WouldBlock` is raised rather than waiting for a map resize (for
         callers that must not block, such as an event loop)."""
-        top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
-        oversampling = validate.int_range(oversampling, "oversampling", 1, validate.MAX_OVERSAMPLING)
-        refine = validate.int_range(refine, "refine", 1, MAX_REFINE)
-        cq, rq = self._queries(code_queries, rescore_queries, rescore)
-        conditions = parse_filter(filter, self.config.filterable)
-        shortlist = top_k * oversampling if rescore else top_k
-        first = shortlist * refine if rescore else shortlist
+        if params is None:
+            params = search_params(**options)
+        elif options:
+            raise TypeError(f"give params or keywords, not both: {sorted(options)}")
+        for c in params.filter:
+            if c.field not in self.config.filterable:
+                raise InvalidArgument(
+                    "filter",
+                    f"may only name filterable fields {sorted(self.config.filterable)}; given {c.field!r}",
+                    value=c.field,
+                )
+        cq, rq = self._queries(code_queries, rescore_queries, params.rescore)
+        top_k = params.top_k
         dbs = self.env.dbs
         cid = self._rec.cid
         with self._consistent(wait) as (snap, txn):
             view = snap.view
-            masks = self._masks(snap, conditions)
+            plan = params.plan(snap.tuning, view.live)
+            masks = self._masks(snap, list(params.filter))
             qcodes = quantize.pad_rows(quantize.binarize(cq, snap.thresholds), self.stride)
-            dist, pos = scan.topk(qcodes, view.codes, first, masks, limit=view.n)
+            dist, pos = scan.topk(qcodes, view.codes, plan.shortlist, masks, limit=view.n)
+            weights = cq if snap.model is None else snap.model.refine_weights(cq)
             results: list[list[Hit]] = []
             for i in range(cq.shape[0]):
                 d, p = dist[i], pos[i]
-                if rescore and len(p) > shortlist:
-                    signs = quantize.sign_vectors(view.code_rows(p), self.bits)
-                    keep = np.argsort(-(signs @ cq[i]), kind="stable")[:shortlist]
+                if plan.refine and len(p) > plan.float_reads:
+                    est = quantize.refine_scores(view.code_rows(p), self.bits, weights[i])
+                    keep = np.argsort(-est, kind="stable")[: plan.float_reads]
                     d, p = d[keep], p[keep]
+                elif len(p) > plan.float_reads:
+                    d, p = d[: plan.float_reads], p[: plan.float_reads]
                 keys = row_keys(cid, view.rowids_of(p))
-                if rescore:
+                if plan.rescore:
                     assert rq is not None
                     vdb, read = dbs["vecs"], txn.get
                     # zero-copy views into the map, valid while the transaction lives
@@ -592,9 +670,17 @@ class Collection:
                     scores = 1.0 - 2.0 * d.astype(np.float32) / self.bits
                     order = np.arange(min(top_k, len(p)))
                 results.append(
-                    [self._hit(txn, keys[j], float(scores[j]), int(d[j]), include_metadata) for j in order]
+                    [
+                        self._hit(txn, keys[j], float(scores[j]), int(d[j]), params.include_metadata)
+                        for j in order
+                    ]
                 )
             return results
+
+    def plan(self, params: SearchParams) -> Plan:
+        """The sizes a search with ``params`` runs with on this collection now."""
+        snap = self._snap
+        return params.plan(snap.tuning, snap.view.live)
 
     def exact_search(
         self,
@@ -653,6 +739,19 @@ class Collection:
         return Hit(ext, score, hamming, meta)
 
 
+def search_params(*, refine: bool | int = True, **options: Any) -> SearchParams:
+    """:class:`SearchParams` from keywords, accepting the earlier integer ``refine`` (Hamming
+    candidates per float read; 1 turns the refine step off)."""
+    if isinstance(refine, bool):
+        return SearchParams.create(refine=refine, **options)
+    r = validate.int_range(refine, "refine", 1, MAX_REFINE)
+    params = SearchParams.create(refine=r > 1, **options)
+    if r > 1 and not params.shortlist:
+        reads = params.float_reads or params.top_k * DEFAULT_READS_PER_K
+        params = replace(params, shortlist=reads * r)
+    return params
+
+
 def _read_rows(
     txn: lmdb.Transaction, db: Any, prefix: bytes, count: int
 ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
@@ -686,21 +785,47 @@ def _delete_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: 
         txn.delete(rk, db=dbs[name])
 
 
-def _calibrate_in_txn(txn: lmdb.Transaction, dbs: Mapping[str, Any], rec: _Record, bits: int) -> _Record:
-    """Median thresholds from the kept code-dims vectors; rewrite those rows' codes; drop the vectors."""
+def _calibrate_in_txn(
+    txn: lmdb.Transaction,
+    dbs: Mapping[str, Any],
+    rec: _Record,
+    bits: int,
+    new_keys: Sequence[bytes] = (),
+    new_vecs: F32 | None = None,
+) -> _Record:
+    """Calibrate from the kept code vectors plus this batch's (``new_keys`` / ``new_vecs``, not yet
+    kept), rewrite all those rows' codes, and keep the batch's vectors, or, when the calibration is
+    final (the collection reached ``calibration_sample``), drop them all. The model is fitted on at
+    most ``calibration_sample`` vectors (kept ones first)."""
     prefix = cid_prefix(rec.cid)
     keys: list[bytes] = []
     vals: list[bytes] = []
     for k, v in iter_prefix(txn, dbs["calib"], prefix):
         keys.append(k)
         vals.append(v)
-    x = np.frombuffer(b"".join(vals), dtype=np.float32).reshape(len(vals), bits)
-    t = quantize.median_thresholds(x)
-    codes = quantize.binarize(x, t)
-    for i, k in enumerate(keys):
-        txn.put(k, codes[i].tobytes(), db=dbs["codes"])
-        txn.delete(k, db=dbs["calib"])
-    return replace(rec, thresholds=tuple(float(v) for v in t))
+    kept = np.frombuffer(b"".join(vals), dtype=np.float32).reshape(len(vals), bits)
+    batch = new_vecs if new_vecs is not None else np.zeros((0, bits), np.float32)
+    x = np.concatenate([kept, batch]) if len(batch) else kept
+    cap = rec.config.calibration_sample
+    model, tuning = calibration.calibrate(x, measure_rows=cap)
+    final = rec.count >= cap or rec.config.calibration is Calibration.MEDIAN  # median: one calibration
+    codes = quantize.binarize(x, model.thresholds)
+    all_keys = [*keys, *new_keys]
+    _putmulti(txn, dbs["codes"], zip(all_keys, quantize.split_rows(codes), strict=True))
+    if final:
+        for k in keys:
+            txn.delete(k, db=dbs["calib"])
+    elif len(batch):
+        _putmulti(txn, dbs["calib"], zip(new_keys, quantize.split_rows(batch), strict=True))
+    return replace(
+        rec,
+        thresholds=tuple(float(v) for v in model.thresholds),
+        scale=tuple(float(v) for v in model.scale),
+        centre=model.centre,
+        calibrated_at=rec.count,
+        final=final,
+        tuning=tuning,
+    )
 
 
 def _keys_to_json(keys: Mapping[str, list[tuple[str, Any]]]) -> bytes:

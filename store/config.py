@@ -14,6 +14,13 @@ from store.quantize import RescoreDtype
 class Calibration(StrEnum):
     """When the binarization thresholds are set.
 
+    - ``auto`` (the default): calibrated from the first write. The first batch's code vectors give
+      per-dimension medians (and the refine step's scales, see :class:`store.quantize.CodeModel`);
+      each time the collection doubles in size the calibration is redone from every document held
+      and every code rebuilt, in the write transaction that crossed the size, until the collection
+      first holds ``calibration_sample`` documents: that calibration is final and the kept
+      code-dims vectors are dropped. Each calibration also measures the search settings' recall on
+      the collection itself (see :class:`store.params.Tuning`).
     - ``none``: thresholds are 0 (sign bits) unless explicit ``thresholds`` are given.
     - ``median``: per-dimension medians of the first ``calibration_sample`` documents. Until the
       collection first holds that many documents their code-dims vectors are kept on disk; the upsert
@@ -21,6 +28,7 @@ class Calibration(StrEnum):
       transaction. ``Store.calibrate`` does it early, on request, from the documents held so far.
     """
 
+    AUTO = "auto"
     NONE = "none"
     MEDIAN = "median"
 
@@ -38,7 +46,7 @@ class CollectionConfig:
     code_bits: int = 640
     rescore_dims: int = 2560
     rescore_dtype: RescoreDtype = RescoreDtype.FLOAT16
-    calibration: Calibration = Calibration.NONE
+    calibration: Calibration = Calibration.AUTO
     calibration_sample: int = 10_000
     thresholds: tuple[float, ...] | None = None
     filterable: tuple[str, ...] = ()
@@ -66,8 +74,13 @@ class CollectionConfig:
                 value=self.calibration,
             ) from None
         object.__setattr__(self, "thresholds", validate.thresholds(self.thresholds, self.code_bits))
+        if self.thresholds is not None and self.calibration is Calibration.AUTO:
+            object.__setattr__(self, "calibration", Calibration.NONE)  # explicit thresholds are fixed
         if self.thresholds is not None and self.calibration is not Calibration.NONE:
-            raise InvalidArgument("thresholds", "cannot be given together with calibration='median'")
+            raise InvalidArgument(
+                "thresholds",
+                f"cannot be given together with calibration={self.calibration.value!r}; use 'none'",
+            )
         # bounded names, unique, at most MAX_FILTERABLE (the config is rewritten per write)
         object.__setattr__(self, "filterable", validate.field_names(self.filterable))
 

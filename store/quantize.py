@@ -9,6 +9,7 @@ works on 64-bit words; zero padding XORs to zero and adds nothing to a distance)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -139,3 +140,53 @@ def decode_rescore(blobs: Sequence[Buffer], dims: int, dtype: RescoreDtype) -> F
     scale = np.ascontiguousarray(rec[:, :4]).view("<f4").astype(np.float32)
     vals = np.ascontiguousarray(rec[:, 4:]).view(np.int8).astype(np.float32)
     return np.asarray(vals * scale, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- calibrated codes
+#: the query-centring fractions a calibration measures (see :class:`CodeModel`)
+CENTRES = (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class CodeModel:
+    """What a calibration learns from a collection's code vectors (unit length).
+
+    - ``thresholds``: per-dimension medians; bit ``i`` is ``x_i > t_i``, so every bit splits the data
+      in half (anisotropic models otherwise spend most bits on the sign they all share).
+    - ``scale``: per dimension, half the gap between the mean of the values above and below the
+      threshold: a bit stands for ``t_i + b_i * scale_i`` (``b = +-1``).
+    - ``centre``: the asymmetric refine step scores a row's +-1 bits against
+      ``scale * (q - centre * t)``. ``centre = 0`` estimates ``q . x`` itself, ``1`` estimates
+      ``(q - t) . (x - t)``; the shared component's 1-bit estimate is noisy, so the best value lies
+      in between and is measured per collection (:data:`CENTRES`).
+    """
+
+    thresholds: F32
+    scale: F32
+    centre: float
+
+    def refine_weights(self, queries: F32) -> F32:
+        """``[n, bits]`` query-side weights of the refine step for unit ``queries``."""
+        return np.asarray((queries - self.centre * self.thresholds) * self.scale, dtype=np.float32)
+
+
+def fit_code_model(x: npt.NDArray[np.floating], centre: float = 0.5) -> CodeModel:
+    """Thresholds and scales from unit code vectors ``x`` (``centre`` is measured by the caller)."""
+    x32 = np.asarray(x, dtype=np.float32)
+    t = median_thresholds(x32)
+    above = x32 > t
+    n_above = np.maximum(above.sum(axis=0), 1)
+    n_below = np.maximum((~above).sum(axis=0), 1)
+    mean_above = np.where(above, x32, 0.0).sum(axis=0) / n_above
+    mean_below = np.where(above, 0.0, x32).sum(axis=0) / n_below
+    scale = (mean_above - mean_below) / 2.0
+    # a constant dimension (every value equal) carries no information: weight 0, never negative
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 0.0)
+    return CodeModel(t, np.asarray(scale, dtype=np.float32), float(centre))
+
+
+def refine_scores(codes: U8, bits: int, weights: F32) -> F32:
+    """The asymmetric estimate for packed ``codes`` rows: their +-1 vectors dotted with ``weights``
+    (one query's :meth:`CodeModel.refine_weights`, or the query itself for sign codes)."""
+    res: F32 = sign_vectors(codes, bits) @ weights
+    return res

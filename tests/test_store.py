@@ -65,7 +65,10 @@ def test_upsert_get_replace_delete(store: Store, rng: np.random.Generator) -> No
     rec = c.get(["doc-3", "missing"], with_vectors=True)
     assert rec[1] is None and rec[0] is not None
     assert rec[0].metadata == {"lang": "de", "i": 3}
-    assert rec[0].code == np.packbits(x[3, :64] > 0).tobytes()
+    # calibrated from the first batch (the default): bits are the unit vector above the thresholds
+    t = c.info().thresholds
+    assert c.info().calibrated and t is not None
+    assert rec[0].code == np.packbits(quantize.l2_normalize(x[3, :64]) > np.asarray(t)).tobytes()
     assert rec[0].rescore is not None
     np.testing.assert_allclose(rec[0].rescore, x[3] / np.linalg.norm(x[3]), rtol=1e-6)
     # replace: same id, new vectors and metadata; count unchanged
@@ -92,10 +95,13 @@ def test_search_rescore_on_off_scores(store: Store, rng: np.random.Generator) ->
     hits = c.search(q[:64], q, top_k=5, oversampling=60)[0]  # shortlist covers everything
     assert [h.id for h in hits] == [ids[i] for i in np.argsort(-exact)[:5]]
     np.testing.assert_allclose([h.score for h in hits], np.sort(exact)[::-1][:5], rtol=1e-5)
-    qc = np.packbits(q[:64] > 0)
+    t = np.asarray(c.info().thresholds)  # calibrated from the first batch (the default)
+    qc = np.packbits(quantize.l2_normalize(q[:64]) > t)
     for h in hits:
         row = int(h.id.split("-")[1])
-        assert h.hamming == int(np.unpackbits(qc ^ np.packbits(x[row, :64] > 0)).sum())
+        assert h.hamming == int(
+            np.unpackbits(qc ^ np.packbits(xn[row, :64] / np.linalg.norm(xn[row, :64]) > t)).sum()
+        )
     plain = c.search(q[:64], top_k=7, rescore=False)[0]
     assert [h.hamming for h in plain] == sorted(h.hamming for h in plain)
     for h in plain:

@@ -1,0 +1,98 @@
+"""Calibration: fit the code model on a collection's code vectors and measure the search settings.
+
+Sample queries are stored vectors (up to :data:`SAMPLE_QUERIES`), each searched leave-one-out (its
+own row excluded) over the calibration sample; exact float search over the same vectors is the
+ground truth. The whole two-stage search is simulated with matrix products (Hamming order from the
++-1 codes, the refine estimate, exact scores of the rows read), so measuring every setting of
+:data:`GRID` costs a few matrix products, not a search per setting.
+
+The measurement uses the code-dims vectors for both stages (the rescore vectors live on disk and
+are not read here); where ``rescore_dims == code_bits`` that is exactly the search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from store import quantize
+from store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Tuning
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+SAMPLE_QUERIES = 256
+K = 10
+#: (float reads per result, Hamming candidates per float read) measured at each calibration
+GRID: tuple[tuple[int, int], ...] = tuple(
+    (reads, per_read) for reads in (1, 2, 4, 8, 16) for per_read in (1, 4, 10, 25)
+)
+
+
+def calibrate(x: F32, measure_rows: int | None = None, seed: int = 0) -> tuple[quantize.CodeModel, Tuning]:
+    """Fit the code model on unit code vectors ``x`` and measure :data:`GRID` with it on the first
+    ``measure_rows`` (all when None); the refine step's centring is chosen by measurement (the
+    best recall at the defaults; ties keep 0.5)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    model = quantize.fit_code_model(x)
+    x = x[:measure_rows] if measure_rows is not None else x
+    n = x.shape[0]
+    if n < 2:
+        return model, Tuning()
+    rng = np.random.default_rng(seed)
+    qi = np.sort(rng.choice(n, size=min(n, SAMPLE_QUERIES), replace=False))
+    sim = _Simulation(x, qi, model.thresholds)
+    best: tuple[float, float] | None = None
+    chosen = 0.5
+    for centre in (0.5, *[c for c in quantize.CENTRES if c != 0.5]):
+        m = quantize.CodeModel(model.thresholds, model.scale, centre)
+        r = sim.recall(m, DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ)
+        if best is None or r > best[0] + 1e-9:
+            best, chosen = (r, centre), centre
+    model = quantize.CodeModel(model.thresholds, model.scale, chosen)
+    points = [(reads, per, sim.recall(model, reads, per)) for reads, per in GRID]
+    # cheapest first: fewest float reads, then the smallest shortlist
+    points.sort(key=lambda p: (p[0], p[1]))
+    return model, Tuning(tuple(points))
+
+
+class _Simulation:
+    def __init__(self, x: F32, qi: I64, thresholds: F32) -> None:
+        self.x = x
+        self.qi = qi
+        q = x[qi]
+        self.signs = np.where(x > thresholds, 1.0, -1.0).astype(np.float32)
+        qsigns = np.where(q > thresholds, 1.0, -1.0).astype(np.float32)
+        self.ham = qsigns @ self.signs.T  # bits - 2 * hamming: higher is nearer
+        self.exact = q @ x.T
+        own = (np.arange(len(qi)), qi)
+        self.ham[own] = -np.inf
+        self.exact[own] = -np.inf
+        k = min(K, x.shape[0] - 1)
+        self.k = k
+        self.truth = np.argsort(-self.exact, axis=1, kind="stable")[:, :k]
+        # Hamming order once (ties by row): every shortlist is a prefix of it
+        self.order = np.argsort(-self.ham, axis=1, kind="stable")
+        self._refine: dict[float, F32] = {}
+
+    def _refine_scores(self, model: quantize.CodeModel) -> F32:
+        if model.centre not in self._refine:
+            w = model.refine_weights(self.x[self.qi])
+            self._refine[model.centre] = np.asarray(w @ self.signs.T, dtype=np.float32)
+        return self._refine[model.centre]
+
+    def recall(self, model: quantize.CodeModel, reads_per_k: int, per_read: int) -> float:
+        """Mean recall@k against exact search with ``k x reads_per_k`` float reads out of a Hamming
+        shortlist ``per_read`` times larger (refined when larger)."""
+        n_rows = self.x.shape[0] - 1  # the query's own row is never a candidate
+        reads = min(self.k * reads_per_k, n_rows)
+        shortlist = min(reads * per_read, n_rows)
+        cand = self.order[:, :shortlist]
+        if shortlist > reads:
+            est = np.take_along_axis(self._refine_scores(model), cand, axis=1)
+            keep = np.argsort(-est, axis=1, kind="stable")[:, :reads]
+            cand = np.take_along_axis(cand, keep, axis=1)
+        ex = np.take_along_axis(self.exact, cand, axis=1)
+        top = np.take_along_axis(cand, np.argsort(-ex, axis=1, kind="stable")[:, : self.k], axis=1)
+        hits = sum(len(set(a) & set(b)) for a, b in zip(top.tolist(), self.truth.tolist(), strict=True))
+        return float(hits / (self.k * len(self.qi)))
