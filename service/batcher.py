@@ -120,8 +120,10 @@ class Batcher:
         max_queue_s: float = 2.0,
         rate: float | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
+        self._on_idle = on_idle
         self.max_batch = max_batch
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
@@ -252,9 +254,8 @@ class Batcher:
         with self._cond:
             while not self._queue and not self._stopping:
                 if not self._cond.wait(1.0) and self.stats.batches != self.stats.trims:
-                    # idle for a second after work: return the burst's freed heap to the OS
                     self.stats.trims = self.stats.batches
-                    self._trim()
+                    return []  # idle for a second after work: the worker releases memory
             if not self._queue:
                 return []
             deadline = time.perf_counter() + self.max_wait_s
@@ -277,6 +278,7 @@ class Batcher:
                 if self._stopping:
                     self._fail_all(Unavailable("the server is shutting down"))
                     return
+                self._release_memory()
                 continue
             now = time.monotonic()
             live = []
@@ -295,6 +297,16 @@ class Batcher:
             live.sort(key=lambda i: len(i.ids))
             for batch in self._split(live):
                 self._run_batch(batch)
+
+    def _release_memory(self) -> None:
+        """After a burst: the model's own hook (e.g. shrinking ONNX Runtime's arena), then glibc's
+        malloc_trim so freed heap pages go back to the OS."""
+        try:
+            if self._on_idle is not None:
+                self._on_idle()
+        except Exception:  # never let housekeeping kill the worker
+            log.exception("releasing memory after a burst failed")
+        self._trim()
 
     def _split(self, items: list[_Item]) -> list[list[_Item]]:
         """Consecutive runs (sorted by length) whose rows x longest stays within the token budget and

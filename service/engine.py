@@ -99,7 +99,22 @@ class Engine:
             capacity=settings.queue_items,
             max_pad_ratio=settings.max_pad_ratio,
             max_queue_s=settings.max_queue_s,
+            on_idle=self.release_memory,
         )
+
+    def release_memory(self) -> None:
+        """Called by the inference thread once idle after a burst. ONNX Runtime keeps its CPU arena at
+        the size of the largest batch it ran (hundreds of MB for long inputs); one tiny run with arena
+        shrinkage hands the arena's free regions back (the batcher then calls malloc_trim)."""
+        session = getattr(self.model, "session", None)
+        if session is None:
+            return
+        import onnxruntime as ort
+
+        opts = ort.RunOptions()
+        opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        one = np.ones((1, 1), dtype=np.int64)
+        session.run(None, {t.name: one for t in self.model.manifest.inputs}, opts)
 
     def calibrate(self, rows: int = 16, length: int = 128) -> float:
         """Time one padded batch (after warm-up) to seed the batcher's inference rate, so the work
