@@ -24,6 +24,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0  # 0 disables the HTTP metrics endpoint
+    http_port: int = -1  # HTTP/JSON API (hosted-API paths, OpenAI embeddings); -1 off, 0 a free port
     metrics_host: str = "127.0.0.1"  # /metrics listens here; with a token set it also requires it
     token: str | None = None  # bearer token; None disables auth
     tls_cert: Path | None = None
@@ -80,6 +81,7 @@ class Settings:
             ("search_batch", 1),
             ("max_queue_s", 0),
             ("stream_idle_s", 0),
+            ("http_port", -1),
         ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
@@ -105,6 +107,8 @@ _HELP = {
     "host": "address to listen on (0.0.0.0 inside a container)",
     "port": "gRPC port (0 picks a free one and logs it)",
     "metrics_port": "HTTP port for Prometheus /metrics (0 disables)",
+    "http_port": "HTTP/JSON API port on --host (the hosted zembed API's paths and OpenAI /v1/embeddings; "
+    "same auth, limits and metrics as gRPC); -1 disables, 0 picks a free one",
     "metrics_host": "address /metrics listens on (default localhost only; 0.0.0.0 to let Prometheus "
     "scrape it, and then set --token: /metrics requires `Authorization: Bearer TOKEN` whenever a "
     "token is set)",

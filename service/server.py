@@ -16,7 +16,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import lmdb
@@ -31,6 +31,9 @@ from service.errors import StartupError
 from service.metrics import Metrics
 from service.servicers import EmbeddingServicer, SearchServicer
 from store import Store
+
+if TYPE_CHECKING:
+    from service.http.server import HttpServer
 from store.errors import StoreError
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
@@ -54,6 +57,7 @@ class Running:
     engine: Engine
     health: HealthServicer
     metrics: Metrics
+    http: HttpServer | None = None  # the HTTP/JSON API (--http-port), when on
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -66,9 +70,14 @@ class Running:
         """NOT_SERVING first (and ``delay_s`` for probes and load balancers to notice), then stop
         accepting calls and give in-flight ones ``grace_s`` to finish."""
         await self.set_serving(False)
+        if self.http is not None:
+            self.http.not_serving()
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        await self.server.stop(grace_s)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace_s), self.http.stop(grace_s))
+        else:
+            await self.server.stop(grace_s)
         self.engine.batcher.stop()
         self.engine.store.close()
 
@@ -156,10 +165,17 @@ async def start(
             *SERVER_OPTIONS,
         ],
     )
+    http: HttpServer | None = None
     try:
-        running = await _start(settings, server, store, metrics, announce, model, tls, max_bytes)
+        if settings.http_port >= 0:  # bound before the model loads, like the gRPC port
+            from service.http.server import HttpServer
+
+            http = HttpServer(settings, metrics)
+        running = await _start(settings, server, store, metrics, announce, model, tls, max_bytes, http)
     except BaseException:
         await server.stop(None)
+        if http is not None:
+            await http.stop(0)
         store.close()
         raise
     return running
@@ -174,6 +190,7 @@ async def _start(
     model: Embedder | None,
     tls: tuple[bytes, bytes, bytes | None] | None,
     max_bytes: int,
+    http: HttpServer | None = None,
 ) -> Running:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -196,6 +213,8 @@ async def _start(
     pb_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     pb_grpc.add_SearchServiceServicer_to_server(search, server)
     await server.start()  # health answers NOT_SERVING, the services UNAVAILABLE, while the model loads
+    if http is not None:
+        await http.start()  # /v1 answers 503 while the model loads
     if announce is not None:
         announce(port)
     log.info(
@@ -239,7 +258,9 @@ async def _start(
     await asyncio.to_thread(engine.calibrate)
     embedding.attach(engine)
     search.attach(engine)
-    running = Running(server, port, engine, health, metrics)
+    if http is not None:
+        http.attach(engine)
+    running = Running(server, port, engine, health, metrics, http)
     await running.set_serving(True)
     log.info(
         "serving model %s (%s, %s) from %s; store %s",
@@ -284,6 +305,8 @@ async def serve(settings: Settings) -> None:
                 f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}"
             ) from None
     print(f"zembed: serving on port {running.port}", flush=True)
+    if running.http is not None:
+        print(f"zembed: HTTP API on port {running.http.port}", flush=True)
     await stop.wait()
     log.info("draining (grace %.1f s)", settings.grace_s)
     await running.drain(settings.grace_s, settings.drain_delay_s)
