@@ -33,7 +33,7 @@ from service.chunking import precise_window
 from service.engine import Engine, usage_bytes
 from service.errors import InvalidArgument, ServiceError, TooLarge, Unavailable, clip
 from service.http import models as m
-from service.http.documents import KIND, Conflict, Documents, Missing, file_url
+from service.http.documents import KIND, Conflict, Documents, Missing, check_name, file_url
 from service.metrics import Metrics
 from service.runtime.manifest import ManifestError
 from service.runtime.text import Overflow, TooLong
@@ -304,7 +304,8 @@ def build_app(state: State) -> ASGIApp:
         if body.num_shards not in (1, 8, 16, 32, 64):
             raise InvalidArgument("num_shards", f"must be one of [1, 8, 16, 32, 64]; given {body.num_shards}")
         try:
-            await asyncio.to_thread(engine.store.create_collection, body.collection_name, docs.config())
+            name = check_name(body.collection_name)
+            await asyncio.to_thread(engine.store.create_collection, name, docs.config())
         except store_errors.AlreadyExists:
             raise Conflict(f"collection {clip(body.collection_name)} already exists") from None
         return _json(200, {"message": "Success!"})

@@ -30,6 +30,7 @@ from service.errors import InvalidArgument, clip
 from service.http.filters import MAX_METADATA_JSON, TOKEN_FIELDS, check_metadata, compile_filter, tokens
 from store import Collection, CollectionConfig, Hit
 from store.layout import cid_prefix, id_key
+from store.validate import NAME_RE
 
 F32 = npt.NDArray[np.float32]
 SEP = "\x1f"
@@ -72,6 +73,16 @@ def check_path(path: Any, field: str = "path") -> str:
     return path
 
 
+def check_name(name: Any, field: str = "collection_name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            field,
+            f"must match {NAME_RE.pattern} on this self-hosted server (its store's collection names); "
+            f"given {clip(name)}",
+        )
+    return name
+
+
 def row_id(path: str, i: int) -> str:
     return f"{path}{SEP}{i}"
 
@@ -91,7 +102,7 @@ class Documents:
         return self.engine.default_config(filterable=TOKEN_FIELDS, extra={"api": KIND})
 
     def collection(self, name: str) -> Collection:
-        coll = self.engine.store.collection(name)
+        coll = self.engine.store.collection(check_name(name))
         if coll.config.extra.get("api") != KIND:
             raise NotDocuments(
                 "collection_name",
