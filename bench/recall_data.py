@@ -157,7 +157,7 @@ def use_m3(texts: list[str], tag: str) -> F32:
     arr /= np.linalg.norm(arr, axis=1, keepdims=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
-    return arr
+    return np.asarray(arr, dtype=np.float32)
 
 
 def dataset(max_docs: int) -> tuple[F32, dict[str, F32], int]:

@@ -160,7 +160,7 @@ def _print(label: str, n: int, res: dict[str, Any]) -> None:
 
 def anisotropic(x: F32, norm: float = 1.5, seed: int = 7) -> F32:
     rng = np.random.default_rng(seed)
-    m = rng.standard_normal(x.shape[1]).astype(np.float32)
+    m = rng.standard_normal(int(x.shape[1]), dtype=np.float32)
     m *= norm / np.linalg.norm(m)
     y = x + m
     return np.asarray(y / np.linalg.norm(y, axis=1, keepdims=True), dtype=np.float32)

@@ -13,6 +13,7 @@ from service.errors import InvalidArgument
 from service.runtime.text import Overflow
 from store import CollectionInfo, Hit, validate
 from store.errors import clip
+from store.params import DEFAULT_TOP_K, SearchParams
 from zembed.v1 import zembed_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
@@ -192,6 +193,36 @@ def collection_to_proto(info: CollectionInfo) -> pb.Collection:
         calibrated=info.calibrated,
         index_bytes=info.index_bytes,
         model_id=c.model,
+        calibrated_at=info.calibrated_at,
+        calibration_final=info.calibration_final,
+        measured_recall=info.measured_recall,
+        recall_points=[
+            pb.RecallPoint(float_reads_per_result=r, shortlist_per_read=s, recall=rec)
+            for r, s, rec in info.tuning.points
+        ],
+    )
+
+
+def search_params(request: pb.SearchRequest, max_top_k: int) -> SearchParams:
+    """The store's search parameters from a request, validated once here (top_k against the
+    server's limit, which the store's caps)."""
+    top_k = request.top_k if request.HasField("top_k") else DEFAULT_TOP_K
+    limit = min(max_top_k, validate.MAX_TOP_K)
+    if not 1 <= top_k <= limit:
+        raise InvalidArgument(
+            "top_k", f"must be in [1, {limit}] (unset means {DEFAULT_TOP_K}); given {top_k}"
+        )
+    return SearchParams.create(
+        top_k=top_k,
+        max_top_k=limit,
+        oversampling=request.oversampling or None,
+        shortlist=request.shortlist,
+        float_reads=request.float_reads,
+        refine=request.refine if request.HasField("refine") else True,
+        rescore=request.rescore if request.HasField("rescore") else True,
+        recall_target=request.recall_target,
+        filter=filter_from_proto(request.filter),
+        include_metadata=request.include_metadata if request.HasField("include_metadata") else True,
     )
 
 

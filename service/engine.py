@@ -21,9 +21,10 @@ from service.config import Settings
 from service.errors import InvalidArgument
 from service.runtime.manifest import Manifest
 from service.runtime.text import Overflow, TooLong
-from service.searcher import SearchParams, SearchScheduler
+from service.searcher import SearchScheduler
 from store import CollectionConfig, Hit, RescoreDtype, Store
 from store.config import Calibration
+from store.params import DEFAULT_TOP_K, SearchParams
 
 F32 = npt.NDArray[np.float32]
 HOSTED_BYTES_PER_INPUT = 150  # the hosted zembed API's byte count: 150 + UTF-8 length per input
@@ -221,7 +222,7 @@ class Engine:
         if kw.get("rescore_dtype") in (None, ""):
             kw["rescore_dtype"] = RescoreDtype.FLOAT16
         if kw.get("calibration") in (None, ""):
-            kw["calibration"] = Calibration.NONE
+            kw["calibration"] = Calibration.AUTO
         if not kw.get("calibration_sample"):
             kw.pop("calibration_sample", None)
         return CollectionConfig(code_bits=code_bits, rescore_dims=rescore_dims, model=m.model_id, **kw)
@@ -286,18 +287,27 @@ class Engine:
         text: str | None,
         code: F32 | None,
         rescore: F32 | None,
+        params: SearchParams | None = None,
         *,
-        top_k: int,
-        oversampling: int,
-        rescore_on: bool,
-        flt: Mapping[str, Any] | None,
-        include_metadata: bool,
+        top_k: int = DEFAULT_TOP_K,
+        oversampling: int | None = None,
+        rescore_on: bool = True,
+        flt: Mapping[str, Any] | None = None,
+        include_metadata: bool = True,
         overflow: Overflow = Overflow.TRUNCATE,
         wait: bool = False,
     ) -> tuple[list[Hit], int, int]:
+        """``params`` as built at the edge; or the keyword form (built and checked here)."""
         coll = self.store.collection(name)
-        if top_k > self.settings.max_top_k:
-            raise InvalidArgument("top_k", f"must be in [1, {self.settings.max_top_k}]; given {top_k}")
+        if params is None:
+            params = SearchParams.create(
+                top_k=top_k,
+                max_top_k=self.settings.max_top_k,
+                oversampling=oversampling,
+                rescore=rescore_on,
+                filter=flt,
+                include_metadata=include_metadata,
+            )
         tokens = nbytes = 0
         if text is not None:
             emb = await self.embed([text], "query", 0, overflow, wait=wait, field="text", names=["text"])
@@ -312,7 +322,7 @@ class Engine:
             coll,
             code,
             rescore,
-            SearchParams(top_k, oversampling, rescore_on, flt, include_metadata),
+            params,
         )
         return hits, tokens, nbytes
 

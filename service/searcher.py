@@ -6,8 +6,8 @@
   search that held the loop over 20 ms (vectors read from disk rather than memory) turns the path
   off for 10 s.
 - Otherwise searches run on worker threads (the scan releases the GIL).
-- Under load, searches of the same shape (collection, top_k, oversampling, rescore, filter,
-  metadata) that find ``parallel`` of their kind already running queue up and run together as one
+- Under load, searches of the same shape (collection, the same search parameters, a rescore
+  query or not) that find ``parallel`` of their kind already running queue up and run together as one
   batched search when one finishes: one pass over the codes scores up to ``max_batch`` queries
   (8 per AVX-512 register), so queued queries cost a fraction of a scan each (``max_batch`` 1: no
   queueing at all, every search runs alone). Nothing waits for a
@@ -20,9 +20,8 @@ No gRPC and no model here: the engine hands in collections and query vectors.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,21 +29,13 @@ import numpy as np
 import numpy.typing as npt
 
 from store import Collection, Hit, WouldBlock
+from store.params import SearchParams
 
 F32 = npt.NDArray[np.float32]
 # A search that held the event loop longer than this (its vectors came from disk, say) turns the
 # event-loop path off for LOOP_BACKOFF_S: the loop must not wait on I/O.
 SLOW_ON_LOOP_S = 0.02
 LOOP_BACKOFF_S = 10.0
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    top_k: int
-    oversampling: int
-    rescore: bool
-    filter: Mapping[str, Any] | None
-    include_metadata: bool
 
 
 @dataclass
@@ -92,15 +83,7 @@ class SearchScheduler:
     async def search(self, coll: Collection, code: F32, rescore: F32 | None, p: SearchParams) -> list[Hit]:
         if self.max_batch <= 1:  # batching off: every search runs alone
             return await self._alone(coll, code, rescore, p)
-        key = (
-            coll,
-            p.top_k,
-            p.oversampling,
-            p.rescore,
-            p.include_metadata,
-            rescore is None,
-            json.dumps(p.filter, sort_keys=True, default=str) if p.filter else "",
-        )
+        key = (coll, p, rescore is None)  # the parameters are hashable (filter conditions included)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(coll, p)
@@ -156,16 +139,7 @@ class SearchScheduler:
         self, coll: Collection, code: F32, rescore: F32 | None, p: SearchParams, wait: bool = True
     ) -> list[list[Hit]]:
         t = time.perf_counter()
-        hits = coll.search(
-            code,
-            rescore,
-            top_k=p.top_k,
-            oversampling=p.oversampling,
-            rescore=p.rescore,
-            filter=p.filter,
-            include_metadata=p.include_metadata,
-            wait=wait,
-        )
+        hits = coll.search(code, rescore, p, wait=wait)
         self.on_search(time.perf_counter() - t)
         return hits
 

@@ -174,6 +174,12 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         return pb.GetCollectionResponse(collection=convert.collection_to_proto(info))
 
     @guarded
+    async def Calibrate(self, request: pb.CalibrateRequest, context: Ctx) -> pb.CalibrateResponse:
+        coll = self.engine.store.collection(request.name)
+        await asyncio.to_thread(coll.calibrate)
+        return pb.CalibrateResponse(collection=convert.collection_to_proto(coll.info()))
+
+    @guarded
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: Ctx
     ) -> pb.ListCollectionsResponse:
@@ -336,12 +342,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             raise InvalidArgument("query", "must be text or vectors")
         if kind == "text" and not request.text:
             raise InvalidArgument("text", "must not be empty")
-        top_k = request.top_k if request.HasField("top_k") else 10
-        if not 1 <= top_k <= self.engine.settings.max_top_k:
-            raise InvalidArgument(
-                "top_k",
-                f"must be in [1, {self.engine.settings.max_top_k}] (unset means 10); given {top_k}",
-            )
+        params = convert.search_params(request, self.engine.settings.max_top_k)
         hits, tokens, nbytes = await self.engine.search(
             request.collection,
             request.text if kind == "text" else None,
@@ -351,11 +352,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             convert.vector(request.vectors.rescore, "vectors.rescore", request.vectors.rescore_f32le)
             if kind == "vectors"
             else None,
-            top_k=top_k,
-            oversampling=request.oversampling or 4,
-            rescore_on=request.rescore if request.HasField("rescore") else True,
-            flt=convert.filter_from_proto(request.filter),
-            include_metadata=request.include_metadata if request.HasField("include_metadata") else True,
+            params,
             overflow=convert.overflow(request.truncation),
             wait=wait,
         )

@@ -33,8 +33,8 @@ DEFAULT_TOP_K = 10
 DEFAULT_READS_PER_K = 4
 #: Hamming candidates refined per float read (400 at top_k 10; bench/recall_multilingual.py)
 DEFAULT_SHORTLIST_PER_READ = 10
-MAX_FLOAT_READS = 20_000
-MAX_SHORTLIST = 100_000
+MAX_FLOAT_READS = 100_000  # top_k 1000 x the earlier oversampling 100
+MAX_SHORTLIST = 1_000_000
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from service.searcher import SLOW_ON_LOOP_S, SearchParams, SearchScheduler
+from service.searcher import SLOW_ON_LOOP_S, SearchScheduler
 from store import CollectionConfig, Store
+from store.params import SearchParams
 
 
 def test_queued_searches_run_as_one_batch_and_a_cancelled_one_is_skipped(store: Store) -> None:
@@ -20,7 +21,7 @@ def test_queued_searches_run_as_one_batch_and_a_cancelled_one_is_skipped(store: 
     x = np.random.default_rng(11).standard_normal((300, 64), dtype=np.float32)
     coll.upsert([f"d{i}" for i in range(300)], x)
     sched = SearchScheduler(inline_rows=0, parallel=1, max_batch=64)
-    params = SearchParams(top_k=5, oversampling=4, rescore=True, filter=None, include_metadata=False)
+    params = SearchParams(top_k=5, float_reads=20, include_metadata=False)
     started, release = threading.Event(), threading.Event()
     real = sched._timed
 
@@ -57,7 +58,7 @@ def test_a_slow_search_on_the_event_loop_turns_that_path_off(store: Store) -> No
     x = np.random.default_rng(12).standard_normal((50, 64), dtype=np.float32)
     coll.upsert([f"d{i}" for i in range(50)], x)
     sched = SearchScheduler(inline_rows=1000)
-    params = SearchParams(top_k=3, oversampling=2, rescore=True, filter=None, include_metadata=False)
+    params = SearchParams(top_k=3, float_reads=6, include_metadata=False)
     real = sched._timed
 
     def slow_on_loop(*args: Any, **kw: Any) -> Any:

@@ -177,20 +177,38 @@ class CollectionConfig(_message.Message):
     def __init__(self, code_bits: _Optional[int] = ..., rescore_dims: _Optional[int] = ..., rescore_dtype: _Optional[str] = ..., calibration: _Optional[str] = ..., calibration_sample: _Optional[int] = ..., filterable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id")
+    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id", "calibrated_at", "calibration_final", "measured_recall", "recall_points")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FINAL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_POINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     count: int
     calibrated: bool
     index_bytes: int
     model_id: str
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
+    calibrated_at: int
+    calibration_final: bool
+    measured_recall: float
+    recall_points: _containers.RepeatedCompositeFieldContainer[RecallPoint]
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., calibrated_at: _Optional[int] = ..., calibration_final: _Optional[bool] = ..., measured_recall: _Optional[float] = ..., recall_points: _Optional[_Iterable[_Union[RecallPoint, _Mapping]]] = ...) -> None: ...
+
+class RecallPoint(_message.Message):
+    __slots__ = ("float_reads_per_result", "shortlist_per_read", "recall")
+    FLOAT_READS_PER_RESULT_FIELD_NUMBER: _ClassVar[int]
+    SHORTLIST_PER_READ_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    float_reads_per_result: int
+    shortlist_per_read: int
+    recall: float
+    def __init__(self, float_reads_per_result: _Optional[int] = ..., shortlist_per_read: _Optional[int] = ..., recall: _Optional[float] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "config")
@@ -418,8 +436,20 @@ class Condition(_message.Message):
     negate: bool
     def __init__(self, field: _Optional[str] = ..., any_of: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ..., negate: _Optional[bool] = ...) -> None: ...
 
+class CalibrateRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CalibrateResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: Collection
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation")
+    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation", "shortlist", "float_reads", "refine", "recall_target")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +459,10 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    SHORTLIST_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_READS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     vectors: Vectors
@@ -438,7 +472,11 @@ class SearchRequest(_message.Message):
     filter: _containers.RepeatedCompositeFieldContainer[Condition]
     include_metadata: bool
     truncation: Truncation
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ...) -> None: ...
+    shortlist: int
+    float_reads: int
+    refine: bool
+    recall_target: float
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., shortlist: _Optional[int] = ..., float_reads: _Optional[int] = ..., refine: _Optional[bool] = ..., recall_target: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "hamming", "metadata")

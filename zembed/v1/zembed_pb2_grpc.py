@@ -295,6 +295,11 @@ class SearchServiceStub:
                 request_serializer=zembed_dot_v1_dot_zembed__pb2.SearchRequest.SerializeToString,
                 response_deserializer=zembed_dot_v1_dot_zembed__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/zembed.v1.SearchService/Calibrate',
+                request_serializer=zembed_dot_v1_dot_zembed__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=zembed_dot_v1_dot_zembed__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
         self.SearchStream = channel.stream_stream(
                 '/zembed.v1.SearchService/SearchStream',
                 request_serializer=zembed_dot_v1_dot_zembed__pb2.SearchStreamRequest.SerializeToString,
@@ -377,6 +382,15 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calibrate(self, request, context):
+        """Calibrates a collection now from the documents it holds (calibration "auto" or "median", not
+        yet final): thresholds, refine scales, the measured recall; every code is rebuilt in one
+        transaction. A collection whose calibration is final (or "none") is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SearchStream(self, request_iterator, context):
         """Many queries over one stream; each result echoes the query's id and carries its own status.
         """
@@ -447,6 +461,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=zembed_dot_v1_dot_zembed__pb2.SearchRequest.FromString,
                     response_serializer=zembed_dot_v1_dot_zembed__pb2.SearchResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=zembed_dot_v1_dot_zembed__pb2.CalibrateRequest.FromString,
+                    response_serializer=zembed_dot_v1_dot_zembed__pb2.CalibrateResponse.SerializeToString,
             ),
             'SearchStream': grpc.stream_stream_rpc_method_handler(
                     servicer.SearchStream,
@@ -730,6 +749,33 @@ class SearchService:
             '/zembed.v1.SearchService/Search',
             zembed_dot_v1_dot_zembed__pb2.SearchRequest.SerializeToString,
             zembed_dot_v1_dot_zembed__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zembed.v1.SearchService/Calibrate',
+            zembed_dot_v1_dot_zembed__pb2.CalibrateRequest.SerializeToString,
+            zembed_dot_v1_dot_zembed__pb2.CalibrateResponse.FromString,
             options,
             channel_credentials,
             insecure,
