@@ -12,6 +12,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from store.validate import MAX_TOP_K
+
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the flag and its environment variable."""
@@ -85,6 +87,8 @@ class Settings:
         ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
+        if self.max_top_k > MAX_TOP_K:
+            raise ConfigError(f"--max-top-k must be <= {MAX_TOP_K} (the store's); given {self.max_top_k}")
         if self.queue_items < self.max_inputs:
             raise ConfigError(
                 f"--queue-items ({self.queue_items}) must be >= --max-inputs ({self.max_inputs}): "
