@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("data_dir", metavar="DATA_DIR", help="the store's data directory")
         p.add_argument("out_dir", metavar="OUT_DIR", help="where the snapshot goes (absent or empty)")
         p.set_defaults(func=_snapshot)
+    from service import commands  # client commands: grpc and the stubs only (no onnxruntime, no torch)
+
+    if everything or cmd in commands.COMMANDS:
+        commands.add_parsers(sub, None if everything else cmd)
+    commands.add_version(parser)
+    for name, p in sub.choices.items():
+        if name not in commands.COMMANDS:  # theirs carry --version already
+            commands.add_version(p)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

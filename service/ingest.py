@@ -1,0 +1,542 @@
+"""``zembed ingest FILE COLLECTION``: JSONL, CSV or Parquet into a collection over UpsertStream.
+
+One pass over the file: records are parsed and mapped to documents (id, text or precomputed
+vectors, metadata), checked in batches against the collection (GetDocuments: ids already stored
+are skipped, so a re-run resumes an interrupted ingest), and streamed; the server acknowledges
+each document, in order, once it is durably stored. At most ``--window`` documents are in flight.
+A bad record (unparseable line, missing id, a vector that is not numbers, a document the server
+refuses) is reported as ``FILE:LINE: why`` and skipped; the run goes on. The summary at the end
+counts every record once: stored, skipped (already stored), bad (here or refused by the server).
+
+Repeated ids within one file: later lines win (every line with an id sent in this run is sent
+again), as upserts do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import numpy as np
+
+from service.commands import (
+    FAILED,
+    OK,
+    Connection,
+    UsageError,
+    _split_names,
+    describe_rpc_error,
+    metadata_to_proto,
+)
+from zembed.v1 import zembed_pb2 as pb
+
+FORMATS = ("jsonl", "csv", "parquet")
+_MAX_GET_IDS = 1000  # GetDocuments' limit per call
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a document; the message says why."""
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    id: str = "id"
+    text: str = "text"
+    vector: str = "vector"
+    rescore: str | None = None
+    metadata: str = "metadata"
+    columns: tuple[str, ...] | None = None  # None: every field not mapped above
+
+    def mapped(self) -> set[str]:
+        return {self.id, self.text, self.vector, self.metadata} | ({self.rescore} if self.rescore else set())
+
+
+# ---------------------------------------------------------------- readers: (line, record | BadRecord)
+Row = tuple[int, "dict[str, Any] | BadRecord"]
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    last = b"\n"
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def read_jsonl(f: IO[str]) -> Iterator[Row]:
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield n, BadRecord(f"not JSON: {exc.msg} (column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            yield n, BadRecord(f"expected a JSON object per line; given {type(obj).__name__}")
+            continue
+        yield n, obj
+
+
+def read_csv(f: IO[str], delimiter: str) -> Iterator[Row]:
+    reader = csv.DictReader(f, delimiter=delimiter)
+    try:
+        for rec in reader:
+            if None in rec:  # more cells than header columns
+                yield (
+                    reader.line_num,
+                    BadRecord(f"{len(rec) - 1 + len(rec[None])} cells; the header has {len(rec) - 1}"),
+                )
+                continue
+            yield reader.line_num, {k: v for k, v in rec.items() if v is not None}
+    except csv.Error as exc:
+        yield reader.line_num, BadRecord(f"CSV error: {exc}; reading stopped here")
+
+
+def read_parquet(path: Path, vector_fields: set[str], batch_rows: int = 4096) -> Iterator[Row]:
+    pq = _pyarrow_parquet()
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    vec_cols = [c for c in vector_fields if c in names]
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        vectors: dict[str, list[Any]] = {c: _vector_column(batch.column(c)) for c in vec_cols}
+        rest = batch.drop_columns(vec_cols) if vec_cols else batch
+        for i, rec in enumerate(rest.to_pylist()):
+            for c in vec_cols:
+                rec[c] = vectors[c][i]
+            row += 1
+            yield row, rec
+
+
+def _vector_column(col: Any) -> list[Any]:
+    """A list<float> column as one numpy slice per row (None for nulls): no Python float per value."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    if not (
+        pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+    ):
+        return col.to_pylist()  # type: ignore[no-any-return]
+    if not pa.types.is_floating(col.type.value_type) and not pa.types.is_integer(col.type.value_type):
+        return col.to_pylist()  # type: ignore[no-any-return]
+    if col.null_count or col.values.null_count:
+        return col.to_pylist()  # type: ignore[no-any-return]
+    values = col.values.to_numpy(zero_copy_only=False).astype("<f4", copy=False)
+    if pa.types.is_fixed_size_list(col.type):
+        size = col.type.list_size
+        base = col.offset * size
+        return [values[base + i * size : base + (i + 1) * size] for i in range(len(col))]
+    offsets = col.offsets.to_numpy()
+    first = int(offsets[0])
+    return [values[int(a) - first : int(b) - first] for a, b in itertools.pairwise(offsets)]
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    except ImportError:
+        raise UsageError(
+            "reading Parquet needs pyarrow: pip install 'zembed-serve[cli]' (or pip install pyarrow)"
+        ) from None
+    return pq
+
+
+# ---------------------------------------------------------------- records -> documents
+def _vector(value: Any, name: str) -> bytes:
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            value = json.loads(s) if s.startswith("[") else [float(x) for x in s.replace(",", " ").split()]
+        except (json.JSONDecodeError, ValueError):
+            raise BadRecord(f"field {name!r}: not a list of numbers") from None
+    try:
+        arr = np.asarray(value, dtype="<f4")
+    except (ValueError, TypeError):
+        raise BadRecord(f"field {name!r}: not a list of numbers") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise BadRecord(f"field {name!r}: expected a non-empty list of numbers")
+    if not np.isfinite(arr).all():
+        raise BadRecord(f"field {name!r}[{int(np.argmin(np.isfinite(arr)))}]: must be finite")
+    return arr.tobytes()
+
+
+def _present(v: Any) -> bool:
+    return v is not None and not (isinstance(v, str) and v == "")
+
+
+def to_document(rec: dict[str, Any], fm: FieldMap) -> pb.Document:
+    raw_id = rec.get(fm.id)
+    if not _present(raw_id):
+        raise BadRecord(f"no id (field {fm.id!r})")
+    if isinstance(raw_id, bool | float | dict | list):
+        raise BadRecord(f"field {fm.id!r}: must be a string or an integer; given {json.dumps(raw_id)[:80]}")
+    doc = pb.Document(id=str(raw_id))
+    vec = rec.get(fm.vector)
+    text = rec.get(fm.text)
+    if _present(vec) and not (isinstance(vec, list | np.ndarray) and len(vec) == 0):
+        doc.vectors.code_f32le = _vector(vec, fm.vector)
+        if fm.rescore and _present(rec.get(fm.rescore)):
+            doc.vectors.rescore_f32le = _vector(rec[fm.rescore], fm.rescore)
+    elif _present(text):
+        if not isinstance(text, str):
+            raise BadRecord(f"field {fm.text!r}: must be a string; given {type(text).__name__}")
+        doc.text = text
+    else:
+        raise BadRecord(f"no text (field {fm.text!r}) and no vector (field {fm.vector!r})")
+    meta: dict[str, Any] = {}
+    obj = rec.get(fm.metadata)
+    if obj is not None:
+        if isinstance(obj, str):  # CSV: a JSON object in a cell
+            try:
+                obj = json.loads(obj) if obj.strip() else {}
+            except json.JSONDecodeError:
+                raise BadRecord(f"field {fm.metadata!r}: not a JSON object") from None
+        if not isinstance(obj, dict):
+            raise BadRecord(f"field {fm.metadata!r}: must be an object; given {type(obj).__name__}")
+        meta.update(obj)
+    mapped = fm.mapped()
+    for k in fm.columns if fm.columns is not None else [k for k in rec if k not in mapped]:
+        v = rec.get(k)
+        if _present(v):
+            meta[k] = v.tolist() if isinstance(v, np.ndarray) else v
+    try:
+        for k, v in metadata_to_proto(meta).items():
+            doc.metadata[k].CopyFrom(v)
+    except ValueError as exc:
+        raise BadRecord(str(exc)) from None
+    return doc
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class Stats:
+    records: int = 0
+    stored: int = 0
+    skipped: int = 0
+    bad: int = 0  # refused here (parse, mapping)
+    refused: int = 0  # refused by the server
+    unacknowledged: int = 0  # sent, no answer (the stream broke)
+    reported: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="a .jsonl/.ndjson, .csv/.tsv or .parquet file; '-' reads JSONL from stdin",
+    )
+    p.add_argument("collection", metavar="COLLECTION")
+    g = p.add_argument_group("input")
+    g.add_argument("--format", choices=FORMATS, help="input format (default: from the file's extension)")
+    g.add_argument("--delimiter", help="CSV delimiter (default: ',' or a tab for .tsv)")
+    g.add_argument("--id-field", default="id", metavar="NAME", help="field holding the id (default: id)")
+    g.add_argument(
+        "--text-field", default="text", metavar="NAME", help="field holding the text (default: text)"
+    )
+    g.add_argument(
+        "--vector-field",
+        default="vector",
+        metavar="NAME",
+        help="field holding a precomputed code vector; a record with one is not embedded (default: vector)",
+    )
+    g.add_argument(
+        "--rescore-field",
+        metavar="NAME",
+        help="field holding the rescoring vector, when the collection's rescore dims differ from its "
+        "code bits",
+    )
+    g.add_argument(
+        "--metadata-field",
+        default="metadata",
+        metavar="NAME",
+        help="field holding a metadata object (default: metadata)",
+    )
+    g.add_argument(
+        "--metadata-columns",
+        metavar="NAME[,NAME...]",
+        help="other fields to store as metadata (default: every field not mapped above; '' for none)",
+    )
+    g = p.add_argument_group("loading")
+    g.add_argument("--overwrite", action="store_true", help="upsert every record, even ids already stored")
+    g.add_argument(
+        "--create",
+        action="store_true",
+        help="create the collection (model defaults, --filterable fields) if it does not exist",
+    )
+    g.add_argument("--filterable", metavar="FIELD[,FIELD...]", help="filterable fields for --create")
+    g.add_argument(
+        "--window",
+        type=int,
+        default=2048,
+        help="documents sent and not yet acknowledged, at most (default: 2048)",
+    )
+    g.add_argument(
+        "--check-batch",
+        type=int,
+        default=1000,
+        help="ids per GetDocuments call when checking what is stored (default: 1000, the server's limit)",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)",
+    )
+    g.add_argument(
+        "--show-errors", type=int, default=100, metavar="N", help="report at most N bad lines (default: 100)"
+    )
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from service.commands import _run
+
+    p.set_defaults(func=_run, handler=run_ingest)
+
+
+def _format_of(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    if args.file == "-":
+        return "jsonl"
+    ext = Path(args.file).suffix.lower()
+    for fmt, exts in (
+        ("jsonl", (".jsonl", ".ndjson", ".json")),
+        ("csv", (".csv", ".tsv")),
+        ("parquet", (".parquet", ".pq")),
+    ):
+        if ext in exts:
+            return fmt
+    raise UsageError(
+        f"cannot tell the format of {args.file} from its extension; give --format {'|'.join(FORMATS)}"
+    )
+
+
+def _open_rows(
+    args: argparse.Namespace, fmt: str, fm: FieldMap
+) -> tuple[Iterator[Row], int | None, list[IO[str]]]:
+    if args.file == "-":
+        if fmt != "jsonl":
+            raise UsageError("stdin is read as JSONL only")
+        return read_jsonl(sys.stdin), None, []
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if fmt == "parquet":
+        pq = _pyarrow_parquet()
+        try:
+            total = pq.ParquetFile(path).metadata.num_rows
+        except Exception as exc:  # pyarrow raises its own ArrowInvalid for a non-Parquet file
+            raise UsageError(f"{path}: not a readable Parquet file ({exc})") from None
+        vec = {fm.vector} | ({fm.rescore} if fm.rescore else set())
+        return read_parquet(path, vec), int(total), []
+    try:
+        f = path.open(encoding="utf-8", newline="" if fmt == "csv" else None)
+        total = _count_lines(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if fmt == "csv":
+        delim = args.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+        return read_csv(f, delim), max(0, total - 1), [f]
+    return read_jsonl(f), total, [f]
+
+
+def _check_collection(conn: Connection, args: argparse.Namespace) -> None:
+    try:
+        conn.call(conn.search.GetCollection, pb.GetCollectionRequest(name=args.collection))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        if not args.create:
+            raise UsageError(
+                f"collection {args.collection!r} does not exist; create it with `zembed collections create "
+                f"{args.collection} --filterable FIELD,...` or add --create"
+            ) from None
+        conn.call(
+            conn.search.CreateCollection,
+            pb.CreateCollectionRequest(
+                name=args.collection, config=pb.CollectionConfig(filterable=_split_names(args.filterable))
+            ),
+        )
+
+
+def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
+    if args.window < 1 or not 1 <= args.check_batch <= _MAX_GET_IDS:
+        raise UsageError(f"--window must be >= 1 and --check-batch 1 to {_MAX_GET_IDS}")
+    fmt = _format_of(args)
+    columns = None if args.metadata_columns is None else tuple(_split_names(args.metadata_columns))
+    fm = FieldMap(
+        args.id_field, args.text_field, args.vector_field, args.rescore_field, args.metadata_field, columns
+    )
+    if args.file != "-" and not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such file")
+    _check_collection(conn, args)
+    rows, total, files = _open_rows(args, fmt, fm)
+
+    from tqdm import tqdm
+
+    name = "<stdin>" if args.file == "-" else args.file
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=total, unit="doc", disable=not show, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+    st = Stats()
+    pending: deque[tuple[int, str]] = deque()
+    room = threading.Semaphore(args.window)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def report(line: int, msg: str) -> None:
+        with st.lock:
+            st.reported += 1
+            n = st.reported
+        if n <= args.show_errors:
+            bar.write(f"{name}:{line}: {msg}", file=sys.stderr)
+        elif n == args.show_errors + 1:
+            bar.write(
+                f"{name}: more bad lines; only the first {args.show_errors} are shown (--show-errors)",
+                file=sys.stderr,
+            )
+
+    def advance(n: int = 1) -> None:
+        with st.lock:
+            bar.update(n)
+
+    sent_ids: set[str] = set()
+
+    def stored_ids(ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), args.check_batch):
+            chunk = ids[i : i + args.check_batch]
+            resp = conn.call(
+                conn.search.GetDocuments, pb.GetDocumentsRequest(collection=args.collection, ids=chunk)
+            )
+            found.update(d.id for d in resp.documents if d.found)
+        return found
+
+    def send(batch: list[tuple[int, pb.Document]]) -> Iterator[pb.UpsertStreamRequest]:
+        skip: set[str] = set()
+        if not args.overwrite:
+            ids = list(dict.fromkeys(d.id for _, d in batch if d.id not in sent_ids))
+            skip = stored_ids(ids) if ids else set()
+        for line, doc in batch:
+            if doc.id in skip:
+                with st.lock:
+                    st.skipped += 1
+                advance()
+                continue
+            while not room.acquire(timeout=0.2):
+                if stop.is_set():
+                    return
+            if stop.is_set():
+                return
+            if not args.overwrite:
+                sent_ids.add(doc.id)
+            with st.lock:
+                pending.append((line, doc.id))
+            yield pb.UpsertStreamRequest(collection=args.collection, document=doc)
+
+    def requests() -> Iterator[pb.UpsertStreamRequest]:
+        batch: list[tuple[int, pb.Document]] = []
+        try:
+            for line, rec in rows:
+                if stop.is_set():
+                    return
+                with st.lock:
+                    st.records += 1
+                try:
+                    if isinstance(rec, BadRecord):
+                        raise rec
+                    batch.append((line, to_document(rec, fm)))
+                except BadRecord as exc:
+                    with st.lock:
+                        st.bad += 1
+                    report(line, str(exc))
+                    advance()
+                    continue
+                if len(batch) >= args.check_batch:
+                    yield from send(batch)
+                    batch = []
+            yield from send(batch)
+        except Exception as exc:  # ends the stream cleanly (half-close); raised after the acks
+            failure.append(exc)
+
+    t0 = time.perf_counter()
+    error: grpc.RpcError | None = None
+    try:
+        call = conn.search.UpsertStream(requests(), metadata=conn.metadata)
+        for resp in call:
+            with st.lock:
+                line, doc_id = pending.popleft()
+            room.release()
+            if resp.status.code == 0:
+                st.stored += 1
+            else:
+                with st.lock:
+                    st.refused += 1
+                code_name = next(
+                    (c.name for c in grpc.StatusCode if c.value[0] == resp.status.code), str(resp.status.code)
+                )
+                report(line, f"id {doc_id!r} refused: {code_name}: {resp.status.message}")
+            advance()
+    except grpc.RpcError as exc:
+        error = exc
+    finally:
+        stop.set()
+        elapsed = time.perf_counter() - t0
+        bar.close()
+        for f in files:
+            f.close()
+    st.unacknowledged = len(pending)
+    rc = OK if st.bad == st.refused == st.unacknowledged == 0 else FAILED
+    stopped: str | None = None
+    if error is not None:
+        stopped, code = describe_rpc_error(error, conn.address)
+        rc = max(rc, code)
+    elif failure:
+        first = failure[0]
+        if isinstance(first, grpc.RpcError):
+            stopped, code = describe_rpc_error(first, conn.address)
+            rc = max(rc, code)
+        else:
+            stopped, rc = f"{type(first).__name__}: {first}", max(rc, FAILED)
+    summary = {
+        "file": name,
+        "collection": args.collection,
+        "records": st.records,
+        "stored": st.stored,
+        "skipped": st.skipped,
+        "bad": st.bad,
+        "refused": st.refused,
+        "unacknowledged": st.unacknowledged,
+        "seconds": round(elapsed, 3),
+        "stored_per_s": round(st.stored / elapsed, 1) if elapsed > 0 else 0.0,
+        "stopped": stopped,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{name} -> {args.collection}: {st.records} records, {st.stored} stored, {st.skipped} skipped "
+            f"(already stored), {st.bad + st.refused} bad ({st.bad} unreadable, {st.refused} refused by the "
+            f"server) in {elapsed:.1f} s ({summary['stored_per_s']:,.0f} stored/s)"
+        )
+    if stopped:
+        left = f"; {st.unacknowledged} sent but not acknowledged" if st.unacknowledged else ""
+        print(
+            f"zembed ingest: stopped early: {stopped}{left}; re-run the same command to resume",
+            file=sys.stderr,
+        )
+    return rc
