@@ -35,8 +35,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.path.dirname(__file__))
 
-from bench.common import table, write_json  # noqa: E402
+from common import table, write_json  # noqa: E402
+
 from store import Calibration, CollectionConfig, Store  # noqa: E402
 from zembed.v1 import zembed_pb2 as pb  # noqa: E402
 from zembed.v1 import zembed_pb2_grpc as pb_grpc  # noqa: E402
