@@ -3,7 +3,12 @@
 Tiny random-weight Qwen3 laid out like zembed-1 (real Qwen3 vocabulary): fp32, fp16 (CPU provider) and
 int8 exports, min cosine over the multilingual samples for every dim, both prompts, right and left
 padding. Real all-MiniLM-L6-v2: fp32 and int8 against sentence-transformers ``encode`` (mean, min).
-Prints a table; writes bench/results/parity.json.   .venv/bin/python bench/parity.py
+Parity matrix (issue 9): each family the export claims (tiny Qwen3 last-token; real MiniLM mean;
+tiny XLM-RoBERTa mean with the real XLM-R tokenizer and e5 prompts; tiny BGE-style BERT CLS) at float32
+and int8, exported with the export's own gate on (samples + hostile sample, every prompt): min cosine,
+token ids equal, and how many hostile strings the folder's raw tokenizer.json (what earlier exports
+shipped) tokenizes differently from the checkpoint's transformers tokenizer.
+Prints tables; writes bench/results/parity.json.   .venv/bin/python bench/parity.py [--matrix-only]
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +33,68 @@ def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def matrix(tmp: Path) -> dict[str, object]:
+    from export.onnx_export import PARITY_BARS, ExportOptions, export
+    from export.samples import HOSTILE
+    from export.source import read_source
+    from export.synthetic import build_bge_like, build_xlmr_like, build_zembed_like
+    from export.tokens import compare_token_ids, load_hf_tokenizer
+
+    minilm = Path(minilm_dir())
+    families = {
+        "Qwen3 decoder, last token (tiny, real vocab)": build_zembed_like(tmp / "m-qwen"),
+        "BERT mean (all-MiniLM-L6-v2, real)": minilm,
+        "XLM-RoBERTa mean, e5 prompts (tiny, real XLM-R tokenizer)": build_xlmr_like(tmp / "m-xlmr"),
+        "BGE-style BERT CLS + instruction (tiny, MiniLM vocab)": build_bge_like(tmp / "m-bge", minilm),
+    }
+    rows: list[list[object]] = []
+    out: dict[str, object] = {}
+    for name, src in families.items():
+        source = read_source(src)
+        hf = load_hf_tokenizer(src)
+        types: list[str | None] = [*source.prompts, None]
+        n, raw = compare_token_ids(src / "tokenizer.json", hf, source.prompts, source.suffix, HOSTILE, types)
+        raw_texts = sorted({m.text for m in raw})
+        for dtype in ("float32", "int8"):
+            folder = tmp / f"m-{len(out)}-{dtype}"
+            t = time.perf_counter()
+            m = export(src, folder, ExportOptions(dtype=dtype))  # raises ParityFailure under the bar
+            p = m.parity
+            out[f"{name} / {dtype}"] = {
+                "min_cosine": p["min_cosine"],
+                "bar": p["bar"],
+                "token_ids_equal": p["token_ids_equal"],
+                "strings_checked": p["tokenizer"]["strings"],
+                "raw_file_mismatches": len(raw),
+                "raw_file_mismatch_texts": raw_texts,
+                "export_s": time.perf_counter() - t,
+            }
+            rows.append(
+                [
+                    name,
+                    dtype,
+                    f"{p['min_cosine']:.7f}",
+                    f">= {PARITY_BARS[dtype]}",
+                    f"{p['token_ids_equal']} ({p['tokenizer']['strings']} strings)",
+                    f"{len(raw)} of {n}",
+                ]
+            )
+    print("parity matrix (export gate: samples + hostile sample, every prompt; cosine vs PyTorch reference)")
+    print(
+        table(
+            ["family", "dtype", "min cosine", "bar", "token ids equal", "raw tokenizer.json differs"],
+            rows,
+        )
+    )
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "--matrix-only" in sys.argv:
+        tmp = Path(tempfile.mkdtemp(prefix="zembed-parity-"))
+        print(f"wrote {write_json('parity_matrix', matrix(tmp))}")
+        return
     from sentence_transformers import SentenceTransformer
 
     from export.onnx_export import ExportOptions, export
@@ -91,6 +157,7 @@ def main() -> None:
     print("cosine against the PyTorch reference (tiny: independent transformers pipeline; MiniLM: encode)")
     print(table(["graph", "vectors", "per dim (min) / mean", "min cosine", "bar"], rows))
     print(f"wrote {write_json('parity', results)}")
+    print(f"wrote {write_json('parity_matrix', matrix(tmp))}")
 
 
 if __name__ == "__main__":
