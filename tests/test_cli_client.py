@@ -262,7 +262,7 @@ def test_ingest_killed_half_way_then_rerun_stores_every_line_once(server: FakeSe
     ch, s = stub(server)
     with ch:
         s.CreateCollection(pb.CreateCollectionRequest(name="big"))
-    n = 30_000
+    n = 20_000
     vecs = unit(np.random.default_rng(3), n)
     path = tmp_path / "big.jsonl"
     with path.open("w") as f:
@@ -281,7 +281,7 @@ def test_ingest_killed_half_way_then_rerun_stores_every_line_once(server: FakeSe
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while count(server, "big") < 2000 and proc.poll() is None and time.monotonic() < deadline:
+    while count(server, "big") < 1000 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -420,3 +420,12 @@ def test_client_commands_import_neither_onnxruntime_nor_torch(server: FakeServer
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    serve_help = (
+        "import sys, contextlib; from service import cli\n"
+        "with contextlib.suppress(SystemExit): cli.main(['serve', '--help'])\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", serve_help], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
