@@ -157,7 +157,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         env = "ZEMBED_" + f.name.upper()
         default = f.default if f.default is not MISSING else None
-        shown = "required" if f.name in ("model", "data") else f"default: {default}"
+        value: Any = default  # shown plainly, never as a Python repr (None, (), False)
+        if isinstance(default, tuple):
+            value = ",".join(map(str, default)) or "none"
+        elif isinstance(default, bool | str | None):
+            value = {None: "none", False: "off", True: "on", "": "none"}.get(default, default)
+        shown = "required" if f.name in ("model", "data") else f"default: {value}"
         help_text = f"{_HELP[f.name]} [{env}; {shown}]"
         if f.type in ("bool",):
             p.add_argument(flag, action="store_true", default=None, help=help_text)

@@ -408,6 +408,12 @@ def test_version_and_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None
         assert "default: localhost:50051" in text
         for junk in ("default: ()", "default: None", "default: False", "%(default)"):
             assert junk not in text, (argv, junk)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ZEMBED_PROVIDERS; default: none]" in text and "ZEMBED_PREFETCH; default: off]" in text
+    for junk in ("default: ()", "default: None", "default: False", "default: True", "default: ]"):
+        assert junk not in text, junk
 
 
 def test_client_commands_import_neither_onnxruntime_nor_torch(server: FakeServer) -> None:
