@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -435,3 +436,18 @@ def test_client_commands_import_neither_onnxruntime_nor_torch(server: FakeServer
         [sys.executable, "-c", serve_help], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
+
+
+def test_ingest_from_stdin_creates_the_collection(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [json.dumps({"id": f"s{i}", "text": f"text {i}", "lang": "de"}) for i in range(5)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    rc, out, err = run(
+        capsys, server, "ingest", "-", "fresh", "--create", "--filterable", "lang", "--json", "--progress"
+    )
+    assert rc == 0, err
+    assert json.loads(out)["stored"] == 5
+    assert "5/? " in err or "5doc" in err.replace(" ", ""), err  # the bar drew (no total on stdin)
+    rc, out, _ = run(capsys, server, "collections", "info", "fresh", "--json")
+    assert json.loads(out)["filterable"] == ["lang"] and json.loads(out)["count"] == 5
