@@ -50,7 +50,7 @@ from store.errors import Damaged, DiskFull, FormatMismatch, Locked, StoreError, 
 
 FORMAT_NAME = "zembed-store"
 FORMAT_VERSION = 1
-PREALLOCATE_MIN = 256 << 20
+PREALLOCATE_MIN = 16 << 20  # a one-document store allocates ~16 MiB, not 256 (issue #10)
 SUBDBS = ("meta", "ids", "rows", "codes", "vecs", "docs", "fkeys", "calib")
 ROW_SUBDBS = ("rows", "codes", "vecs", "docs", "fkeys", "calib")
 
@@ -270,7 +270,7 @@ class Env:
 
         Growing data.mdb block by block at each synced commit costs the filesystem an allocation per
         page (measured here: bulk upserts 2-3x slower); ``posix_fallocate`` reserves them in one call,
-        ahead of use: to twice the used size (at least 256 MiB more), never past the map size.
+        ahead of use: to twice the used size (at least 16 MiB more), never past the map size.
         """
         if not self._preallocate:
             return
