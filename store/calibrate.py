@@ -21,7 +21,7 @@ from store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Tuning
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-SAMPLE_QUERIES = 256
+SAMPLE_QUERIES = 128
 K = 10
 #: (float reads per result, Hamming candidates per float read) measured at each calibration
 GRID: tuple[tuple[int, int], ...] = tuple(
@@ -57,22 +57,29 @@ def calibrate(x: F32, measure_rows: int | None = None, seed: int = 0) -> tuple[q
 
 
 class _Simulation:
+    """The whole search for every sample query at once; orders are taken with partial sorts (only
+    which rows make each cut matters for recall)."""
+
     def __init__(self, x: F32, qi: I64, thresholds: F32) -> None:
         self.x = x
         self.qi = qi
         q = x[qi]
+        n = x.shape[0]
         self.signs = np.where(x > thresholds, 1.0, -1.0).astype(np.float32)
         qsigns = np.where(q > thresholds, 1.0, -1.0).astype(np.float32)
-        self.ham = qsigns @ self.signs.T  # bits - 2 * hamming: higher is nearer
+        ham = qsigns @ self.signs.T  # bits - 2 * hamming: higher is nearer
         self.exact = q @ x.T
         own = (np.arange(len(qi)), qi)
-        self.ham[own] = -np.inf
+        ham[own] = -np.inf
         self.exact[own] = -np.inf
-        k = min(K, x.shape[0] - 1)
-        self.k = k
-        self.truth = np.argsort(-self.exact, axis=1, kind="stable")[:, :k]
-        # Hamming order once (ties by row): every shortlist is a prefix of it
-        self.order = np.argsort(-self.ham, axis=1, kind="stable")
+        self.k = min(K, n - 1)
+        self.truth = _top(self.exact, self.k)
+        # the Hamming order of the largest shortlist measured (ties by row, as the scan breaks
+        # them): every smaller shortlist is a prefix of it
+        most = min(n - 1, max(K * reads * per for reads, per in GRID))
+        near = _top(ham, most)
+        rank = np.take_along_axis(ham, near, axis=1).astype(np.float64) * (n + 1) - near
+        self.order = np.take_along_axis(near, np.argsort(-rank, axis=1), axis=1)
         self._refine: dict[float, F32] = {}
 
     def _refine_scores(self, model: quantize.CodeModel) -> F32:
@@ -86,13 +93,19 @@ class _Simulation:
         shortlist ``per_read`` times larger (refined when larger)."""
         n_rows = self.x.shape[0] - 1  # the query's own row is never a candidate
         reads = min(self.k * reads_per_k, n_rows)
-        shortlist = min(reads * per_read, n_rows)
+        shortlist = min(reads * per_read, self.order.shape[1])
         cand = self.order[:, :shortlist]
         if shortlist > reads:
             est = np.take_along_axis(self._refine_scores(model), cand, axis=1)
-            keep = np.argsort(-est, axis=1, kind="stable")[:, :reads]
-            cand = np.take_along_axis(cand, keep, axis=1)
+            cand = np.take_along_axis(cand, _top(est, reads), axis=1)
         ex = np.take_along_axis(self.exact, cand, axis=1)
-        top = np.take_along_axis(cand, np.argsort(-ex, axis=1, kind="stable")[:, : self.k], axis=1)
-        hits = sum(len(set(a) & set(b)) for a, b in zip(top.tolist(), self.truth.tolist(), strict=True))
+        top = np.take_along_axis(cand, _top(ex, self.k), axis=1)
+        hits = (top[:, :, None] == self.truth[:, None, :]).any(axis=2).sum()
         return float(hits / (self.k * len(self.qi)))
+
+
+def _top(scores: F32, k: int) -> I64:
+    """Column indices of each row's ``k`` highest scores (in no particular order)."""
+    if k >= scores.shape[1]:
+        return np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
