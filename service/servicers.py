@@ -270,10 +270,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         settings = self.engine.settings
         async for ack in streams.grouped(
             request_iterator,
-            # read a whole group ahead while the previous one commits: with only stream_in_flight
-            # (64) read ahead, groups stayed near 60 documents, one synced commit each, and the
-            # stream ran at 0.3-0.5x unary Upsert (bench/ingest_bench.py)
-            max(settings.stream_in_flight, settings.max_inputs),
+            settings.stream_in_flight,
             settings.max_inputs,  # one Embed call's worth of texts per transaction
             settings.max_wait_ms / 1000,
             self._upsert_group,
