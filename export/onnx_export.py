@@ -258,7 +258,8 @@ def export(
         )
     from export.tokens import load_hf_tokenizer, ship_tokenizer
 
-    hf_tok = load_hf_tokenizer(source.path)  # before anything slow: a folder without one fails at once
+    # before anything slow: a folder without one fails at once
+    hf_tok = load_hf_tokenizer(source.path, source.do_lower_case)
     prepare_out(out, force)
     max_length = opts.max_length or source.max_length
     _say(

@@ -40,6 +40,7 @@ class Source:
     max_length: int
     projection_dims: list[int]  # descending, empty when the folder has no projections
     transformer_path: Path  # folder of the backbone (config.json + weights)
+    do_lower_case: bool = False  # sentence-transformers lowercases the text first (a Lowercase normalizer)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -128,4 +129,5 @@ def read_source(
         max_length=max_len,
         projection_dims=dims,
         transformer_path=transformer_path,
+        do_lower_case=bool(sb.get("do_lower_case", False)),
     )

@@ -11,10 +11,11 @@ the transformers tokenizer for ``prompt + text + suffix`` on every sample and ev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SHOW_IDS = 12  # ids shown either side of the first difference
 
@@ -23,17 +24,43 @@ class TokenizerError(Exception):
     """The checkpoint has no fast tokenizer the runtime can load; the message says what to do."""
 
 
-def load_hf_tokenizer(path: Path) -> Any:
-    """The checkpoint's own tokenizer class, as sentence-transformers and the reference load it."""
+def load_hf_tokenizer(path: Path, do_lower_case: bool = False) -> Any:
+    """The checkpoint's own tokenizer class, as sentence-transformers and the reference load it.
+
+    ``do_lower_case`` (sentence_bert_config.json) is applied as sentence-transformers applies it: a
+    Lowercase normalizer put first in the backend tokenizer, unless it already lowercases.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
-    if getattr(tok, "backend_tokenizer", None) is None:
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
         raise TokenizerError(
             f"{path}: the tokenizer ({type(tok).__name__}) has no Rust `tokenizers` backend, which the "
             "service needs; convert it to a fast tokenizer (tokenizer.json) first"
         )
+    if do_lower_case and not _lowercases(json.loads(backend.to_str()).get("normalizer")):
+        from tokenizers import normalizers
+
+        current: Any = backend.normalizer
+        parts: list[Any] = [normalizers.Lowercase()]
+        if isinstance(current, normalizers.Sequence):
+            parts += list(cast(Any, current))  # the stubs miss Sequence's iteration
+        elif current is not None:
+            parts.append(current)
+        backend.normalizer = normalizers.Sequence(parts)
     return tok
+
+
+def _lowercases(normalizer: Any) -> bool:
+    """Whether a serialized normalizer already lowercases (Lowercase, or BertNormalizer lowercase)."""
+    if not isinstance(normalizer, dict):
+        return False
+    if normalizer.get("type") == "Lowercase" or (
+        normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase")
+    ):
+        return True
+    return any(_lowercases(n) for n in normalizer.get("normalizers") or [])
 
 
 def ship_tokenizer(hf_tok: Any, dest: Path) -> Path:

@@ -44,7 +44,7 @@ from export.reference import Reference
 from export.samples import HOSTILE, SAMPLES
 from export.source import read_source
 from export.synthetic import build_bge_like, build_xlmr_like, xlmr_tokenizer_json
-from export.tokens import compare_token_ids, load_hf_tokenizer
+from export.tokens import compare_token_ids, load_hf_tokenizer, ship_tokenizer
 from service.config import Settings
 from service.runtime.manifest import ParityNotAccepted
 from service.runtime.model import EmbeddingModel
@@ -363,3 +363,27 @@ def test_legacy_manifest_with_unequal_token_ids_is_refused(tiny_fp32: Path, tmp_
     with pytest.raises(ParityNotAccepted, match=r"min cosine 0\.9767522 \(bar not recorded\); token ids"):
         EmbeddingModel(folder)
     EmbeddingModel(folder, accept_parity_failure=True)
+
+
+def test_do_lower_case_is_shipped_as_sentence_transformers_applies_it(matrix: Matrix, tmp_path: Path) -> None:
+    """sentence_bert_config.json's do_lower_case: sentence-transformers puts a Lowercase normalizer in
+    front of a tokenizer that does not lowercase; the export ships exactly that."""
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    src = tmp_path / "cased"
+    shutil.copytree(matrix.family("xlmr-mean").src, src)
+    cfg = json.loads((src / "sentence_bert_config.json").read_text())
+    (src / "sentence_bert_config.json").write_text(json.dumps({**cfg, "do_lower_case": True}))
+    source = read_source(src)
+    assert source.do_lower_case is True
+    shipped = ship_tokenizer(load_hf_tokenizer(src, source.do_lower_case), tmp_path / "tokenizer.json")
+    tok = Tokenizer.from_file(str(shipped))
+    st_tok: Any = SentenceTransformer(str(src), device="cpu")[0].tokenizer
+    texts = [*HOSTILE, "ABC Déjà VU", "İstanbul ΣΑΣ"]
+    assert [tok.encode(t).ids for t in texts] == [st_tok(t)["input_ids"] for t in texts]
+    assert (
+        tok.encode("ABC").ids
+        == tok.encode("abc").ids
+        != Tokenizer.from_file(str(src / "tokenizer.json")).encode("ABC").ids
+    )
