@@ -43,6 +43,14 @@ from zembed.v1 import zembed_pb2 as pb
 
 FORMATS = ("jsonl", "csv", "parquet")
 _MAX_GET_IDS = 1000  # GetDocuments' limit per call
+_MAX_UPSERT = 10_000  # Upsert's limit per call
+# a unary batch refused with one of these is retried document by document (the others stop the run)
+_ITEM_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.NOT_FOUND,
+}
 
 
 class BadRecord(ValueError):
@@ -76,12 +84,22 @@ def _count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
+def _json_loads() -> Any:
+    """orjson when installed (the `cli` extra: about 3.5x faster on lines of vectors), else json."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads
+    return orjson.loads
+
+
 def read_jsonl(f: IO[str]) -> Iterator[Row]:
+    loads = _json_loads()
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads(line)
         except json.JSONDecodeError as exc:
             yield n, BadRecord(f"not JSON: {exc.msg} (column {exc.colno})")
             continue
@@ -231,6 +249,7 @@ class Stats:
     bad: int = 0  # refused here (parse, mapping)
     refused: int = 0  # refused by the server
     unacknowledged: int = 0  # sent, no answer (the stream broke)
+    sent: int = 0
     reported: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -285,6 +304,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=2048,
         help="documents sent and not yet acknowledged, at most (default: 2048)",
+    )
+    g.add_argument(
+        "--method",
+        choices=["stream", "unary"],
+        default="stream",
+        help="stream: one UpsertStream, each document acknowledged on its own (default); unary: Upsert "
+        "calls of --batch documents, two in flight (a refused batch is retried one document at a time "
+        "to name the bad lines); faster against today's Python server, see the README",
+    )
+    g.add_argument(
+        "--batch",
+        type=int,
+        default=1000,
+        help="documents per Upsert call with --method unary (default: 1000)",
     )
     g.add_argument(
         "--check-batch",
@@ -375,8 +408,10 @@ def _check_collection(conn: Connection, args: argparse.Namespace) -> None:
 
 
 def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
-    if args.window < 1 or not 1 <= args.check_batch <= _MAX_GET_IDS:
-        raise UsageError(f"--window must be >= 1 and --check-batch 1 to {_MAX_GET_IDS}")
+    if args.window < 1 or not 1 <= args.check_batch <= _MAX_GET_IDS or not 1 <= args.batch <= _MAX_UPSERT:
+        raise UsageError(
+            f"--window must be >= 1, --check-batch 1 to {_MAX_GET_IDS}, --batch 1 to {_MAX_UPSERT}"
+        )
     fmt = _format_of(args)
     columns = None if args.metadata_columns is None else tuple(_split_names(args.metadata_columns))
     fm = FieldMap(
@@ -415,6 +450,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             bar.update(n)
 
     sent_ids: set[str] = set()
+    streaming = args.method == "stream"
 
     def stored_ids(ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -437,7 +473,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                     st.skipped += 1
                 advance()
                 continue
-            while not room.acquire(timeout=0.2):
+            while streaming and not room.acquire(timeout=0.2):
                 if stop.is_set():
                     return
             if stop.is_set():
@@ -446,6 +482,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                 sent_ids.add(doc.id)
             with st.lock:
                 pending.append((line, doc.id))
+                st.sent += 1
             yield pb.UpsertStreamRequest(collection=args.collection, document=doc)
 
     def requests() -> Iterator[pb.UpsertStreamRequest]:
@@ -475,22 +512,71 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     error: grpc.RpcError | None = None
-    try:
-        call = conn.search.UpsertStream(requests(), metadata=conn.metadata)
-        for resp in call:
+
+    def acked(line: int, doc_id: str, code: int, message: str) -> None:
+        if code == 0:
             with st.lock:
-                line, doc_id = pending.popleft()
-            room.release()
-            if resp.status.code == 0:
                 st.stored += 1
-            else:
+        else:
+            with st.lock:
+                st.refused += 1
+            code_name = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+            report(line, f"id {doc_id!r} refused: {code_name}: {message}")
+        advance()
+
+    def upsert(batch: list[tuple[int, pb.Document]]) -> None:
+        """One Upsert call; a batch refused for its content is retried one document at a time."""
+        timeout = max(conn.timeout, 600.0)
+        try:
+            req = pb.UpsertRequest(collection=args.collection, documents=[d for _, d in batch])
+            conn.call(conn.search.Upsert, req, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() not in _ITEM_CODES:
+                raise
+            if len(batch) == 1:
+                acked(batch[0][0], batch[0][1].id, exc.code().value[0], exc.details() or "")
+                return
+            for one in batch:
+                upsert([one])
+            return
+        for line, doc in batch:
+            acked(line, doc.id, 0, "")
+
+    def unary() -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        inflight: deque[Future[None]] = deque()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="zembed-upsert") as pool:
+            batch: list[tuple[int, pb.Document]] = []
+            try:
+                for req in requests():
+                    with st.lock:
+                        line, _ = pending.popleft()
+                    batch.append((line, req.document))
+                    if len(batch) >= args.batch:
+                        inflight.append(pool.submit(upsert, batch))
+                        batch = []
+                        while len(inflight) >= 2:  # parse the next batch while two are on the wire
+                            inflight.popleft().result()
+                if batch:
+                    inflight.append(pool.submit(upsert, batch))
+                while inflight:
+                    inflight.popleft().result()
+            finally:
+                stop.set()
+                for f in inflight:
+                    f.cancel()
+
+    try:
+        if streaming:
+            call = conn.search.UpsertStream(requests(), metadata=conn.metadata)
+            for resp in call:
                 with st.lock:
-                    st.refused += 1
-                code_name = next(
-                    (c.name for c in grpc.StatusCode if c.value[0] == resp.status.code), str(resp.status.code)
-                )
-                report(line, f"id {doc_id!r} refused: {code_name}: {resp.status.message}")
-            advance()
+                    line, doc_id = pending.popleft()
+                room.release()
+                acked(line, doc_id, resp.status.code, resp.status.message)
+        else:
+            unary()
     except grpc.RpcError as exc:
         error = exc
     finally:
@@ -499,7 +585,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
         bar.close()
         for f in files:
             f.close()
-    st.unacknowledged = len(pending)
+    st.unacknowledged = st.sent - st.stored - st.refused
     rc = OK if st.bad == st.refused == st.unacknowledged == 0 else FAILED
     stopped: str | None = None
     if error is not None:

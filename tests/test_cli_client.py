@@ -95,8 +95,9 @@ def create(capsys: pytest.CaptureFixture[str], server: FakeServer, name: str, *e
 
 
 # ---------------------------------------------------------------- ingest
+@pytest.mark.parametrize("method", [["--method", "stream"], ["--method", "unary", "--batch", "50"]], ids=str)
 def test_ingest_jsonl_vectors_reports_bad_lines_by_number_and_stores_the_rest(
-    server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path, method: list[str]
 ) -> None:
     create(capsys, server, "vec", "--filterable", "lang")
     vecs = unit(np.random.default_rng(1), 200)
@@ -114,7 +115,7 @@ def test_ingest_jsonl_vectors_reports_bad_lines_by_number_and_stores_the_rest(
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
-    rc, out, err = run(capsys, server, "ingest", str(path), "vec", "--json", "--no-progress")
+    rc, out, err = run(capsys, server, "ingest", str(path), "vec", "--json", "--no-progress", *method)
     summary = json.loads(out)
     assert rc == 1, "some lines were not stored: exit 1"
     assert summary["records"] == 200
@@ -133,7 +134,7 @@ def test_ingest_jsonl_vectors_reports_bad_lines_by_number_and_stores_the_rest(
     assert docs["d3"].metadata["n"].int_value == 3
 
     # a re-run skips every stored id and sends nothing again
-    rc, out, err = run(capsys, server, "ingest", str(path), "vec", "--json", "--no-progress")
+    rc, out, err = run(capsys, server, "ingest", str(path), "vec", "--json", "--no-progress", *method)
     again = json.loads(out)
     assert (again["stored"], again["skipped"], again["bad"], again["refused"]) == (0, 195, 4, 1)
 
@@ -451,3 +452,17 @@ def test_ingest_from_stdin_creates_the_collection(
     assert "5/? " in err or "5doc" in err.replace(" ", ""), err  # the bar drew (no total on stdin)
     rc, out, _ = run(capsys, server, "collections", "info", "fresh", "--json")
     assert json.loads(out)["filterable"] == ["lang"] and json.loads(out)["count"] == 5
+
+
+@pytest.mark.parametrize("parser", ["json", "orjson"])
+def test_jsonl_reader_numbers_lines_with_either_parser(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import ingest
+
+    mod = pytest.importorskip(parser, reason="orjson is the `cli` extra's fast path")
+    monkeypatch.setattr(ingest, "_json_loads", lambda: mod.loads)
+    text = '{"id": "a", "vector": [1, 2]}\n\n{"id": "b", \n[1, 2]\n{"id": "c", "text": "ü"}\n'
+    rows = list(ingest.read_jsonl(io.StringIO(text)))
+    assert [n for n, _ in rows] == [1, 3, 4, 5]  # the blank line 2 is skipped, numbers kept
+    assert rows[0][1] == {"id": "a", "vector": [1, 2]} and rows[3][1] == {"id": "c", "text": "ü"}
+    assert isinstance(rows[1][1], ingest.BadRecord) and str(rows[1][1]).startswith("not JSON")
+    assert str(rows[2][1]) == "expected a JSON object per line; given list"
