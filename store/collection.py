@@ -187,6 +187,15 @@ class _Record:
 
 
 @dataclass(frozen=True)
+class _Built:
+    """An in-memory index built from one transaction, ready to install."""
+
+    rec: _Record
+    index: CodeIndex
+    filters: FilterIndex
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     view: View
     filters: FilterIndex
@@ -227,32 +236,42 @@ class Collection:
 
     # ------------------------------------------------------------------ open / rebuild
     def _load(self) -> None:
-        """Rebuild the in-memory index from LMDB (at open and after a recalibration)."""
-        cid = self._rec.cid
-        prefix = cid_prefix(cid)
-        index = CodeIndex(self.stride)
-        filters = FilterIndex(self.config.filterable)
+        """Rebuild the in-memory index from LMDB (at open)."""
         with self.env.reader() as txn:
             rec = _Record.from_bytes(must(get(txn, meta_key(self.name), self.env.dbs["meta"])))
-            keys, vals = _read_rows(txn, self.env.dbs["codes"], prefix, rec.count)
-            rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
-            cb = quantize.code_bytes(self.bits)
-            codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
-            for start in range(0, len(rowids), CHUNK_ROWS):
-                part = codes[start : start + CHUNK_ROWS]
-                index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
-            if self.config.filterable:
-                # rows with the same filterable values share one JSON text: parse each text once and
-                # add its rows' positions in bulk (positions follow row ids: one searchsorted)
-                groups: dict[bytes, list[int]] = {}
-                for k, v in iter_prefix(txn, self.env.dbs["fkeys"], prefix):
-                    groups.setdefault(v, []).append(rowid_of(k))
-                for raw, rows in groups.items():
-                    pos = np.searchsorted(rowids, np.asarray(rows, dtype=np.int64))
-                    filters.add_many(pos, _keys_from_json(raw))
-        self._rec = rec
-        self._index = index
-        self._filters = filters
+            built = self._build(txn, rec)
+        self._install(built)
+
+    def _build(self, txn: lmdb.Transaction, rec: _Record) -> _Built:
+        """The in-memory index of ``rec`` as ``txn`` sees it. Writers that rebuild (a recalibration,
+        new filterable fields) call this inside their write transaction and install the result right
+        after the commit, so readers of the new generation wait microseconds, not a rebuild."""
+        prefix = cid_prefix(rec.cid)
+        index = CodeIndex(self.stride)
+        filters = FilterIndex(rec.config.filterable)
+        keys, vals = _read_rows(txn, self.env.dbs["codes"], prefix, rec.count)
+        rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
+        cb = quantize.code_bytes(self.bits)
+        codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
+        for start in range(0, len(rowids), CHUNK_ROWS):
+            part = codes[start : start + CHUNK_ROWS]
+            index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
+        if rec.config.filterable:
+            # rows with the same filterable values share one JSON text: parse each text once and
+            # add its rows' positions in bulk (positions follow row ids: one searchsorted)
+            groups: dict[bytes, list[int]] = {}
+            for k, v in iter_prefix(txn, self.env.dbs["fkeys"], prefix):
+                groups.setdefault(v, []).append(rowid_of(k))
+            for raw, rows in groups.items():
+                pos = np.searchsorted(rowids, np.asarray(rows, dtype=np.int64))
+                filters.add_many(pos, _keys_from_json(raw))
+        return _Built(rec, index, filters)
+
+    def _install(self, built: _Built) -> None:
+        self._rec = built.rec
+        self.config = built.rec.config
+        self._index = built.index
+        self._filters = built.filters
         self._publish()
 
     def _publish(self) -> None:
@@ -320,19 +339,21 @@ class Collection:
         else:
             resc = validate.vectors(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
         meta = validate.metadata(metadata, n)
-        fkeys = [_keys_to_json(doc_keys(json.loads(m), self.config.filterable)) if m else b"" for m in meta]
         resc_blobs = quantize.encode_rescore(resc.raw, self.config.rescore_dtype, resc.inv_norm)
         ext_bytes = [e.encode() for e in id_list]
 
         with self.env.write_lock:
             self._check_open()
+            # under the lock: add_filterable cannot change the fields between this and the commit
+            filterable = self.config.filterable
+            fkeys = [_keys_to_json(doc_keys(json.loads(m), filterable)) if m else b"" for m in meta]
             thresholds = self._current_thresholds()
             # sign bits need no normalization; calibrated thresholds apply to unit vectors
             packed = quantize.binarize(code.raw if thresholds is None else code.unit(), thresholds)
             dbs = self.env.dbs
             cid = self._rec.cid
 
-            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], bool]:
+            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], _Built | None]:
                 rec = self._record_in(txn)
                 row = rec.next_row
                 id_keys = [id_key(cid, e) for e in id_list]
@@ -357,13 +378,13 @@ class Collection:
                     else:
                         _putmulti(txn, dbs["calib"], ((rks[i], unit[i].tobytes()) for i in range(n)))
                 self._write_record(txn, new)
-                return new, old, recalibrated
+                return new, old, (self._build(txn, new) if recalibrated else None)
 
-            rec, old, recalibrated = self.env.write(txn_fn)
-            self._rec = rec
-            if recalibrated:
-                self._load()
+            rec, old, rebuilt = self.env.write(txn_fn)
+            if rebuilt is not None:
+                self._install(rebuilt)
                 return n
+            self._rec = rec
             positions = [p for p in (self._index.position(r) for r in old) if p is not None]
             self._index.kill(positions)
             start_pos = self._index.staged
@@ -429,14 +450,13 @@ class Collection:
                     value=self._rec.count,
                 )
 
-            def txn_fn(txn: lmdb.Transaction) -> _Record:
+            def txn_fn(txn: lmdb.Transaction) -> _Built:
                 rec = self._record_in(txn)
                 new = _calibrate_in_txn(txn, self.env.dbs, replace(rec, gen=rec.gen + 1), self.bits)
                 self._write_record(txn, new)
-                return new
+                return self._build(txn, new)
 
-            self._rec = self.env.write(txn_fn)
-            self._load()
+            self._install(self.env.write(txn_fn))
             assert self._rec.thresholds is not None
             return self._rec.thresholds
 
@@ -461,7 +481,7 @@ class Collection:
             config = CollectionConfig.from_json({**self.config.to_json(), "filterable": list(names)})
             dbs = self.env.dbs
 
-            def txn_fn(txn: lmdb.Transaction) -> _Record:
+            def txn_fn(txn: lmdb.Transaction) -> _Built:
                 rec = self._record_in(txn)
                 for k, v in iter_prefix(txn, dbs["docs"], cid_prefix(rec.cid)):
                     fk = _keys_to_json(doc_keys(json.loads(v), names))
@@ -469,11 +489,9 @@ class Collection:
                         txn.put(k, fk, db=dbs["fkeys"])
                 new_rec = replace(rec, config=config, gen=rec.gen + 1)
                 self._write_record(txn, new_rec)
-                return new_rec
+                return self._build(txn, new_rec)
 
-            self._rec = self.env.write(txn_fn)
-            self.config = config
-            self._load()
+            self._install(self.env.write(txn_fn))
             return self.info()
 
     def _record_in(self, txn: lmdb.Transaction) -> _Record:
@@ -561,8 +579,9 @@ class Collection:
                     self._published.wait(0.05)
             if time.monotonic() > deadline:
                 raise FormatMismatch(
-                    f"collection {self.name!r}: generation {gen} was committed but never published "
-                    "here; was the data directory written by another process?"
+                    f"collection {self.name!r}: generation {gen} is committed but this process never "
+                    f"built it (in {_PUBLISH_TIMEOUT_S:.0f} s); another process wrote the data directory "
+                    "(restart this server)"
                 )
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record | None]:

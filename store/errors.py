@@ -66,6 +66,10 @@ class AlreadyExists(StoreError):
     """A collection of that name exists with another configuration."""
 
 
+class SnapshotExists(AlreadyExists, FileExistsError):
+    """A snapshot's destination exists and is not empty (also a FileExistsError)."""
+
+
 class FormatMismatch(StoreError):
     """The data directory's format record or a collection's stored config does not match."""
 

@@ -69,6 +69,7 @@ _META = struct.Struct("<QHHHHIIQQI44xI44xQQ")
 # a commit that fails with one of these on a volume with less than this free is "disk full"
 _DISK_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
 DISK_FULL_MARGIN = 64 << 20
+_COPY_LOCK = threading.Lock()
 _DAMAGE_ERRORS = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PanicError)
 
 
@@ -189,6 +190,9 @@ class Env:
             self._unlock()
             raise
         self.page_size = int(self.env.stat()["psize"])
+        self.stale_readers_cleared = 0
+        if not readonly:
+            self.clear_stale_readers()
         self._preallocate = not readonly
         self._allocated = (path / DATA_FILE).stat().st_size if (path / DATA_FILE).exists() else 0
         self.gate = _Gate()
@@ -277,6 +281,7 @@ class Env:
         used = (self.env.info()["last_pgno"] + 1) * self.page_size
         if used + PREALLOCATE_MIN // 2 <= self._allocated:
             return
+        self.clear_stale_readers()
         target = min(max(2 * used, used + PREALLOCATE_MIN), self.map_size)
         try:
             fd = os.open(self.path / DATA_FILE, os.O_RDWR)
@@ -290,7 +295,16 @@ class Env:
                 self._preallocate = False  # not supported here: LMDB grows the file itself
             # out of space: LMDB's own writes get what is left; try again after a later commit
 
+    def clear_stale_readers(self) -> int:
+        """Free reader slots of processes that died holding a read transaction (a killed backup or
+        `zembed snapshot`): their snapshot would otherwise pin old pages and the file would grow
+        without bound. Called at open, before growing the map and when the file is extended."""
+        cleared = int(self.env.reader_check())
+        self.stale_readers_cleared += cleared
+        return cleared
+
     def _grow(self) -> None:
+        self.clear_stale_readers()
         with self.gate.exclusive():
             self.map_size *= 2
             self.env.set_mapsize(self.map_size)
@@ -300,27 +314,51 @@ class Env:
         """Compacting hot copy into ``dest`` (absent or empty); readers and the writer keep going.
 
         The copy is written to a temporary sibling directory, fsynced, and renamed into place only
-        when complete: ``dest`` never holds a partial copy, whatever kills this process.
+        when complete: ``dest`` never holds a partial copy, whatever kills this process. Leftovers of
+        killed copies (their process gone) are removed first; copies are serialized per process.
         """
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise FileExistsError(f"snapshot directory {dest} is not empty")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            with self.gate.read():
-                self.env.copy(str(tmp), compact=True)
-            for f in tmp.iterdir():
-                _fsync_path(f)
-            _fsync_path(tmp)
-            if dest.exists():
-                dest.rmdir()
-            os.rename(tmp, dest)
-            _fsync_path(dest.parent)
-        except BaseException:
+        with _COPY_LOCK:
+            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                raise FileExistsError(f"snapshot directory {dest} is not empty")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _remove_dead_partials(dest.parent)
+            tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            tmp.mkdir()
+            try:
+                for attempt in (0, 1):
+                    try:
+                        with self.gate.read():
+                            self.env.copy(str(tmp), compact=True)
+                        break
+                    except lmdb.MapResizedError:
+                        if attempt:
+                            raise
+                        self.env.set_mapsize(0)  # the writer grew the map: adopt its size, retry
+                        for f in tmp.iterdir():
+                            f.unlink()
+                for f in tmp.iterdir():
+                    _fsync_path(f)
+                _fsync_path(tmp)
+                if dest.exists():
+                    dest.rmdir()
+                os.rename(tmp, dest)
+                _fsync_path(dest.parent)
+            except lmdb.Error as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                free = int(shutil.disk_usage(dest.parent).free)
+                text = str(exc)
+                if isinstance(exc, lmdb.DiskError) or any(os.strerror(e) in text for e in _DISK_ERRNOS):
+                    raise DiskFull(str(dest.parent), free) from None
+                raise StoreError(f"snapshot into {dest} failed: {exc}") from None
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if exc.errno in _DISK_ERRNOS:
+                    raise DiskFull(str(dest.parent), int(shutil.disk_usage(dest.parent).free)) from None
+                raise
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
 
     def close(self) -> None:
         self.env.close()
@@ -336,22 +374,27 @@ class Env:
 
 
 def _lock_directory(path: Path) -> int:
-    """Take the directory's exclusive writer lock (held until the fd closes); write our pid in it."""
-    lock_path = path / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Take the directory's exclusive writer lock (held until the fd closes) and write our pid in
+    ``zembed.lock``. The lock is on the directory itself, so deleting the pid file (a "stale lock"
+    clean-up) cannot let a second writer in."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
         try:
-            raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        finally:
-            os.close(fd)
+            raw = (path / LOCK_FILE).read_text("ascii", "replace").strip()
+        except OSError:
+            raw = ""
         raise Locked(str(path), int(raw) if raw.isdigit() else None) from None
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        (path / LOCK_FILE).write_text(f"{os.getpid()}\n")
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -390,6 +433,18 @@ def check_data_file(data: Path) -> None:
             f"the file is {size} bytes but its last transaction uses {need} bytes "
             "(truncated, or a partial copy)",
         )
+
+
+def _remove_dead_partials(parent: Path) -> None:
+    """Remove ``.NAME.partial-PID-*`` copies whose process is gone (a killed snapshot's leftovers)."""
+    for p in parent.glob(".*.partial-*"):
+        try:
+            pid = int(p.name.rsplit(".partial-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def _fsync_path(p: Path) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -12,7 +16,15 @@ import lmdb
 from store import validate
 from store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
 from store.config import CollectionConfig
-from store.errors import AlreadyExists, Damaged, FormatMismatch, NotFound
+from store.errors import (
+    AlreadyExists,
+    Damaged,
+    DiskFull,
+    FormatMismatch,
+    NotFound,
+    SnapshotExists,
+    StoreError,
+)
 from store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
@@ -59,7 +71,7 @@ class Store:
         """Create a collection; ``AlreadyExists`` if the name is taken."""
         validate.name(name)
         config = config or CollectionConfig()
-        with self._lock, self.env.write_lock:
+        with self.env.write_lock:  # serializes create / drop / writes; never taken under _lock
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} already exists")
 
@@ -75,13 +87,14 @@ class Store:
 
             self.env.write(txn_fn)
             coll = Collection(self.env, name, _load_record(self.env, name))
-            self._collections[name] = coll
+            with self._lock:
+                self._collections[name] = coll
             return coll.info()
 
     def ensure_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
         """Create the collection, or check that the existing one has this configuration; filterable
         fields it lacks are added (stored documents indexed), never removed."""
-        with self._lock:
+        with self.env.write_lock:
             if name in self._collections:
                 coll = self._collections[name]
                 have = coll.config
@@ -108,12 +121,15 @@ class Store:
             raise NotFound("collection", name) from None
 
     def list_collections(self) -> list[CollectionInfo]:
+        # _lock guards only the dict: never held across a transaction (a drop of a large
+        # collection must not stall callers on an event loop)
         with self._lock:
-            return [self._collections[n].info() for n in sorted(self._collections)]
+            colls = [self._collections[n] for n in sorted(self._collections)]
+        return [c.info() for c in colls]
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and all its documents (one transaction)."""
-        with self._lock, self.env.write_lock:
+        with self.env.write_lock:
             coll = self.collection(name)
             prefix = cid_prefix(coll.cid)
 
@@ -127,15 +143,30 @@ class Store:
                 txn.delete(gen_key(coll.cid), db=meta)
 
             self.env.write(txn_fn)
+            with self._lock:
+                del self._collections[name]
             coll.mark_dropped()
-            del self._collections[name]
 
     # ------------------------------------------------------------------ environment
     def snapshot(self, dest: str | Path) -> Path:
         """Compacting hot copy into ``dest`` (absent or empty), complete or not at all (written
-        beside it and renamed into place); open it with ``Store(dest)`` to restore."""
+        beside it and renamed into place); open it with ``Store(dest)`` to restore.
+
+        The copy runs in a child process (a read-only open of this directory): copied in this
+        process, LMDB made any write transaction that aborts meanwhile (bad input, map growth) wait
+        for the whole copy while holding the write lock."""
         dest = Path(dest)
-        self.env.copy(dest)
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run(
+            [sys.executable, "-c", _SNAPSHOT_CHILD, str(self.path), str(dest)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise _snapshot_error(proc.stderr)
         return dest
 
     def snapshot_named(self, name: str = "") -> Path:
@@ -145,7 +176,7 @@ class Store:
         validate.name(name, "name")
         dest = self.path / SNAPSHOTS_DIR / name
         if dest.exists():
-            raise AlreadyExists(f"snapshot {name!r} already exists at {dest}")
+            raise SnapshotExists(f"snapshot {name!r} already exists at {dest}")
         return self.snapshot(dest)
 
     def free_bytes(self) -> int:
@@ -192,6 +223,36 @@ def snapshot_directory(data_dir: str | Path, dest: str | Path) -> Path:
         return dest
     finally:
         env.close()
+
+
+_SNAPSHOT_CHILD = """
+import json, sys
+from store.errors import DiskFull, StoreError
+from store.store import snapshot_directory
+try:
+    snapshot_directory(sys.argv[1], sys.argv[2])
+except DiskFull as exc:
+    sys.stderr.write(json.dumps({"kind": "disk_full", "path": exc.path, "free": exc.free_bytes}))
+    sys.exit(2)
+except FileExistsError as exc:
+    sys.stderr.write(json.dumps({"kind": "exists", "message": str(exc)}))
+    sys.exit(2)
+except (StoreError, OSError) as exc:
+    sys.stderr.write(json.dumps({"kind": "error", "message": str(exc)}))
+    sys.exit(2)
+"""
+
+
+def _snapshot_error(stderr: str) -> Exception:
+    try:
+        err = json.loads(stderr.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return StoreError(f"snapshot failed: {stderr.strip()[-400:]}")
+    if err["kind"] == "disk_full":
+        return DiskFull(err["path"], int(err["free"]))
+    if err["kind"] == "exists":
+        return SnapshotExists(err["message"])
+    return StoreError(err["message"])
 
 
 __all__ = ["Store", "snapshot_directory"]

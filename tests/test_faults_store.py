@@ -296,7 +296,8 @@ def test_drop_during_searches_ends_every_search_at_once(tmp_path: Path) -> None:
     s = Store(tmp_path / "d")
     x = vecs(0, 2000)
     stop = threading.Event()
-    worst: list[float] = []
+    worst: list[float] = []  # searches
+    writes: list[float] = []
     errors: list[BaseException] = []
 
     def searcher() -> None:
@@ -324,7 +325,7 @@ def test_drop_during_searches_ends_every_search_at_once(tmp_path: Path) -> None:
                 pass
             except BaseException as exc:
                 errors.append(exc)
-            worst.append(time.perf_counter() - t)
+            writes.append(time.perf_counter() - t)
             i += 1
 
     threads = [threading.Thread(target=searcher) for _ in range(3)] + [threading.Thread(target=writer)]
@@ -345,9 +346,14 @@ def test_drop_during_searches_ends_every_search_at_once(tmp_path: Path) -> None:
             t.join()
     s.close()
     assert not errors, errors[:3]
-    assert worst and max(worst) < 1.0, f"slowest call {max(worst):.3f} s"
+    # searches never wait on a drop; writes queue behind the drop/create/calibrate transactions
+    assert worst and max(worst) < 1.0, f"slowest search {max(worst):.3f} s"
+    assert writes and max(writes) < 10.0, f"slowest write {max(writes):.3f} s"
     p99 = np.quantile(worst, 0.99) * 1000
-    print(f"calls: {len(worst)}, slowest {max(worst) * 1000:.1f} ms, p99 {p99:.1f} ms")
+    print(
+        f"searches: {len(worst)}, slowest {max(worst) * 1000:.1f} ms, p99 {p99:.1f} ms; "
+        f"writes: {len(writes)}, slowest {max(writes) * 1000:.1f} ms"
+    )
 
 
 def test_search_of_a_dropped_collection_object_is_not_found_at_once(tmp_path: Path) -> None:
