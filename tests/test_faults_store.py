@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import NotFound, Store
+from store import AlreadyExists, NotFound, Store
 from store.errors import Damaged, DiskFull, Locked
 from store.layout import _META
 from tests.conftest import small_config
@@ -369,3 +369,75 @@ def test_search_of_a_dropped_collection_object_is_not_found_at_once(tmp_path: Pa
         with pytest.raises(NotFound):
             coll.search(fill_x[0, :64], fill_x[0], wait=False)
         assert time.perf_counter() - t < 0.5
+
+
+# ---------------------------------------------------------------- from the adversarial review
+def test_upsert_racing_add_filterable_indexes_the_new_field(tmp_path: Path) -> None:
+    with Store(tmp_path / "d") as s:
+        s.create_collection("c", small_config(filterable=()))
+        c = s.collection("c")
+        x = vecs(0, 2)
+        c.upsert(["old"], x[:1, :64], x[:1], [{"lang": "de"}])
+        done = threading.Event()
+        with s.env.write_lock:  # the upsert below waits here, as behind a concurrent writer
+            t = threading.Thread(
+                target=lambda: (c.upsert(["new"], x[1:, :64], x[1:], [{"lang": "de"}]), done.set())
+            )
+            t.start()
+            time.sleep(0.3)
+            s.add_filterable("c", ["lang"])
+        t.join(10)
+        assert done.is_set()
+        q = x[0]
+        assert {h.id for h in c.search(q[:64], q, top_k=5, filter={"lang": "de"})[0]} == {"old", "new"}
+    with Store(tmp_path / "d") as s:
+        hits = s.collection("c").search(q[:64], q, top_k=5, filter={"lang": "de"})[0]
+        assert {h.id for h in hits} == {"old", "new"}
+
+
+def test_deleting_the_pid_file_does_not_let_a_second_writer_in(tmp_path: Path) -> None:
+    with Store(tmp_path / "d"):
+        (tmp_path / "d" / "zembed.lock").unlink()
+        with pytest.raises(Locked):
+            Store(tmp_path / "d")
+
+
+def test_a_killed_readers_slot_is_cleared_while_the_server_runs(tmp_path: Path) -> None:
+    """A backup tool killed mid-read leaves its LMDB reader slot; its snapshot would pin old pages
+    and the file would grow without bound. The writer clears it when the file is extended."""
+    path = tmp_path / "d"
+    with Store(path) as s:
+        s.create_collection("c", small_config(code_bits=64, rescore_dims=1024, rescore_dtype="float32"))
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time, lmdb; e = lmdb.open(sys.argv[1], readonly=True, max_dbs=16); "
+                "t = e.begin(); print('reading', flush=True); time.sleep(60)",
+                str(path),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "reading"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        before = s.env.stale_readers_cleared
+        x = vecs(0, 6000, 1024)  # ~25 MB: past the preallocated room, so the file is extended
+        s.collection("c").upsert([f"d{i}" for i in range(6000)], x[:, :64], x)
+        assert s.env.stale_readers_cleared - before >= 1
+
+
+def test_snapshot_leftovers_of_dead_processes_are_removed_and_names_are_unique(tmp_path: Path) -> None:
+    with Store(tmp_path / "d") as s:
+        s.create_collection("c", small_config())
+        dead = tmp_path / "snaps" / ".old.partial-999999999-1"
+        dead.mkdir(parents=True)
+        (dead / "data.mdb").write_bytes(b"\0" * 4096)
+        s.snapshot(tmp_path / "snaps" / "a")
+        assert not dead.exists() and (tmp_path / "snaps" / "a" / "data.mdb").exists()
+        with pytest.raises(FileExistsError):
+            s.snapshot(tmp_path / "snaps" / "a")
+        with pytest.raises(AlreadyExists):
+            s.snapshot(tmp_path / "snaps" / "a")
