@@ -380,9 +380,12 @@ def test_upsert_racing_add_filterable_indexes_the_new_field(tmp_path: Path) -> N
         c.upsert(["old"], x[:1, :64], x[:1], [{"lang": "de"}])
         done = threading.Event()
         with s.env.write_lock:  # the upsert below waits here, as behind a concurrent writer
-            t = threading.Thread(
-                target=lambda: (c.upsert(["new"], x[1:, :64], x[1:], [{"lang": "de"}]), done.set())
-            )
+
+            def upsert() -> None:
+                c.upsert(["new"], x[1:, :64], x[1:], [{"lang": "de"}])
+                done.set()
+
+            t = threading.Thread(target=upsert)
             t.start()
             time.sleep(0.3)
             s.add_filterable("c", ["lang"])
