@@ -17,7 +17,6 @@ One interceptor, :class:`Edge`, for every method of ``zembed.v1`` (health and re
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from service.auth import bearer_matches, expected_token
 from service.batcher import call_deadline
 from service.errors import Undecodable
 from service.status import RateLimitedLog, status_of
@@ -160,7 +160,7 @@ class Edge(grpc.aio.ServerInterceptor):
     every ``zembed.v1`` method; other services (health, reflection) pass through untouched."""
 
     def __init__(self, token: str | None) -> None:
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._expected = expected_token(token)
         self._types = request_types()
 
     def check(self, metadata: Any) -> str | None:
@@ -172,8 +172,7 @@ class Edge(grpc.aio.ServerInterceptor):
             return "authorization metadata is missing: send `authorization: Bearer <token>`"
         if len(given) > 1:
             return f"authorization metadata must be sent once; given {len(given)} times"
-        value = given[0] if isinstance(given[0], bytes) else str(given[0]).encode()
-        if not hmac.compare_digest(value, self._expected):
+        if not bearer_matches(given[0], self._expected):
             return "authorization token is not valid"
         return None
 

@@ -9,7 +9,6 @@ served over HTTPS with the gRPC port's certificate when TLS is on.
 
 from __future__ import annotations
 
-import hmac
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from service.auth import bearer_matches, expected_token
 
 
 class Metrics:
@@ -99,7 +100,7 @@ class Metrics:
         <token>`` when ``token`` is set and over HTTPS with ``tls`` (cert, key: the gRPC port's), so
         the token never crosses the network in clear; returns the bound port."""
         registry = self.registry
-        expected = f"Bearer {token}".encode() if token else None
+        expected = expected_token(token)
 
         class MetricsHandler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -108,7 +109,7 @@ class Metrics:
                     return
                 if expected is not None:
                     given = self.headers.get_all("Authorization") or []
-                    if len(given) != 1 or not hmac.compare_digest(given[0].encode(), expected):
+                    if len(given) != 1 or not bearer_matches(given[0], expected):
                         self.send_response(401)
                         self.send_header("WWW-Authenticate", 'Bearer realm="zembed metrics"')
                         self.end_headers()

@@ -57,6 +57,8 @@ async def messages(
         finally:
             if not nxt.done():
                 nxt.cancel()
+                # the read may still finish (end of stream, an error): retrieve it, never log it
+                nxt.add_done_callback(lambda t: t.cancelled() or t.exception())
         yield item
 
 
@@ -96,7 +98,9 @@ async def concurrent(
     """Each item handled on its own task, at most ``limit`` at once; answered in completion order.
     ``handle`` answers an item's own failure in its response (per-item status)."""
     tasks: set[asyncio.Task[None]] = set()
-    out: asyncio.Queue[Resp | _End] = asyncio.Queue()
+    # bounded: a client that sends but never reads holds at most `limit` answers here (and `limit`
+    # in progress), never an unbounded backlog
+    out: asyncio.Queue[Resp | _End] = asyncio.Queue(limit)
     reader = _Reader(requests, limit, idle_s, lambda: bool(tasks))
     room = asyncio.Semaphore(limit)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -29,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
+from service.auth import bearer_matches, expected_token
 from service.chunking import precise_window
 from service.engine import Engine, usage_bytes
 from service.errors import InvalidArgument, ServiceError, TooLarge, Unavailable, clip
@@ -143,7 +143,7 @@ class Edge:
         self.app = app
         self.state = state
         token = state.settings.token
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = expected_token(token)
         self.max_body = state.settings.max_message_mb * 1024 * 1024
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,7 +184,7 @@ class Edge:
                     if given
                     else "missing Authorization: Bearer header",
                 )
-            if not hmac.compare_digest(given[0], self.expected):
+            if not bearer_matches(given[0], self.expected):
                 return error_response(path, 401, "invalid bearer token")
         if self.state.refusing:
             return error_response(path, 503, "the server is shutting down; retry on another replica")
