@@ -103,6 +103,14 @@ class Metrics:
         expected = expected_token(token)
 
         class MetricsHandler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds a connection may stay silent (handshake, request line, headers)
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(self.timeout)
+                    self.request.do_handshake()
+                super().setup()
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] not in ("/metrics", "/"):
                     self.send_error(404)
@@ -129,7 +137,11 @@ class Metrics:
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(tls[0], tls[1])
-            self.http.socket = ctx.wrap_socket(self.http.socket, server_side=True)
+            # the handshake happens in each request's own thread (MetricsHandler.setup), not in
+            # accept(): one silent connection must not stall every scrape
+            self.http.socket = ctx.wrap_socket(
+                self.http.socket, server_side=True, do_handshake_on_connect=False
+            )
         threading.Thread(target=self.http.serve_forever, name="zembed-metrics", daemon=True).start()
         return int(self.http.server_address[1])
 
