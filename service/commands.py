@@ -718,9 +718,14 @@ def add_parsers(sub: argparse._SubParsersAction, only: str | None = None) -> Non
         )
         c.add_argument("--rescore-dims", type=int, default=0, help="float rescoring dims (default: native)")
         c.add_argument("--rescore-dtype", choices=["float32", "float16", "int8"], help="(default: float16)")
-        c.add_argument("--calibration", choices=["none", "median"], help="code thresholds (default: none)")
         c.add_argument(
-            "--calibration-sample", type=int, default=0, help="documents sampled for median (default: 10000)"
+            "--calibration",
+            choices=["auto", "median", "none"],
+            help="code thresholds: auto (calibrated from the first write, refined as the collection "
+            "grows), median (once, at --calibration-sample documents) or none (sign bits) (default: auto)",
+        )
+        c.add_argument(
+            "--calibration-sample", type=int, default=0, help="size at which calibration becomes final (default: 10000)"
         )
         c.add_argument("--filterable", metavar="FIELD[,FIELD...]", help="metadata fields filters may name")
         c = _command(csub, "info", cmd_collections_info, "show a collection", "Show collection NAME.")
