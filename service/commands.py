@@ -725,7 +725,10 @@ def add_parsers(sub: argparse._SubParsersAction, only: str | None = None) -> Non
             "grows), median (once, at --calibration-sample documents) or none (sign bits) (default: auto)",
         )
         c.add_argument(
-            "--calibration-sample", type=int, default=0, help="size at which calibration becomes final (default: 10000)"
+            "--calibration-sample",
+            type=int,
+            default=0,
+            help="size at which calibration becomes final (default: 10000)",
         )
         c.add_argument("--filterable", metavar="FIELD[,FIELD...]", help="metadata fields filters may name")
         c = _command(csub, "info", cmd_collections_info, "show a collection", "Show collection NAME.")
