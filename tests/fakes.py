@@ -180,6 +180,8 @@ class FakeServer:
         self.call(self.running.drain(1.0), 60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # else its self-pipe sockets are reported unclosed at a later GC
 
     def __enter__(self) -> FakeServer:
         return self
