@@ -10,7 +10,10 @@ over the gRPC rate of the same round:
   numbers, the SDK's default) and base64, over keep-alive httpx connections;
 - HTTP ``POST /v1/embeddings`` (OpenAI shape, base64 as the openai SDK asks by default).
 
-Prints a table and the ratio HTTP / gRPC (bar >= 0.9); writes bench/results/http.json.
+Then both protocols AT ONCE on the same server (half the callers gRPC, half HTTP, for a fixed
+time): the texts each completed, HTTP / gRPC. On a shared, loaded VM the sequential rounds drift
+(other work comes and goes); the simultaneous run sees one load for both, so it is the figure to
+read there. Prints tables and the ratios (bar >= 0.9); writes bench/results/http.json.
 """
 
 from __future__ import annotations
@@ -99,6 +102,38 @@ def concurrent(chunks: list[list[str]], make: Callable[[], Callable[[list[str]],
 REFUSED: dict[str, int] = {}  # calls refused for overload (429 / RESOURCE_EXHAUSTED), then retried
 
 
+def mixed(
+    chunks: list[list[str]],
+    a: Callable[[], Callable[[list[str]], None]],
+    b: Callable[[], Callable[[list[str]], None]],
+    seconds: float,
+) -> tuple[int, int]:
+    """Texts completed in ``seconds`` by CLIENTS/2 callers of kind ``a`` and CLIENTS/2 of kind ``b``
+    running AT THE SAME TIME against the same server (one queue): both see the same machine load, so
+    their ratio is what one protocol costs against the other, free of this VM's drift."""
+    half = CLIENTS // 2
+    callers = [a() for _ in range(half)] + [b() for _ in range(half)]
+    done = [0] * len(callers)
+    stop = threading.Event()
+
+    def work(k: int) -> None:
+        j = k
+        while not stop.is_set():
+            callers[k](chunks[j % len(chunks)])
+            if not stop.is_set():
+                done[k] += len(chunks[j % len(chunks)])
+            j += len(callers)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(callers))]
+    for th in threads:
+        th.start()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    return sum(done[:half]), sum(done[half:])
+
+
 def grpc_caller(port: int, name: str) -> Callable[[], Callable[[list[str]], None]]:
     def make() -> Callable[[list[str]], None]:
         client = Client(f"127.0.0.1:{port}")
@@ -164,7 +199,9 @@ def machine() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=400, help="passages per round and client kind")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--mixed-rounds", type=int, default=3)
+    ap.add_argument("--mixed-seconds", type=float, default=20.0)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from export.onnx_export import ExportOptions, export
@@ -196,12 +233,17 @@ def main() -> None:
         oa: http_caller(http_port, oa, "/v1/embeddings", {"model": model_id, "encoding_format": "base64"}),
     }
     rates: dict[str, list[float]] = {k: [] for k in kinds}
+    names = list(kinds)
+    together: dict[str, list[float]] = {k: [] for k in names if k != g}
     try:
-        concurrent(chunks[:20], kinds["gRPC Embed (float32 bytes)"])  # warm-up
-        names = list(kinds)
+        concurrent(chunks[:20], kinds[g])  # warm-up
         for r in range(args.rounds):  # interleaved rounds, the order reversed every other round
             for name in names if r % 2 == 0 else names[::-1]:
                 rates[name].append(concurrent(chunks, kinds[name]))
+        for _ in range(args.mixed_rounds):
+            for name in together:
+                n_grpc, n_http = mixed(chunks, kinds[g], kinds[name], args.mixed_seconds)
+                together[name].append(n_http / max(n_grpc, 1))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -241,6 +283,19 @@ def main() -> None:
         )
     )
     m = machine()
+    print(
+        f"\nSame server, both protocols at once: {CLIENTS // 2} gRPC callers and {CLIENTS // 2} HTTP callers "
+        f"for {args.mixed_seconds:g} s, {args.mixed_rounds} rounds; texts completed HTTP / gRPC (median):\n"
+    )
+    print(
+        table(
+            ["HTTP client", "HTTP / gRPC texts completed (median)", "rounds", "bar"],
+            [
+                [k, statistics.median(v), " ".join(f"{x:.2f}" for x in v), ">= 0.9"]
+                for k, v in together.items()
+            ],
+        )
+    )
     print(f"\nmachine: {m}")
     path = write_json(
         "http",
@@ -251,6 +306,7 @@ def main() -> None:
             "rounds": rates,
             "best": best,
             "paired_ratio": paired,
+            "together_ratio": together,
             "refused": REFUSED,
             **m,
         },
