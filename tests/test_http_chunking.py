@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.chunking import MAX_UNIT_CHARS, chunk_document, chunk_text, precise_window
+from service.chunking import MAX_UNIT_CHARS, Counter, chunk_document, chunk_text, precise_window
 from tests.fakes import FakeEmbedder
 
 
@@ -33,16 +33,16 @@ SAMPLES = {
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 @pytest.mark.parametrize("count", [fake_count, merging_count])
-def test_passages_fit_cover_overlap_and_keep_offsets(name: str, count: object) -> None:
-    counter = count  # type: ignore[assignment]
+def test_passages_fit_cover_overlap_and_keep_offsets(name: str, count: Counter) -> None:
+    counter = count
     text = SAMPLES[name]
     budget = 64
-    passages = chunk_text(text, counter, budget, overlap_tokens=8)  # type: ignore[arg-type]
+    passages = chunk_text(text, counter, budget, overlap_tokens=8)
     assert len(passages) > 1
     assert passages[0].start == 0 and passages[-1].end == len(text)
     for p in passages:
         assert text[p.start : p.end] == p.text and p.text
-        assert counter([p.text])[0] <= budget  # type: ignore[operator]
+        assert counter([p.text])[0] <= budget
     for a, b in itertools.pairwise(passages):
         assert a.start < b.start <= a.end  # moving forward, no gap
     if name in ("words", "whitespace runs", "emoji and accents"):  # words shorter than the overlap

@@ -9,6 +9,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -56,7 +57,7 @@ def served(minilm_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     s.stop()
 
 
-def grpc_embed(s: Served, texts: list[str], input_type: int = pb.INPUT_TYPE_UNSPECIFIED) -> np.ndarray:
+def grpc_embed(s: Served, texts: list[str], input_type: Any = pb.INPUT_TYPE_UNSPECIFIED) -> np.ndarray:
     with grpc.insecure_channel(f"127.0.0.1:{s.running.port}") as ch:
         res = pb_grpc.EmbeddingServiceStub(ch).Embed(
             pb.EmbedRequest(inputs=texts, input_type=input_type, encoding=pb.ENCODING_FLOAT32)
