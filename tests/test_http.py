@@ -449,3 +449,36 @@ def test_document_endpoints_refuse_grpc_collections(server: FakeServer, ze: Zero
     with pytest.raises(zeroentropy.BadRequestError, match="created over gRPC"):
         ze.documents.add(collection_name="vectors-only", path="x", content={"type": "text", "text": "t"})
     assert "vectors-only" not in ze.collections.get_list().collection_names
+
+
+def test_http_port_setting_is_off_by_default_and_read_from_flag_or_environment(tmp_path: Path) -> None:
+    import argparse
+
+    from service.config import ConfigError, Settings, add_arguments, from_args
+    from tests.fakes import model_dir
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--model", str(model_dir(tmp_path / "m")), "--data", str(tmp_path / "d")]
+    assert Settings(model=tmp_path, data=tmp_path).http_port == -1  # off unless asked for
+    assert from_args(p.parse_args(base), environ={}).http_port == -1
+    assert from_args(p.parse_args(base), environ={"ZEMBED_HTTP_PORT": "8080"}).http_port == 8080
+    assert (
+        from_args(p.parse_args([*base, "--http-port", "0"]), environ={"ZEMBED_HTTP_PORT": "8080"}).http_port
+        == 0
+    )
+    with pytest.raises(ConfigError, match="--http-port must be >= -1"):
+        from_args(p.parse_args([*base, "--http-port=-2"]), environ={})
+
+
+def test_an_http_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
+    import socket
+
+    from service.errors import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
+            FakeServer(tmp_path, http_port=port)
