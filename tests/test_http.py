@@ -482,3 +482,32 @@ def test_an_http_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(StartupError, match=f"cannot listen for HTTP on 127.0.0.1:{port}"):
             FakeServer(tmp_path, http_port=port)
+
+
+def test_a_vanished_client_is_cancelled_and_its_inputs_never_computed(tmp_path: Path) -> None:
+    model = FakeEmbedder()
+    with FakeServer(tmp_path, model=model, http_port=0) as srv:
+        url = base_url(srv)
+        model.hold = threading.Event()
+        body = {"input_type": "query", "model": MODEL}
+        first = threading.Thread(
+            target=lambda: httpx.post(f"{url}/models/embed", json={**body, "input": "first"}, timeout=30)
+        )
+        first.start()
+        assert model.entered.wait(10)  # the worker holds the first batch
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{url}/models/embed", json={**body, "input": ["gone one", "gone two"]}, timeout=0.5)
+        assert srv.running.http is not None
+        state = srv.running.http.state
+        deadline = time.monotonic() + 10
+        while state.disconnected == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.disconnected == 1
+        model.hold.set()
+        first.join(30)
+        stats = srv.running.engine.batcher.stats
+        while stats.dropped < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stats.dropped == 2  # the worker found them cancelled in the queue
+        gone = {tuple(ids) for ids in model.text.encode_counted(["gone one", "gone two"], "query")[0]}
+        assert not gone & set(model.seen)  # never computed

@@ -85,6 +85,7 @@ class State:
     documents: Documents | None = None
     draining: bool = False  # /health answers 503 (calls still served)
     refusing: bool = False  # every call answers 503
+    disconnected: int = 0  # requests cancelled because their client went away
     paths: set[str] = field(default_factory=set)
 
     def attach(self, engine: Engine) -> None:
@@ -164,11 +165,44 @@ class Edge:
             if refused is not None:
                 await refused(scope, receive, send_status)
                 return
-            await self.app(scope, self.limited(receive, path), send_status)
+            await self.until_disconnect(scope, self.limited(receive, path), send_status)
         finally:
             label = f"HTTP {path}" if path in self.state.paths else "HTTP other"
             self.state.metrics.requests.labels(label, str(status[0])).inc()
             self.state.metrics.latency.labels(label).observe(time.perf_counter() - t)
+
+    async def until_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request, cancelled if its client goes away once the body is read (as gRPC cancels
+        a vanished caller's call): its queued inputs are then dropped by the batcher, never computed."""
+        body_read = asyncio.Event()
+        gone = asyncio.Event()
+
+        async def app_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "http.request" and not msg.get("more_body", False):
+                body_read.set()
+            elif msg["type"] == "http.disconnect":
+                gone.set()
+            return msg
+
+        task = asyncio.ensure_future(self.app(scope, app_receive, send))
+
+        async def watch() -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # cancelled from outside (shutdown), not by the client leaving
+            self.state.disconnected += 1
+        finally:
+            watcher.cancel()
 
     def refuse(self, scope: Scope) -> Response | None:
         path: str = scope["path"]
