@@ -336,7 +336,9 @@ def test_filterable_names_stored_by_an_earlier_version_still_open(tmp_path: Path
     env = lmdb.open(str(path), max_dbs=16)
     meta = env.open_db(b"meta")
     with env.begin(write=True) as txn:
-        rec = json.loads(txn.get(meta_key("c"), db=meta))
+        raw = txn.get(meta_key("c"), db=meta)
+        assert raw is not None
+        rec = json.loads(raw)
         rec["config"]["filterable"] = ["lang", "Owner Id"]  # refused by today's rules
         txn.put(meta_key("c"), json.dumps(rec).encode(), db=meta)
     env.close()
