@@ -151,7 +151,46 @@ def model_dir(path: Path) -> Path:
     return path
 
 
-class FakeServer:
+class ServerThread:
+    """The real server (``service.server.start``) on a loopback port, in its own thread and event
+    loop; ``model`` / ``store`` are injected when given (else loaded from the settings)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: Any = None,
+        store: Store | None = None,
+        timeout: float = 180,
+    ) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.running: Running = asyncio.run_coroutine_threadsafe(
+            start(settings, model=model, store=store), self.loop
+        ).result(timeout)
+        self.port = self.running.port
+        self.target = f"127.0.0.1:{self.port}"
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.call(self.running.drain(grace), 60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # else its self-pipe sockets are reported unclosed at a later GC
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FakeServer(ServerThread):
     """The real server (edge, servicers, batcher, engine, LMDB) around a :class:`FakeEmbedder`, on a
     loopback port, in its own thread and event loop."""
 
@@ -159,32 +198,19 @@ class FakeServer:
         self, tmp: Path, model: FakeEmbedder | None = None, store: Store | None = None, **settings: Any
     ) -> None:
         self.model = model or FakeEmbedder()
-        self.settings = Settings(
-            model=model_dir(tmp / "model"), data=tmp / "data", host="127.0.0.1", port=0, **settings
-        ).validate()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(
-            start(self.settings, model=self.model, store=store), self.loop
-        ).result(60)
+        super().__init__(
+            Settings(
+                model=model_dir(tmp / "model"), data=tmp / "data", host="127.0.0.1", port=0, **settings
+            ).validate(),
+            model=self.model,
+            store=store,
+            timeout=60,
+        )
         self.model.entered.clear()  # the start-up calibration batch ran through the model
         self.model.seen.clear()
-        self.port = self.running.port
-        self.target = f"127.0.0.1:{self.port}"
 
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.call(self.running.drain(1.0), 60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        if not self.thread.is_alive():
-            self.loop.close()  # else its self-pipe sockets are reported unclosed at a later GC
+    def stop(self, grace: float = 1.0) -> None:
+        super().stop(grace)
 
     def __enter__(self) -> FakeServer:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

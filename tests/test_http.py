@@ -234,6 +234,8 @@ def test_draining_health_then_503_and_in_flight_calls_finish(tmp_path: Path) -> 
         drain.result(30)
     srv.loop.call_soon_threadsafe(srv.loop.stop)
     srv.thread.join(10)
+    if not srv.thread.is_alive():
+        srv.loop.close()
 
 
 def refusing(state: State) -> bool:

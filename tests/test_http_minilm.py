@@ -5,8 +5,6 @@ that matches the query (top-snippets offsets into the document, top-documents sc
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from zeroentropy import ZeroEntropy
 
 from service.config import Settings
-from service.server import Running, start
+from tests.fakes import ServerThread as Served
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -32,19 +30,6 @@ VOLCANO = (
     "Volcanic eruptions send lava flows and clouds of ash down the mountain; magma rises through "
     "the crater when pressure builds beneath the volcano."
 )
-
-
-class Served:
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(start(settings), self.loop).result(180)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.running.drain(2.0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,11 @@ to accept it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from export.tokens import compare_token_ids, load_hf_tokenizer, ship_tokenizer
 from service.config import Settings
 from service.runtime.manifest import ParityNotAccepted
 from service.runtime.model import EmbeddingModel
-from service.server import Running, start
+from tests.fakes import ServerThread
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -169,22 +167,6 @@ def test_export_parity(matrix: Matrix, name: str, dtype: str) -> None:
             worst = min(worst, float(cos.min()))
     assert worst >= bar, (name, dtype, worst)
     matrix.rows.setdefault((name, dtype), {}).update(min_cosine=worst, token_ids_equal=True)
-
-
-class ServerThread:
-    """The real gRPC server (service.server.start) on a loopback port, in its own event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(start(settings), self.loop).result(120)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.running.drain(2.0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def serve(folder: Path, data: Path, **kw: Any) -> ServerThread:

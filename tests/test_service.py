@@ -54,6 +54,8 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self.running().drain(grace), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class InferenceGate:
@@ -475,6 +477,9 @@ def test_health_and_drain(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.M
     drain.result(20)
     assert seen == health_pb2.HealthCheckResponse.NOT_SERVING
     srv.loop.call_soon_threadsafe(srv.loop.stop)
+    srv.thread.join(10)
+    if not srv.thread.is_alive():
+        srv.loop.close()
     ch.close()
 
 
