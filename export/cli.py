@@ -66,7 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="exit 0 when the parity check fails: the failure is recorded in manifest.json and "
         "`zembed serve` then refuses the folder unless given --accept-parity-failure",
     )
-    p.add_argument("--force", action="store_true", help="delete the contents of a non-empty --out first")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="clean an --out an earlier export wrote (only the files it listed; never a folder "
+        "holding anything else)",
+    )
     p.set_defaults(func=run)
 
 

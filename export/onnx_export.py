@@ -86,12 +86,45 @@ def _tool_versions() -> dict[str, str]:
     return out
 
 
-def prepare_out(out: Path, force: bool) -> None:
+EXPORT_MARKER = ".zembed-export"  # marks a folder the export owns (see prepare_out)
+
+
+def prepare_out(out: Path, force: bool, source: Path | None = None) -> None:
+    """Make ``out`` ready: empty, or (``force``) an earlier export's folder whose files are removed.
+
+    Export never writes into, or deletes, its source: ``out`` equal to, inside or around the source
+    is refused, and ``force`` removes only the files an earlier export recorded in its manifest.json
+    (a folder holding anything else is refused, naming what it holds)."""
+    if source is not None:
+        o, src = out.resolve(), source.resolve()
+        if o == src or src in o.parents or o in src.parents:
+            raise FileExistsError(
+                f"--out {out} is the source folder {source} or overlaps it; export never writes into "
+                "its source: choose another folder"
+            )
     if out.exists() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} is not empty; choose an empty folder or pass --force to clean it")
-        shutil.rmtree(out)
+        manifest, marker = out / MANIFEST, out / EXPORT_MARKER
+        if manifest.is_file():
+            ours = {MANIFEST, EXPORT_MARKER, *json.loads(manifest.read_text()).get("files", {})}
+        elif marker.is_file():  # an export that did not finish: the folder was its own from the start
+            ours = {p.name for p in out.iterdir() if p.is_file()}
+        else:
+            raise FileExistsError(
+                f"--force only cleans a folder an earlier `zembed export` wrote (it has {MANIFEST}); "
+                f"{out} has none: choose an empty folder"
+            )
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if foreign:
+            raise FileExistsError(
+                f"--force only removes an earlier export's files; {out} also holds {foreign[:5]}"
+                f"{' ...' if len(foreign) > 5 else ''}: move them or choose an empty folder"
+            )
+        for name in ours:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_MARKER).write_text("written by zembed export; --force may clean this folder\n")
 
 
 def _export_graph(
@@ -260,7 +293,7 @@ def export(
 
     # before anything slow: a folder without one fails at once
     hf_tok = load_hf_tokenizer(source.path, source.do_lower_case)
-    prepare_out(out, force)
+    prepare_out(out, force, source.path)
     max_length = opts.max_length or source.max_length
     _say(
         f"exporting {source.model_type} ({source.pooling} pooling) to ONNX "
@@ -330,7 +363,8 @@ def export(
     report["passed"] = not failed
     report["allowed_failure"] = failed and opts.allow_parity_failure
     manifest = Manifest(**{**manifest.__dict__, "parity": report})
-    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
+    skip = (MANIFEST, EXPORT_MARKER)
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name not in skip}
     manifest = Manifest(**{**manifest.__dict__, "files": files})
     (out / MANIFEST).write_text(manifest.to_json())
     if failed and not opts.allow_parity_failure:

@@ -285,8 +285,13 @@ def test_export_refuses_non_empty_folder(tiny_src: Path, tmp_path: Path) -> None
     with pytest.raises(FileExistsError, match="not empty"):
         export(tiny_src, out, ExportOptions(parity=False))
     assert (out / "keep.txt").exists()
-    export(tiny_src, out, ExportOptions(parity=False), force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    with pytest.raises(FileExistsError, match="only cleans a folder an earlier `zembed export` wrote"):
+        export(tiny_src, out, ExportOptions(parity=False), force=True)  # never deletes what it did not write
+    assert (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    export(tiny_src, out, ExportOptions(parity=False))
+    export(tiny_src, out, ExportOptions(parity=False), force=True)  # its own earlier export: cleaned
+    assert (out / "manifest.json").exists()
 
 
 def test_pad_helper_right_pads() -> None:
