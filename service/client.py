@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from service import convert
+from service.metadata import metadata_to_proto, value_to_proto
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -135,7 +135,8 @@ class Client:
             req.vectors.CopyFrom(_vectors(code, rescore))
         for field, values in (filter or {}).items():
             vals = values if isinstance(values, list | tuple) else [values]
-            req.filter.append(pb.Condition(field=field, any_of=[convert.value_to_proto(v) for v in vals]))
+            any_of = [value_to_proto(v, f"filter.{field}") for v in vals]
+            req.filter.append(pb.Condition(field=field, any_of=any_of))
         return list(self._call(self.search_service.Search, req).hits)
 
     def close(self) -> None:
@@ -149,7 +150,7 @@ class Client:
 
 
 def document(d: Mapping[str, Any]) -> pb.Document:
-    out = pb.Document(id=d["id"], metadata=convert.dict_to_metadata(d.get("metadata") or {}))
+    out = pb.Document(id=d["id"], metadata=metadata_to_proto(d.get("metadata") or {}))
     if "text" in d:
         out.text = d["text"]
     else:

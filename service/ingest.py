@@ -37,8 +37,8 @@ from service.commands import (
     UsageError,
     _split_names,
     describe_rpc_error,
-    metadata_to_proto,
 )
+from service.metadata import metadata_to_proto
 from zembed.v1 import zembed_pb2 as pb
 
 FORMATS = ("jsonl", "csv", "parquet")
