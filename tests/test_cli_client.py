@@ -4,7 +4,6 @@ Most run the command in-process (service.cli.main); the kill-and-resume test run
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -31,19 +30,9 @@ DIM = 64  # FakeEmbedder's native dimension: collections default to 64 code bits
 TOKEN = "cli-test-token-0123456789"
 
 
-@contextlib.contextmanager
-def serving(tmp: Path, **settings: Any) -> Iterator[FakeServer]:
-    srv = FakeServer(tmp, **settings)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        srv.loop.close()  # its self-pipe sockets would otherwise warn when collected
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[FakeServer]:
-    with serving(tmp_path) as srv:
+    with FakeServer(tmp_path) as srv:
         yield srv
 
 
@@ -359,7 +348,7 @@ def test_unreachable_server_and_token(
 ) -> None:
     rc, out, err = run(capsys, None, "health", "--address", "127.0.0.1:1", "--timeout", "2")
     assert rc == 3 and "cannot reach the server at 127.0.0.1:1" in err and "ZEMBED_ADDRESS" in err
-    with serving(tmp_path, token=TOKEN) as srv:
+    with FakeServer(tmp_path, token=TOKEN) as srv:
         monkeypatch.setenv("ZEMBED_ADDRESS", srv.target)
         rc, out, err = run(capsys, None, "collections", "list")
         assert rc == 1 and "UNAUTHENTICATED" in err and "ZEMBED_TOKEN" in err

@@ -9,13 +9,10 @@ test saying why; ZEMBED_CLIENT_TESTS=require (CI) turns those skips into failure
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,16 +27,6 @@ def unavailable(why: str) -> None:
     if REQUIRE:
         pytest.fail(f"ZEMBED_CLIENT_TESTS=require but {why}")
     pytest.skip(why)
-
-
-@contextlib.contextmanager
-def serving(tmp: Path, **settings: Any) -> Iterator[FakeServer]:
-    srv = FakeServer(tmp, **settings)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        srv.loop.close()
 
 
 def check_transcript(out: str, lang: str) -> None:
@@ -79,7 +66,7 @@ def test_node_client_against_a_real_server(tmp_path: Path) -> None:
         unavailable(
             f"npm ci could not install @grpc/grpc-js (npm registry unreachable?): {install.stderr[-500:]}"
         )
-    with serving(tmp_path / "srv") as srv:
+    with FakeServer(tmp_path / "srv") as srv:
         run = subprocess.run(
             [node, "client.js", "--addr", srv.target, "--protos", str(ROOT / "protos")],
             cwd=work,
@@ -111,7 +98,7 @@ def test_go_client_against_a_real_server(tmp_path: Path) -> None:
     )
     assert build.returncode == 0, build.stdout + build.stderr
     token = "polyglot-token-0123456789"
-    with serving(tmp_path / "srv", token=token) as srv:
+    with FakeServer(tmp_path / "srv", token=token) as srv:
         bad = subprocess.run(
             [str(binary), "-addr", srv.target, "-token", "wrong-token-wrong-token"],
             capture_output=True,
