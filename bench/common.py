@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
 
@@ -44,3 +47,25 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def start_server(
+    model: Path, data: Path, *extra: str, http: bool = False
+) -> tuple[subprocess.Popen[str], int, int | None]:
+    """`zembed serve` in a subprocess on free ports; returns it, its gRPC port and (``http``) its
+    HTTP port, once it says it is serving."""
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--data", str(data)]
+    cmd += ["--port", "0", "--log-level", "WARNING", "--drain-delay-s", "0", *extra]
+    if http:
+        cmd += ["--http-port", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    grpc_port = 0
+    for line in proc.stdout:
+        if line.startswith("zembed: serving on port"):
+            grpc_port = int(line.split()[-1])
+            if not http:
+                return proc, grpc_port, None
+        if line.startswith("zembed: HTTP API on port"):
+            return proc, grpc_port, int(line.split()[-1])
+    raise SystemExit("server did not start")

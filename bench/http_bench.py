@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import httpx
 sys.path.insert(0, os.path.dirname(__file__))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import table, write_json  # noqa: E402
+from common import start_server, table, write_json  # noqa: E402
 from embed_cache import minilm_dir  # noqa: E402
 from passages import passages  # noqa: E402
 
@@ -45,41 +44,6 @@ from service.client import Client  # noqa: E402
 
 PER_CALL = 8
 CLIENTS = 8
-
-
-def start_server(model: Path, data: Path) -> tuple[subprocess.Popen[str], int, int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--model",
-            str(model),
-            "--data",
-            str(data),
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--drain-delay-s",
-            "0",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    grpc_port = 0
-    for line in proc.stdout:
-        if line.startswith("zembed: serving on port"):
-            grpc_port = int(line.split()[-1])
-        if line.startswith("zembed: HTTP API on port"):
-            return proc, grpc_port, int(line.split()[-1])
-    raise SystemExit("server did not start")
 
 
 def concurrent(chunks: list[list[str]], make: Callable[[], Callable[[list[str]], None]]) -> float:
@@ -211,7 +175,9 @@ def main() -> None:
     export(Path(minilm_dir()), model, ExportOptions(parity=False))
     texts = passages(args.texts, seed=5)
     chunks = [texts[i : i + PER_CALL] for i in range(0, len(texts), PER_CALL)]
-    proc, grpc_port, http_port = start_server(model, tmp / "data")
+    proc, grpc_port, http = start_server(model, tmp / "data", http=True)
+    assert http is not None
+    http_port = http
     model_id = "sentence-transformers/all-MiniLM-L6-v2"
     with httpx.Client() as c:
         model_id = c.get(f"http://127.0.0.1:{http_port}/v1/models").json()["data"][0]["id"]

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import start_server as common_start_server  # noqa: E402
 from common import table, write_json  # noqa: E402
 from embed_cache import minilm_dir  # noqa: E402
 from null_server import METHOD  # noqa: E402
@@ -49,35 +50,8 @@ CLIENTS = 8
 
 
 def start_server(model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--model",
-            str(model),
-            "--data",
-            str(data),
-            "--port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--drain-delay-s",
-            "0",
-            "--prefetch",
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("zembed: serving on port"):
-            return proc, int(line.split()[-1])
-    raise SystemExit("server did not start")
+    proc, port, _ = common_start_server(model, data, "--prefetch", *extra)
+    return proc, port
 
 
 def grpc_embed(port: int, texts: list[str]) -> float:
