@@ -81,6 +81,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
+    import json
     import logging
 
     from service.config import ConfigError, from_args
@@ -97,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
-    logging.getLogger("zembed").info("settings %s", settings.redacted())
+    logging.getLogger("zembed").info("settings %s", json.dumps(settings.redacted(), default=str))
     try:
         asyncio.run(serve(settings))
     except (StartupError, StoreError, ManifestError, OSError) as exc:

@@ -116,7 +116,8 @@ _HELP = {
     "metrics_host": "address /metrics listens on (default localhost only; 0.0.0.0 to let Prometheus "
     "scrape it, and then set --token: /metrics requires `Authorization: Bearer TOKEN` whenever a "
     "token is set)",
-    "token": "require `authorization: Bearer TOKEN` on every call except health",
+    "token": "require `authorization: Bearer TOKEN` (at least 16 characters) on every call except "
+    "health and reflection",
     "tls_cert": "PEM certificate chain (enables TLS)",
     "tls_key": "PEM private key",
     "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
