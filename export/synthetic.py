@@ -104,47 +104,7 @@ def build_zembed_like(
     model.save_pretrained(str(out))
     del model
     qwen_tokenizer_json(out)
-    (out / "modules.json").write_text(
-        json.dumps(
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                },
-            ],
-            indent=2,
-        )
-    )
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps(
-            {"prompts": ZEMBED_PROMPTS, "default_prompt_name": "document", "similarity_fn_name": "cosine"},
-            indent=2,
-        )
-    )
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps(
-            {"max_seq_length": max_seq_length, "do_lower_case": False, "suffix": ZEMBED_SUFFIX}, indent=2
-        )
-    )
-    (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": shape.hidden,
-                "pooling_mode_cls_token": False,
-                "pooling_mode_mean_tokens": False,
-                "pooling_mode_max_tokens": False,
-                "pooling_mode_lasttoken": True,
-                "include_prompt": True,
-            },
-            indent=2,
-        )
-    )
-    (out / "2_Normalize").mkdir(exist_ok=True)
+    _st_folder(out, shape.hidden, "lasttoken", ZEMBED_PROMPTS, "document", max_seq_length, ZEMBED_SUFFIX)
     if dims is None:
         dims = tuple(
             shape.hidden >> i
@@ -200,6 +160,7 @@ def _st_folder(
     prompts: dict[str, str],
     default_prompt: str | None,
     max_seq_length: int,
+    suffix: str | None = None,
 ) -> None:
     """modules.json (Transformer, Pooling, Normalize) and the sentence-transformers configs."""
     (out / "modules.json").write_text(
@@ -221,9 +182,10 @@ def _st_folder(
     if default_prompt is not None:
         st["default_prompt_name"] = default_prompt
     (out / "config_sentence_transformers.json").write_text(json.dumps(st, indent=2))
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
-    )
+    sbert: dict[str, object] = {"max_seq_length": max_seq_length, "do_lower_case": False}
+    if suffix is not None:
+        sbert["suffix"] = suffix
+    (out / "sentence_bert_config.json").write_text(json.dumps(sbert, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(
         json.dumps(
@@ -233,6 +195,7 @@ def _st_folder(
                 "pooling_mode_mean_tokens": pooling == "mean",
                 "pooling_mode_max_tokens": False,
                 "pooling_mode_lasttoken": pooling == "lasttoken",
+                "include_prompt": True,
             },
             indent=2,
         )
