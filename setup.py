@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "store._hamming",
+            "zembed.store._hamming",
             sources=["store/_hamming.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wno-unused-function"],
         )

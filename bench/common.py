@@ -54,7 +54,7 @@ def start_server(
 ) -> tuple[subprocess.Popen[str], int, int | None]:
     """`zembed serve` in a subprocess on free ports; returns it, its gRPC port and (``http``) its
     HTTP port, once it says it is serving."""
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--data", str(data)]
+    cmd = [sys.executable, "-m", "zembed.service.cli", "serve", "--model", str(model), "--data", str(data)]
     cmd += ["--port", "0", "--log-level", "WARNING", "--drain-delay-s", "0", *extra]
     if http:
         cmd += ["--http-port", "0"]

@@ -30,8 +30,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    from export.onnx_export import ExportOptions, export
-    from service.runtime.model import EmbeddingModel
+    from zembed.export.onnx_export import ExportOptions, export
+    from zembed.service.runtime.model import EmbeddingModel
 
     texts = passages(args.texts, seed=3)
     src = Path(minilm_dir())

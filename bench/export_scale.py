@@ -24,8 +24,8 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from dataclasses import replace
-from export.synthetic import REAL_WIDTH, build_zembed_like
-from export.onnx_export import ExportOptions, export
+from zembed.export.synthetic import REAL_WIDTH, build_zembed_like
+from zembed.export.onnx_export import ExportOptions, export
 layers, root = int(sys.argv[1]), Path(sys.argv[2])
 t = time.perf_counter()
 src = build_zembed_like(root / "src", replace(REAL_WIDTH, layers=layers), dtype="float16")
@@ -37,7 +37,7 @@ print(json.dumps({"build_s": build_s, "build_rss": build_rss}), flush=True)
 EXPORT = r"""
 import json, resource, sys, time
 from pathlib import Path
-from export.onnx_export import ExportOptions, export
+from zembed.export.onnx_export import ExportOptions, export
 root = Path(sys.argv[1])
 t = time.perf_counter()
 # external data, as the real 4B model gets (its weights pass 2 GB): tensors stream to model.onnx.data

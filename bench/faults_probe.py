@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path.cwd()))
 import grpc
 import numpy as np
 
-import service.server as server_mod
 import tests.fakes as fakes
-from store import errors as store_errors
+import zembed.service.server as server_mod
+from zembed.store import errors as store_errors
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

@@ -154,9 +154,9 @@ def environment(ort_path: str | None) -> dict[str, Any]:
 
 
 def build_and_export(dry: bool, layers: int, root: Path, dtype: str, device: str) -> tuple[Path, Path, Any]:
-    from export.onnx_export import ExportOptions, export
-    from export.source import read_source
-    from export.synthetic import REAL_WIDTH, TINY, build_zembed_like
+    from zembed.export.onnx_export import ExportOptions, export
+    from zembed.export.source import read_source
+    from zembed.export.synthetic import REAL_WIDTH, TINY, build_zembed_like
 
     shape = TINY if dry else replace(REAL_WIDTH, layers=layers)
     src = build_zembed_like(root / "src", shape, dtype="float32" if dry else "float16")
@@ -174,7 +174,7 @@ def torch_model(source: Any, dtype: str, device: str) -> Any:
     import torch
     from transformers import AutoModel
 
-    from export.graph import EmbeddingGraph
+    from zembed.export.graph import EmbeddingGraph
 
     tdt = torch.float16 if dtype == "float16" else torch.float32
     backbone = AutoModel.from_pretrained(str(source.transformer_path), dtype=tdt).eval().to(device)
@@ -193,8 +193,8 @@ def cos_min(a: Any, b: Any) -> float:
 def parity(out: Path, graph: Any, device: str, gpu_eps: list[str]) -> dict[str, Any]:
     import torch
 
-    from export.samples import SAMPLES
-    from service.runtime.model import EmbeddingModel, pad
+    from zembed.export.samples import SAMPLES
+    from zembed.service.runtime.model import EmbeddingModel, pad
 
     cpu = EmbeddingModel(out, providers=["CPUExecutionProvider"], allow_fp16_on_cpu=True)
     ids = cpu.encode(SAMPLES, "query")
@@ -335,9 +335,9 @@ def service(out: Path, data: Path, providers: tuple[str, ...], n_texts: int, rou
     import grpc
     import numpy as np
 
-    from export.samples import SAMPLES
-    from service.config import Settings
-    from service.server import start
+    from zembed.export.samples import SAMPLES
+    from zembed.service.config import Settings
+    from zembed.service.server import start
     from zembed.v1 import zembed_pb2 as pb
     from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

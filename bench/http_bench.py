@@ -40,7 +40,7 @@ from common import start_server, table, write_json  # noqa: E402
 from embed_cache import minilm_dir  # noqa: E402
 from passages import passages  # noqa: E402
 
-from service.client import Client  # noqa: E402
+from zembed.service.client import Client  # noqa: E402
 
 PER_CALL = 8
 CLIENTS = 8
@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--mixed-seconds", type=float, default=20.0)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from export.onnx_export import ExportOptions, export
+    from zembed.export.onnx_export import ExportOptions, export
 
     tmp = Path(tempfile.mkdtemp(prefix="zembed-http-"))
     model = tmp / "minilm"

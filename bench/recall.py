@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import table, write_json
 from embed_cache import embeddings
 
-from store import Calibration, Collection, CollectionConfig, RescoreDtype, Store
-from store.params import SearchParams
+from zembed.store import Calibration, Collection, CollectionConfig, RescoreDtype, Store
+from zembed.store.params import SearchParams
 
 K = 10
 READS = [10, 20, 40, 80, 160]

@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import table, write_json
 
-from store import CollectionConfig, RescoreDtype, Store
-from store.params import SearchParams
+from zembed.store import CollectionConfig, RescoreDtype, Store
+from zembed.store.params import SearchParams
 
 SETTINGS = {
     "earlier defaults (200 cand., 40 reads)": SearchParams(top_k=10, shortlist=200, float_reads=40),

@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import table, write_json
 from recall_data import LANGS, dataset
 
-from store import Calibration, Collection, CollectionConfig, RescoreDtype, Store
-from store.params import SearchParams
+from zembed.store import Calibration, Collection, CollectionConfig, RescoreDtype, Store
+from zembed.store.params import SearchParams
 
 F32 = npt.NDArray[np.float32]
 K = 10

@@ -42,8 +42,8 @@ from null_server import METHOD  # noqa: E402
 from null_server import buffer as null_buffer  # noqa: E402
 from passages import passages  # noqa: E402
 
-from service.client import Client  # noqa: E402
-from store import CollectionConfig, Store, _hamming  # noqa: E402
+from zembed.service.client import Client  # noqa: E402
+from zembed.store import CollectionConfig, Store, _hamming  # noqa: E402
 
 PER_CALL = 8
 CLIENTS = 8
@@ -75,8 +75,8 @@ def grpc_embed(port: int, texts: list[str]) -> float:
 
 
 def inprocess_embed(model_dir: Path, texts: list[str]) -> float:
-    from service.batcher import Batcher
-    from service.runtime.model import EmbeddingModel
+    from zembed.service.batcher import Batcher
+    from zembed.service.runtime.model import EmbeddingModel
 
     model = EmbeddingModel(model_dir)
     batcher = Batcher(
@@ -224,7 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from export.onnx_export import ExportOptions, export
+    from zembed.export.onnx_export import ExportOptions, export
 
     tmp = Path(tempfile.mkdtemp(prefix="zembed-svc-"))
     model = tmp / "minilm"

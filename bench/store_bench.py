@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import table, write_json
 
-from store import CollectionConfig, RescoreDtype, Store, scan
-from store.index import CodeIndex
+from zembed.store import CollectionConfig, RescoreDtype, Store, scan
+from zembed.store.index import CodeIndex
 
 CODE_BYTES = 80
 SHORTLIST = 100

@@ -46,7 +46,7 @@ import sys, time
 sys.path.insert(0, ".")
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service.client import Client
+from zembed.service.client import Client
 ch = grpc.insecure_channel("127.0.0.1:50061")
 deadline = time.time() + 120
 while True:

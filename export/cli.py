@@ -97,9 +97,9 @@ def _unescape(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.onnx_export import PARITY_BARS, ExportOptions, ParityFailure, export, failure_message
-    from export.source import SourceError
-    from export.tokens import TokenizerError
+    from zembed.export.onnx_export import PARITY_BARS, ExportOptions, ParityFailure, export, failure_message
+    from zembed.export.source import SourceError
+    from zembed.export.tokens import TokenizerError
 
     src, model_id, revision = resolve_source(args.source, args.revision)
     model_id = args.model_id or model_id

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from export.source import Source, read_source
-from service.runtime.manifest import MANIFEST, Manifest, TensorSpec, sha256_file
+from zembed.export.source import Source, read_source
+from zembed.service.runtime.manifest import MANIFEST, Manifest, TensorSpec, sha256_file
 
 TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # copied for reference
 GRAPH = "model.onnx"
@@ -133,7 +133,7 @@ def _export_graph(
     import torch
     from transformers import AutoModel
 
-    from export.graph import EmbeddingGraph
+    from zembed.export.graph import EmbeddingGraph
 
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     backbone = AutoModel.from_pretrained(str(source.transformer_path), dtype=torch_dtype).eval().to(device)
@@ -193,8 +193,8 @@ def token_report(
 ) -> tuple[dict[str, Any], list[str]]:
     """Token ids of the shipped tokenizer vs the checkpoint's tokenizer class on the samples and the
     hostile sample, for every prompt and for no prompt. (report, failure lines)."""
-    from export.samples import HOSTILE, SAMPLES
-    from export.tokens import compare_token_ids
+    from zembed.export.samples import HOSTILE, SAMPLES
+    from zembed.export.tokens import compare_token_ids
 
     input_types: list[str | None] = [*prompts, None]
     n, bad = compare_token_ids(shipped, hf_tok, prompts, suffix, [*SAMPLES, *HOSTILE], input_types)
@@ -214,9 +214,9 @@ def parity_report(
 ) -> tuple[dict[str, Any], list[str]]:
     """Cosine of the exported folder (runtime, padded batch) against the PyTorch reference on every
     sample and hostile text that fits, every prompt and dim: (report, failure lines under the bar)."""
-    from export.reference import Reference
-    from export.samples import HOSTILE, SAMPLES
-    from service.runtime.model import EmbeddingModel
+    from zembed.export.reference import Reference
+    from zembed.export.samples import HOSTILE, SAMPLES
+    from zembed.service.runtime.model import EmbeddingModel
 
     bar = PARITY_BARS[dtype]
     ref = Reference(source, tokenizer=tokenizer)
@@ -289,7 +289,7 @@ def export(
             "if the checkpoint's files do not say so, pass --suffix",
             progress,
         )
-    from export.tokens import load_hf_tokenizer, ship_tokenizer
+    from zembed.export.tokens import load_hf_tokenizer, ship_tokenizer
 
     # before anything slow: a folder without one fails at once
     hf_tok = load_hf_tokenizer(source.path, source.do_lower_case)

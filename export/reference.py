@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from export.source import Source
+from zembed.export.source import Source
 
 F32 = npt.NDArray[np.float32]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import DeadlineExceeded, Overloaded, Unavailable
+from zembed.service.errors import DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger("zembed.batcher")
 F32 = npt.NDArray[np.float32]

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = cmd == "" or cmd.startswith("-")
     if everything or cmd == "export":
         try:
-            from export.cli import add_parser
+            from zembed.export.cli import add_parser
         except ImportError as exc:  # the export extra is not installed
             missing = str(exc)
             p = sub.add_parser(
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             add_parser(sub)
     if everything or cmd == "serve":
-        from service.config import add_arguments
+        from zembed.service.config import add_arguments
 
         p = sub.add_parser(
             "serve",
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("data_dir", metavar="DATA_DIR", help="the store's data directory")
         p.add_argument("out_dir", metavar="OUT_DIR", help="where the snapshot goes (absent or empty)")
         p.set_defaults(func=_snapshot)
-    from service import commands  # client commands: grpc and the stubs only (no onnxruntime, no torch)
+    from zembed.service import commands  # client commands: grpc and the stubs only (no onnxruntime, no torch)
 
     if everything or cmd in commands.COMMANDS:
         commands.add_parsers(sub, None if everything else cmd)
@@ -65,8 +65,8 @@ def _snapshot(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from store import errors
-    from store.store import snapshot_directory
+    from zembed.store import errors
+    from zembed.store.store import snapshot_directory
 
     t = time.perf_counter()
     try:
@@ -84,11 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from service.config import ConfigError, from_args
-    from service.errors import StartupError
-    from service.runtime.manifest import ManifestError
-    from service.server import JsonFormatter, serve
-    from store.errors import StoreError
+    from zembed.service.config import ConfigError, from_args
+    from zembed.service.errors import StartupError
+    from zembed.service.runtime.manifest import ManifestError
+    from zembed.service.server import JsonFormatter, serve
+    from zembed.store.errors import StoreError
 
     try:
         settings = from_args(args)

@@ -1,6 +1,6 @@
 """A thin typed Python client for zembed-serve (sync; one channel, both services).
 
-from service.client import Client
+from zembed.service.client import Client
 with Client("localhost:50051", token="...") as c:
     vecs = c.embed(["hello"], input_type="query", dimensions=640)     # np.ndarray [1, 640]
     c.upsert("docs", [{"id": "a", "text": "...", "metadata": {"lang": "de"}}])
@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from service.metadata import metadata_to_proto, value_to_proto
+from zembed.service.metadata import metadata_to_proto, value_to_proto
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

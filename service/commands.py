@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
-from service.metadata import metadata_from_proto, value_to_proto
+from zembed.service.metadata import metadata_from_proto, value_to_proto
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -586,7 +586,7 @@ def _command(
 def add_parsers(sub: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]
     """Register this module's commands on ``zembed``'s subparsers (all, or just ``only``)."""
     if only in (None, "ingest"):
-        from service.ingest import add_arguments as add_ingest
+        from zembed.service.ingest import add_arguments as add_ingest
 
         p = _command(
             sub,

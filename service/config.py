@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from store.validate import MAX_TOP_K
+from zembed.store.validate import MAX_TOP_K
 
 
 class ConfigError(ValueError):

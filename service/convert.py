@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import InvalidArgument
-from service.runtime.text import Overflow
-from store import CollectionInfo, Hit, validate
-from store.errors import clip
-from store.params import DEFAULT_TOP_K, SearchParams
+from zembed.service.errors import InvalidArgument
+from zembed.service.runtime.text import Overflow
+from zembed.store import CollectionInfo, Hit, validate
+from zembed.store.errors import clip
+from zembed.store.params import DEFAULT_TOP_K, SearchParams
 from zembed.v1 import zembed_pb2 as pb
 
 F32 = npt.NDArray[np.float32]

@@ -24,10 +24,10 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from service.auth import bearer_matches, expected_token
-from service.batcher import call_deadline
-from service.errors import Undecodable
-from service.status import RateLimitedLog, status_of
+from zembed.service.auth import bearer_matches, expected_token
+from zembed.service.batcher import call_deadline
+from zembed.service.errors import Undecodable
+from zembed.service.status import RateLimitedLog, status_of
 from zembed.v1 import zembed_pb2 as pb
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"

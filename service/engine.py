@@ -16,15 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from service.batcher import Batcher, call_deadline
-from service.config import Settings
-from service.errors import InvalidArgument
-from service.runtime.manifest import Manifest
-from service.runtime.text import Overflow, TooLong
-from service.searcher import SearchScheduler
-from store import CollectionConfig, Hit, RescoreDtype, Store
-from store.config import Calibration
-from store.params import DEFAULT_TOP_K, SearchParams
+from zembed.service.batcher import Batcher, call_deadline
+from zembed.service.config import Settings
+from zembed.service.errors import InvalidArgument
+from zembed.service.runtime.manifest import Manifest
+from zembed.service.runtime.text import Overflow, TooLong
+from zembed.service.searcher import SearchScheduler
+from zembed.store import CollectionConfig, Hit, RescoreDtype, Store
+from zembed.store.config import Calibration
+from zembed.store.params import DEFAULT_TOP_K, SearchParams
 
 F32 = npt.NDArray[np.float32]
 HOSTED_BYTES_PER_INPUT = 150  # the hosted zembed API's byte count: 150 + UTF-8 length per input

@@ -7,7 +7,7 @@ characters (:func:`clip`), so an error can never outgrow a client's metadata lim
 
 from __future__ import annotations
 
-from store.errors import MAX_MESSAGE_CHARS, clip
+from zembed.store.errors import MAX_MESSAGE_CHARS, clip
 
 __all__ = [
     "DeadlineExceeded",

@@ -30,7 +30,7 @@ from typing import IO, Any
 import grpc
 import numpy as np
 
-from service.commands import (
+from zembed.service.commands import (
     FAILED,
     OK,
     Connection,
@@ -38,7 +38,7 @@ from service.commands import (
     _split_names,
     describe_rpc_error,
 )
-from service.metadata import metadata_to_proto
+from zembed.service.metadata import metadata_to_proto
 from zembed.v1 import zembed_pb2 as pb
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -336,7 +336,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--show-errors", type=int, default=100, metavar="N", help="report at most N bad lines (default: 100)"
     )
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from service.commands import _run
+    from zembed.service.commands import _run
 
     p.set_defaults(func=_run, handler=run_ingest)
 

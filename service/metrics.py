@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.auth import bearer_matches, expected_token
+from zembed.service.auth import bearer_matches, expected_token
 
 
 class Metrics:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from store import Collection, Hit, WouldBlock
-from store.params import SearchParams
+from zembed.store import Collection, Hit, WouldBlock
+from zembed.store.params import SearchParams
 
 F32 = npt.NDArray[np.float32]
 # A search that held the event loop longer than this (its vectors came from disk, say) turns the

@@ -24,17 +24,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from service.config import Settings
-from service.edge import Edge
-from service.engine import Embedder, Engine
-from service.errors import StartupError
-from service.metrics import Metrics
-from service.servicers import EmbeddingServicer, SearchServicer
-from store import Store
+from zembed.service.config import Settings
+from zembed.service.edge import Edge
+from zembed.service.engine import Embedder, Engine
+from zembed.service.errors import StartupError
+from zembed.service.metrics import Metrics
+from zembed.service.servicers import EmbeddingServicer, SearchServicer
+from zembed.store import Store
 
 if TYPE_CHECKING:
-    from service.http.server import HttpServer
-from store.errors import StoreError
+    from zembed.service.http.server import HttpServer
+from zembed.store.errors import StoreError
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -168,7 +168,7 @@ async def start(
     http: HttpServer | None = None
     try:
         if settings.http_port >= 0:  # bound before the model loads, like the gRPC port
-            from service.http.server import HttpServer
+            from zembed.service.http.server import HttpServer
 
             http = HttpServer(settings, metrics)
         running = await _start(settings, server, store, metrics, announce, model, tls, max_bytes, http)
@@ -225,7 +225,7 @@ async def _start(
         "on" if settings.token else "off",
     )
     if model is None:
-        from service.runtime.model import EmbeddingModel
+        from zembed.service.runtime.model import EmbeddingModel
 
         loaded: Embedder = await asyncio.to_thread(
             EmbeddingModel,

@@ -14,12 +14,12 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-from service import convert, streams
-from service.engine import Engine, usage_bytes
-from service.errors import InvalidArgument, TooLarge, Unavailable
-from service.metrics import Metrics
-from service.status import status_of
-from store import validate
+from zembed.service import convert, streams
+from zembed.service.engine import Engine, usage_bytes
+from zembed.service.errors import InvalidArgument, TooLarge, Unavailable
+from zembed.service.metrics import Metrics
+from zembed.service.status import status_of
+from zembed.store import validate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

@@ -14,10 +14,10 @@ import time
 
 import grpc
 
-from service import errors
-from service.runtime.manifest import ManifestError
-from service.runtime.text import TooLong
-from store import errors as store_errors
+from zembed.service import errors
+from zembed.service.runtime.manifest import ManifestError
+from zembed.service.runtime.text import TooLong
+from zembed.store import errors as store_errors
 
 log = logging.getLogger("zembed.errors")
 MAX_MESSAGE_CHARS = 1024  # a status message never exceeds this (clients cap metadata at 8-16 KiB)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from service.errors import StreamIdle
+from zembed.service.errors import StreamIdle
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

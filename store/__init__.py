@@ -3,7 +3,7 @@ LMDB for rescoring the shortlist, plus ids and metadata. No gRPC and no model co
 
 Public surface::
 
-    from store import Store, CollectionConfig, RescoreDtype, Calibration
+    from zembed.store import Store, CollectionConfig, RescoreDtype, Calibration
     with Store("/data") as s:
         s.create_collection("docs", CollectionConfig(code_bits=640, rescore_dims=2560))
         c = s.collection("docs")
@@ -11,11 +11,25 @@ Public surface::
         hits = c.search(code_query, rescore_query, top_k=10, filter={"lang": {"$in": ["de", "fr"]}})
 """
 
-from store.collection import DEFAULT_OVERSAMPLING, DEFAULT_REFINE, Collection, CollectionInfo, Hit, Record
-from store.config import Calibration, CollectionConfig
-from store.errors import AlreadyExists, FormatMismatch, InvalidArgument, NotFound, StoreError, WouldBlock
-from store.quantize import RescoreDtype
-from store.store import Store
+from zembed.store.collection import (
+    DEFAULT_OVERSAMPLING,
+    DEFAULT_REFINE,
+    Collection,
+    CollectionInfo,
+    Hit,
+    Record,
+)
+from zembed.store.config import Calibration, CollectionConfig
+from zembed.store.errors import (
+    AlreadyExists,
+    FormatMismatch,
+    InvalidArgument,
+    NotFound,
+    StoreError,
+    WouldBlock,
+)
+from zembed.store.quantize import RescoreDtype
+from zembed.store.store import Store
 
 __all__ = [
     "DEFAULT_OVERSAMPLING",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from store import quantize
-from store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Tuning
+from zembed.store import quantize
+from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Tuning
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

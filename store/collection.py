@@ -28,13 +28,13 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from store import calibrate as calibration
-from store import quantize, scan, validate
-from store.config import Calibration, CollectionConfig
-from store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
-from store.filters import FilterIndex, doc_keys, parse_filter
-from store.index import CHUNK_ROWS, CodeIndex, View
-from store.layout import (
+from zembed.store import calibrate as calibration
+from zembed.store import quantize, scan, validate
+from zembed.store.config import Calibration, CollectionConfig
+from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
+from zembed.store.filters import FilterIndex, doc_keys, parse_filter
+from zembed.store.index import CHUNK_ROWS, CodeIndex, View
+from zembed.store.layout import (
     ROW_SUBDBS,
     Env,
     cid_prefix,
@@ -48,7 +48,7 @@ from store.layout import (
     rowid_of,
     unpack_rowid,
 )
-from store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Plan, SearchParams, Tuning
+from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Plan, SearchParams, Tuning
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from store import validate
-from store.errors import InvalidArgument
-from store.quantize import RescoreDtype
+from zembed.store import validate
+from zembed.store.errors import InvalidArgument
+from zembed.store.quantize import RescoreDtype
 
 
 class Calibration(StrEnum):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import InvalidArgument
+from zembed.store.errors import InvalidArgument
 
 Scalar = str | int | bool
 Key = tuple[str, Scalar]  # (type tag, value): keeps 1, True and "1" apart

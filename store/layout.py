@@ -46,7 +46,7 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import Damaged, DiskFull, FormatMismatch, Locked, StoreError, WouldBlock
+from zembed.store.errors import Damaged, DiskFull, FormatMismatch, Locked, StoreError, WouldBlock
 
 FORMAT_NAME = "zembed-store"
 FORMAT_VERSION = 1

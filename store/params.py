@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from store import validate
-from store.errors import InvalidArgument
-from store.filters import Condition, parse_filter
+from zembed.store import validate
+from zembed.store.errors import InvalidArgument
+from zembed.store.filters import Condition, parse_filter
 
 DEFAULT_TOP_K = 10
 #: float vectors read per result: 4 x top_k (40 at top_k 10; bench/recall_multilingual.py)

@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from store import _hamming
+from zembed.store import _hamming
 
 F32 = npt.NDArray[np.float32]
 Buffer = bytes | memoryview  # what LMDB hands out and takes

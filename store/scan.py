@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from store import _hamming
+from zembed.store import _hamming
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]

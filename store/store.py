@@ -13,10 +13,10 @@ from pathlib import Path
 
 import lmdb
 
-from store import validate
-from store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
-from store.config import CollectionConfig
-from store.errors import (
+from zembed.store import validate
+from zembed.store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
+from zembed.store.config import CollectionConfig
+from zembed.store.errors import (
     AlreadyExists,
     Damaged,
     DiskFull,
@@ -25,7 +25,7 @@ from store.errors import (
     SnapshotExists,
     StoreError,
 )
-from store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
+from zembed.store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
 DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
@@ -227,8 +227,8 @@ def snapshot_directory(data_dir: str | Path, dest: str | Path) -> Path:
 
 _SNAPSHOT_CHILD = """
 import json, sys
-from store.errors import DiskFull, StoreError
-from store.store import snapshot_directory
+from zembed.store.errors import DiskFull, StoreError
+from zembed.store.store import snapshot_directory
 try:
     snapshot_directory(sys.argv[1], sys.argv[2])
 except DiskFull as exc:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from store.errors import InvalidArgument, clip
+from zembed.store.errors import InvalidArgument, clip
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 FIELD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import CollectionConfig, Store
+from zembed.store import CollectionConfig, Store
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def small_config(**kw: object) -> CollectionConfig:
 def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen3 laid out like zembed-1 with the real Qwen3 vocabulary."""
     pytest.importorskip("torch", reason="the export extra (torch, transformers) builds the tiny model")
-    from export.synthetic import build_zembed_like
+    from zembed.export.synthetic import build_zembed_like
 
     return build_zembed_like(tmp_path_factory.mktemp("tiny") / "src", max_seq_length=512)
 
@@ -48,7 +48,7 @@ def tiny_fp32(tiny_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-fp32") / "out"
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "export", str(tiny_src), "--out", str(out)],
+        [sys.executable, "-m", "zembed.service.cli", "export", str(tiny_src), "--out", str(out)],
         cwd=root,
         capture_output=True,
         text=True,
@@ -68,7 +68,7 @@ def minilm_src() -> Path:
 @pytest.fixture(scope="session")
 def minilm_fp32(minilm_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="the export extra (torch, transformers) exports the model")
-    from export.onnx_export import ExportOptions, export
+    from zembed.export.onnx_export import ExportOptions, export
 
     out = tmp_path_factory.mktemp("minilm") / "out"
     export(minilm_src, out, ExportOptions(dtype="float32"))

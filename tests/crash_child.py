@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from store import CollectionConfig, RescoreDtype, Store
+from zembed.store import CollectionConfig, RescoreDtype, Store
 
 BATCH = 300
 CONFIG = CollectionConfig(

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.config import Settings
-from service.runtime.manifest import Manifest
-from service.runtime.text import Overflow, TooLong
-from service.server import Running, start
-from store import Store
+from zembed.service.config import Settings
+from zembed.service.runtime.manifest import Manifest
+from zembed.service.runtime.text import Overflow, TooLong
+from zembed.service.server import Running, start
+from zembed.store import Store
 
 F32 = npt.NDArray[np.float32]
 

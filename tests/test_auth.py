@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.auth import bearer_matches
 from tests.fakes import FakeServer
+from zembed.service.auth import bearer_matches
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -60,7 +60,7 @@ def test_metrics_over_https_survive_a_silent_connection(tmp_path: Path) -> None:
     import subprocess
     import urllib.request
 
-    from service.metrics import Metrics
+    from zembed.service.metrics import Metrics
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from service.batcher import Batcher
-from service.errors import DeadlineExceeded, Overloaded
+from zembed.service.batcher import Batcher
+from zembed.service.errors import DeadlineExceeded, Overloaded
 
 
 def fake_run(log: list[list[int]]) -> object:

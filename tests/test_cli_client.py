@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 import pytest
 
-from service import cli
 from tests.fakes import FakeServer
+from zembed.service import cli
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -262,7 +262,7 @@ def test_ingest_killed_half_way_then_rerun_stores_every_line_once(server: FakeSe
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "zembed.service.cli",
         "ingest",
         str(path),
         "big",
@@ -445,7 +445,7 @@ def test_ingest_from_stdin_creates_the_collection(
 
 @pytest.mark.parametrize("parser", ["json", "orjson"])
 def test_jsonl_reader_numbers_lines_with_either_parser(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import ingest
+    from zembed.service import ingest
 
     mod = pytest.importorskip(parser, reason="orjson is the `cli` extra's fast path")
     monkeypatch.setattr(ingest, "_json_loads", lambda: mod.loads)

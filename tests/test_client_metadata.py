@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.client import Client
 from tests.fakes import FakeServer
+from zembed.service.client import Client
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from store import Store
 from tests.fakes import FakeServer
+from zembed.store import Store
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

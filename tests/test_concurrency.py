@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from store import CollectionConfig, Store, WouldBlock
+from zembed.store import CollectionConfig, Store, WouldBlock
 
 N = 100
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from store import Store, quantize
 from tests.crash_child import BATCH, batch_data
+from zembed.store import Store, quantize
 
 ROUNDS = int(os.environ.get("ZEMBED_CRASH_ROUNDS", "24"))  # `make crash-100`: 100
 

@@ -19,14 +19,14 @@ pytest.importorskip(
 )
 pytest.importorskip("transformers", reason="the export extra is needed")
 
-from export.onnx_export import ExportOptions, export
-from export.reference import Reference
-from export.samples import SAMPLES
-from export.source import read_source
-from export.synthetic import ZEMBED_PROMPTS, ZEMBED_SUFFIX
-from service.runtime.manifest import ManifestError
-from service.runtime.model import EmbeddingModel, pad
-from service.runtime.text import Overflow, TooLong
+from zembed.export.onnx_export import ExportOptions, export
+from zembed.export.reference import Reference
+from zembed.export.samples import SAMPLES
+from zembed.export.source import read_source
+from zembed.export.synthetic import ZEMBED_PROMPTS, ZEMBED_SUFFIX
+from zembed.service.runtime.manifest import ManifestError
+from zembed.service.runtime.model import EmbeddingModel, pad
+from zembed.service.runtime.text import Overflow, TooLong
 
 
 def _export(src: Path, out: Path, dtype: str) -> Path:
@@ -307,7 +307,11 @@ def zembed_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `zembed` command line (python -m service.cli) from the repository root."""
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=root, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "zembed.service.cli", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from export.onnx_export import EXPORT_MARKER, prepare_out
+from zembed.export.onnx_export import EXPORT_MARKER, prepare_out
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_the_cli_refuses_out_equal_to_source_with_one_line(tmp_path: Path) -> No
     shutil.copytree(gt.get_model_path(), src)
     before = sorted(p.name for p in src.rglob("*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "export", str(src), "--out", str(src), "--force"],
+        [sys.executable, "-m", "zembed.service.cli", "export", str(src), "--out", str(src), "--force"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -26,13 +26,13 @@ import grpc
 import numpy as np
 import pytest
 
-from service import edge, streams
-from service.config import Settings
-from service.errors import StreamIdle, Undecodable
-from service.metrics import Metrics
-from service.status import status_of
-from store import errors as store_errors
 from tests.fakes import FakeEmbedder, FakeServer, model_dir
+from zembed.service import edge, streams
+from zembed.service.config import Settings
+from zembed.service.errors import StreamIdle, Undecodable
+from zembed.service.metrics import Metrics
+from zembed.service.status import status_of
+from zembed.store import errors as store_errors
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -540,7 +540,7 @@ def test_domain_layers_do_not_import_grpc() -> None:
 # ---------------------------------------------------------------- 10: start-up failures, keepalive
 def _serve(tmp: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(model_dir(tmp / "model")),
+        [sys.executable, "-m", "zembed.service.cli", "serve", "--model", str(model_dir(tmp / "model")),
          "--data", str(data), "--port", "0", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -611,7 +611,7 @@ def test_tls_key_that_does_not_match_the_certificate_is_reported_clearly(tmp_pat
 def test_keepalive_and_a_vanished_clients_stream_is_closed(tmp_path: Path) -> None:
     """Defect 10: no keepalive or idle limits. After: keepalive pings find a vanished peer (options
     below); a client killed mid-stream has its stream cancelled and its queued item dropped."""
-    from service.server import SERVER_OPTIONS
+    from zembed.service.server import SERVER_OPTIONS
 
     opts = dict(SERVER_OPTIONS)
     assert opts["grpc.keepalive_time_ms"] <= 120_000 and opts["grpc.keepalive_timeout_ms"] <= 30_000

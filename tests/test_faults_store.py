@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import AlreadyExists, NotFound, Store
-from store.errors import Damaged, DiskFull, Locked
-from store.layout import _META
 from tests.conftest import small_config
+from zembed.store import AlreadyExists, NotFound, Store
+from zembed.store.errors import Damaged, DiskFull, Locked
+from zembed.store.layout import _META
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -55,7 +55,7 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
 
 def zembed(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "zembed.service.cli", *args],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -80,8 +80,8 @@ def test_second_writer_process_is_refused_and_readers_are_not(tmp_path: Path) ->
         proc = run_py(
             """
             import sys
-            from store import Store
-            from store.errors import Locked
+            from zembed.store import Store
+            from zembed.store.errors import Locked
             try:
                 Store(sys.argv[1])
             except Locked as exc:
@@ -96,7 +96,7 @@ def test_second_writer_process_is_refused_and_readers_are_not(tmp_path: Path) ->
         proc = run_py(
             """
             import sys
-            from store import Store
+            from zembed.store import Store
             with Store(sys.argv[1], readonly=True) as s:
                 print(s.collection("c").count())
             """,
@@ -123,9 +123,9 @@ def test_a_lock_bypass_still_never_reuses_a_row(tmp_path: Path) -> None:
         """
         import os, sys
         import numpy as np
-        import store.layout as layout
+        import zembed.store.layout as layout
         layout._lock_directory = lambda path: os.open(os.devnull, os.O_RDONLY)  # bypass
-        from store import Store
+        from zembed.store import Store
         x = np.random.default_rng(2).normal(size=(100, 96)).astype(np.float32)
         with Store(sys.argv[1]) as s:
             s.collection("c").upsert([f"b{i}" for i in range(100)], x[:, :64], x)
@@ -152,8 +152,8 @@ def open_in_child(path: Path) -> subprocess.CompletedProcess[str]:
     return run_py(
         """
         import sys
-        from store import Store
-        from store.errors import StoreError
+        from zembed.store import Store
+        from zembed.store.errors import StoreError
         try:
             with Store(sys.argv[1], readonly=True) as s:
                 print(sum(c.count for c in s.list_collections()))
@@ -177,7 +177,7 @@ def test_sigkill_during_snapshot_never_leaves_a_store_that_crashes_its_opener(tm
     for k in range(SNAPSHOT_KILLS):
         out = tmp_path / "snaps" / f"s{k}"
         child = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "snapshot", str(path), str(out)],
+            [sys.executable, "-m", "zembed.service.cli", "snapshot", str(path), str(out)],
             cwd=ROOT,
             env=ENV,
             stdout=subprocess.DEVNULL,

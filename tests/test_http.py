@@ -23,9 +23,9 @@ import zeroentropy
 from zeroentropy import ZeroEntropy
 from zeroentropy._types import SequenceNotStr
 
-from service.http.app import State
-from service.http.documents import PASSAGE_TOKENS
 from tests.fakes import FakeEmbedder, FakeServer
+from zembed.service.http.app import State
+from zembed.service.http.documents import PASSAGE_TOKENS
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -456,8 +456,8 @@ def test_document_endpoints_refuse_grpc_collections(server: FakeServer, ze: Zero
 def test_http_port_setting_is_off_by_default_and_read_from_flag_or_environment(tmp_path: Path) -> None:
     import argparse
 
-    from service.config import ConfigError, Settings, add_arguments, from_args
     from tests.fakes import model_dir
+    from zembed.service.config import ConfigError, Settings, add_arguments, from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -476,7 +476,7 @@ def test_http_port_setting_is_off_by_default_and_read_from_flag_or_environment(t
 def test_an_http_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
     import socket
 
-    from service.errors import StartupError
+    from zembed.service.errors import StartupError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.chunking import MAX_UNIT_CHARS, Counter, chunk_document, chunk_text, precise_window
 from tests.fakes import FakeEmbedder
+from zembed.service.chunking import MAX_UNIT_CHARS, Counter, chunk_document, chunk_text, precise_window
 
 
 def fake_count(texts: Sequence[str]) -> list[int]:

@@ -15,8 +15,8 @@ import openai
 import pytest
 from zeroentropy import ZeroEntropy
 
-from service.config import Settings
 from tests.fakes import ServerThread as Served
+from zembed.service.config import Settings
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

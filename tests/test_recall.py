@@ -18,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from store import Calibration, CollectionConfig, InvalidArgument, Store, quantize
-from store.collection import meta_key
-from store.layout import cid_prefix, iter_prefix
-from store.params import SearchParams, Tuning
 from tests.fakes import FakeServer
+from zembed.store import Calibration, CollectionConfig, InvalidArgument, Store, quantize
+from zembed.store.collection import meta_key
+from zembed.store.layout import cid_prefix, iter_prefix
+from zembed.store.params import SearchParams, Tuning
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 

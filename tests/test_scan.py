@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from store import quantize, scan
-from store.index import CHUNK_ROWS
+from zembed.store import quantize, scan
+from zembed.store.index import CHUNK_ROWS
 
 WIDTHS = [1, 7, 8, 9, 33, 64, 384, 640, 1016]
 
@@ -147,7 +147,7 @@ def test_portable_kernels_agree(kernel: str, tmp_path: object) -> None:
 
 
 def test_index_gathers_rows_and_rowids_across_chunks(rng: np.random.Generator) -> None:
-    from store.index import CodeIndex
+    from zembed.store.index import CodeIndex
 
     n = CHUNK_ROWS * 2 + 77
     codes = quantize.pad_rows(codes_for(300, n, rng), 40)

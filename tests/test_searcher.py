@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from service.searcher import SLOW_ON_LOOP_S, SearchScheduler
-from store import CollectionConfig, Store
-from store.params import SearchParams
+from zembed.service.searcher import SLOW_ON_LOOP_S, SearchScheduler
+from zembed.store import CollectionConfig, Store
+from zembed.store.params import SearchParams
 
 
 def test_queued_searches_run_as_one_batch_and_a_cancelled_one_is_skipped(store: Store) -> None:

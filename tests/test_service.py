@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.client import Client, document
-from service.config import Settings
-from service.runtime.model import EmbeddingModel
-from service.server import Running, start
-from store import InvalidArgument, Store
+from zembed.service.client import Client, document
+from zembed.service.config import Settings
+from zembed.service.runtime.model import EmbeddingModel
+from zembed.service.server import Running, start
+from zembed.store import InvalidArgument, Store
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -557,7 +557,7 @@ def test_cli_serve_starts_and_drains_on_sigterm(minilm_fp32: Path, tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "zembed.service.cli",
             "serve",
             "--default-collection",
             "docs",
@@ -774,7 +774,7 @@ def test_searches_run_on_the_loop_when_idle_and_on_threads_or_batched_under_load
     tiny_server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a busy CI machine may preempt a search on the loop for > 20 ms: keep the path on regardless
-    monkeypatch.setattr("service.searcher.SLOW_ON_LOOP_S", 60.0)
+    monkeypatch.setattr("zembed.service.searcher.SLOW_ON_LOOP_S", 60.0)
     running = tiny_server.running()
     engine = running.engine
     engine.searcher._loop_off_until = 0.0  # (an earlier test's first search may have been slow)

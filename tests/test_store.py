@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import (
+from tests.conftest import small_config
+from zembed.store import (
     AlreadyExists,
     Calibration,
     CollectionConfig,
@@ -18,8 +19,7 @@ from store import (
     Store,
     quantize,
 )
-from store.layout import FORMAT_VERSION
-from tests.conftest import small_config
+from zembed.store.layout import FORMAT_VERSION
 
 
 def docs(rng: np.random.Generator, n: int, dims: int = 96) -> tuple[list[str], np.ndarray]:
@@ -301,7 +301,7 @@ def test_calibrate_on_request(store: Store, rng: np.random.Generator) -> None:
     t = c.calibrate()
     assert len(t) == 32 and c.info().calibrated
     assert c.search(x[9], top_k=1)[0][0].id == "9"
-    from store import InvalidArgument
+    from zembed.store import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="already calibrated"):
         c.calibrate()
@@ -326,7 +326,7 @@ def test_filterable_names_stored_by_an_earlier_version_still_open(tmp_path: Path
 
     import lmdb
 
-    from store.collection import meta_key
+    from zembed.store.collection import meta_key
 
     path = tmp_path / "old"
     with Store(path) as s:

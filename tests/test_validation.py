@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import Collection, InvalidArgument, NotFound, Store, validate
 from tests.conftest import small_config
+from zembed.store import Collection, InvalidArgument, NotFound, Store, validate
 
 
 def state(c: Collection) -> tuple[int, list[object], bytes]:
@@ -82,8 +82,8 @@ def test_oversize_and_bad_metadata(coll: Collection) -> None:
 
 def test_failure_inside_transaction_rolls_back(coll: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that fails half-way through its LMDB transaction leaves no trace."""
-    import store.layout as layout
-    from store import collection as mod
+    import zembed.store.layout as layout
+    from zembed.store import collection as mod
 
     before = state(coll)
     calls = [0]

@@ -28,17 +28,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
-from service.auth import bearer_matches, expected_token
-from service.chunking import precise_window
-from service.engine import Engine, usage_bytes
-from service.errors import InvalidArgument, ServiceError, TooLarge, Unavailable, clip
-from service.http import models as m
-from service.http.documents import KIND, Conflict, Documents, Missing, check_name, file_url
-from service.metrics import Metrics
-from service.runtime.manifest import ManifestError
-from service.runtime.text import Overflow, TooLong
-from service.status import status_of
-from store import errors as store_errors
+from zembed.service.auth import bearer_matches, expected_token
+from zembed.service.chunking import precise_window
+from zembed.service.engine import Engine, usage_bytes
+from zembed.service.errors import InvalidArgument, ServiceError, TooLarge, Unavailable, clip
+from zembed.service.http import models as m
+from zembed.service.http.documents import KIND, Conflict, Documents, Missing, check_name, file_url
+from zembed.service.metrics import Metrics
+from zembed.service.runtime.manifest import ManifestError
+from zembed.service.runtime.text import Overflow, TooLong
+from zembed.service.status import status_of
+from zembed.store import errors as store_errors
 
 F32 = npt.NDArray[np.float32]
 Scope = MutableMapping[str, Any]

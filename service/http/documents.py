@@ -24,13 +24,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service import chunking
-from service.engine import Engine
-from service.errors import InvalidArgument, clip
-from service.http.filters import MAX_METADATA_JSON, TOKEN_FIELDS, check_metadata, compile_filter, tokens
-from store import Collection, CollectionConfig, Hit
-from store.layout import cid_prefix, id_key
-from store.validate import NAME_RE
+from zembed.service import chunking
+from zembed.service.engine import Engine
+from zembed.service.errors import InvalidArgument, clip
+from zembed.service.http.filters import (
+    MAX_METADATA_JSON,
+    TOKEN_FIELDS,
+    check_metadata,
+    compile_filter,
+    tokens,
+)
+from zembed.store import Collection, CollectionConfig, Hit
+from zembed.store.layout import cid_prefix, id_key
+from zembed.store.validate import NAME_RE
 
 F32 = npt.NDArray[np.float32]
 SEP = "\x1f"

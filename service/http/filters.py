@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from service.errors import InvalidArgument, clip
+from zembed.service.errors import InvalidArgument, clip
 
 TOKEN_FIELDS = ("zf0", "zf1", "zf2")
 SEP = "\x1f"

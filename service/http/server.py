@@ -17,11 +17,11 @@ from collections.abc import Generator
 
 import uvicorn
 
-from service.config import Settings
-from service.engine import Engine
-from service.errors import StartupError
-from service.http.app import State, build_app
-from service.metrics import Metrics
+from zembed.service.config import Settings
+from zembed.service.engine import Engine
+from zembed.service.errors import StartupError
+from zembed.service.http.app import State, build_app
+from zembed.service.metrics import Metrics
 
 log = logging.getLogger("zembed.http")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.runtime.manifest import Manifest, ManifestError, check_parity, read_manifest, verify_files
-from service.runtime.text import Overflow, TextEncoder
+from zembed.service.runtime.manifest import Manifest, ManifestError, check_parity, read_manifest, verify_files
+from zembed.service.runtime.text import Overflow, TextEncoder
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
