@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -324,18 +325,24 @@ class Vectors(_message.Message):
     def __init__(self, code: _Optional[_Iterable[float]] = ..., rescore: _Optional[_Iterable[float]] = ..., code_f32le: _Optional[bytes] = ..., rescore_f32le: _Optional[bytes] = ...) -> None: ...
 
 class MetadataValue(_message.Message):
-    __slots__ = ("string_value", "int_value", "double_value", "bool_value", "string_list")
+    __slots__ = ("string_value", "int_value", "double_value", "bool_value", "string_list", "null_value", "list_value", "object_value")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     INT_VALUE_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     STRING_LIST_FIELD_NUMBER: _ClassVar[int]
+    NULL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_VALUE_FIELD_NUMBER: _ClassVar[int]
     string_value: str
     int_value: int
     double_value: float
     bool_value: bool
     string_list: StringList
-    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+    null_value: _struct_pb2.NullValue
+    list_value: MetadataList
+    object_value: MetadataObject
+    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., null_value: _Optional[_Union[_struct_pb2.NullValue, str]] = ..., list_value: _Optional[_Union[MetadataList, _Mapping]] = ..., object_value: _Optional[_Union[MetadataObject, _Mapping]] = ...) -> None: ...
 
 class StringList(_message.Message):
     __slots__ = ("values",)
@@ -343,37 +350,90 @@ class StringList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class MetadataList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[MetadataValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ...) -> None: ...
+
+class MetadataObject(_message.Message):
+    __slots__ = ("fields",)
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.MessageMap[str, MetadataValue]
+    def __init__(self, fields: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+
+class Chunking(_message.Message):
+    __slots__ = ("enabled", "max_tokens", "overlap_tokens")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    max_tokens: int
+    overlap_tokens: int
+    def __init__(self, enabled: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
+
+class Passage(_message.Message):
+    __slots__ = ("index", "start", "end", "text")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    start: int
+    end: int
+    text: str
+    def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "documents")
+    __slots__ = ("collection", "documents", "chunking")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    chunking: Chunking
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("upserted", "usage")
+    __slots__ = ("upserted", "usage", "passages")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     upserted: int
     usage: Usage
-    def __init__(self, upserted: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    passages: int
+    def __init__(self, upserted: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., passages: _Optional[int] = ...) -> None: ...
 
 class UpsertStreamRequest(_message.Message):
-    __slots__ = ("collection", "document")
+    __slots__ = ("collection", "document", "documents", "chunking")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     document: Document
-    def __init__(self, collection: _Optional[str] = ..., document: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    chunking: Chunking
+    def __init__(self, collection: _Optional[str] = ..., document: _Optional[_Union[Document, _Mapping]] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
 
 class UpsertStreamResponse(_message.Message):
-    __slots__ = ("id", "status")
+    __slots__ = ("id", "status", "statuses", "stored")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: Status
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    statuses: _containers.RepeatedCompositeFieldContainer[Status]
+    stored: int
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[Status, _Mapping]]] = ..., stored: _Optional[int] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("collection", "ids")
@@ -449,7 +509,7 @@ class CalibrateResponse(_message.Message):
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation", "shortlist", "float_reads", "refine", "recall_target")
+    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation", "shortlist", "float_reads", "refine", "recall_target", "allow_partial")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +523,7 @@ class SearchRequest(_message.Message):
     FLOAT_READS_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     vectors: Vectors
@@ -476,10 +537,11 @@ class SearchRequest(_message.Message):
     float_reads: int
     refine: bool
     recall_target: float
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., shortlist: _Optional[int] = ..., float_reads: _Optional[int] = ..., refine: _Optional[bool] = ..., recall_target: _Optional[float] = ...) -> None: ...
+    allow_partial: bool
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., shortlist: _Optional[int] = ..., float_reads: _Optional[int] = ..., refine: _Optional[bool] = ..., recall_target: _Optional[float] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "hamming", "metadata")
+    __slots__ = ("id", "score", "hamming", "metadata", "passage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -491,19 +553,35 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     HAMMING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     hamming: int
     metadata: _containers.MessageMap[str, MetadataValue]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., hamming: _Optional[int] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+    passage: Passage
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., hamming: _Optional[int] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "usage")
+    __slots__ = ("hits", "usage", "partial", "missing_shards")
     HITS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     usage: Usage
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    partial: bool
+    missing_shards: _containers.RepeatedCompositeFieldContainer[ShardFailure]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[_Union[ShardFailure, _Mapping]]] = ...) -> None: ...
+
+class ShardFailure(_message.Message):
+    __slots__ = ("shard", "address", "status")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    address: str
+    status: Status
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class SearchStreamRequest(_message.Message):
     __slots__ = ("id", "search")

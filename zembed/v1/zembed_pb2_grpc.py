@@ -357,8 +357,10 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertStream(self, request_iterator, context):
-        """Bulk loading: each item is acknowledged once it is durably stored, in order, with its own status.
-        Items arriving within max_wait_ms of each other (up to max_inputs) share one transaction.
+        """Bulk loading: each message is acknowledged once its documents are durably stored, in order, one
+        response per message with one status per document. Send many documents per message (`documents`,
+        e.g. 256 to 1000): a message of documents is one transaction when all of them are valid; messages
+        arriving within max_wait_ms of each other share one transaction (up to max_inputs documents).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
