@@ -1,11 +1,23 @@
 """Dynamic batching for the embedding model: one dedicated inference thread owns the queue.
 
 Requests put their inputs (token id lists) on the queue as items, each with an asyncio future. The
-worker takes up to ``max_batch`` items (waiting at most ``max_wait_s`` for the batch to fill), drops
-items whose caller went away (cancelled futures) or whose deadline has passed (never computed), sorts
-the rest by length and splits them into sub-batches whose padded size (rows x longest) stays within
-``max_tokens`` and whose longest input is at most ``max_pad_ratio`` times the shortest, runs each, and
-resolves every item's future: with its row, or with the batch's exception (the worker lives on).
+worker takes up to ``max_batch`` items, drops items whose caller went away (cancelled futures) or whose
+deadline has passed (never computed), sorts the rest by length and splits them into sub-batches whose
+padded size (rows x longest) stays within ``max_tokens`` and whose longest input is at most
+``max_pad_ratio`` times the shortest, runs each, and resolves every item's future: with its row, or
+with the batch's exception (the worker lives on).
+
+Two lanes (:class:`Latency`, the hosted API's ``latency`` fast/slow):
+
+- **FAST** items are taken before queued SLOW ones, and a FAST batch is flushed once its oldest item
+  has waited ``max_wait_s`` (low latency; it holds FAST items only).
+- **SLOW** items batch for throughput: a SLOW batch waits up to ``slow_wait_s`` (from its oldest
+  item) to fill, and gives way to FAST items that arrive meanwhile. Between the sub-batches of a SLOW
+  take, waiting FAST items go first (the rest of the SLOW take goes back to the front of its lane), so
+  a FAST item waits for at most one running sub-batch.
+- No starvation: at most ``max_overtake`` FAST batches in a row are taken while SLOW items wait; then
+  a SLOW batch is taken (``stats.forced``). A SLOW item is overtaken by at most that many FAST
+  batches between two SLOW batches.
 
 Admission (back-pressure) is decided BEFORE tokenizing, from an estimate of each call's tokens
 (:meth:`Batcher.reserve`), and the queue is bounded in work, not items: the tokens waiting (reserved
@@ -13,7 +25,8 @@ or queued) divided by the measured inference rate (tokens per second, a moving a
 batches) may not exceed ``max_queue_s``, and at most ``capacity`` items wait. An empty queue admits
 any call. A unary call that does not fit fails at once with :class:`Overloaded` (no await, so in
 microseconds); streams pass ``wait=True`` and wait for room (their own in-flight bound keeps that
-wait short). The reservation is corrected to the real token count once the call is tokenized.
+wait short). The reservation is corrected to the real token count once the call is tokenized. A FAST
+call is bounded by the FAST work ahead of it (it overtakes SLOW work), a SLOW call by all the work.
 
 No gRPC here. The caller's deadline travels in the :data:`call_deadline` context variable (set at the
 edge), so every layer can read it without threading it through every signature.
@@ -27,6 +40,7 @@ import contextlib
 import contextvars
 import ctypes
 import ctypes.util
+import enum
 import logging
 import threading
 import time
@@ -36,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from zembed.service.errors import DeadlineExceeded, Overloaded, Unavailable
+from zembed.service.errors import DeadlineExceeded, InvalidArgument, Overloaded, Unavailable
 
 log = logging.getLogger("zembed.batcher")
 F32 = npt.NDArray[np.float32]
@@ -58,13 +72,34 @@ def _malloc_trim() -> Callable[[], None]:
     return run
 
 
+class Latency(enum.Enum):
+    """A call's lane in the embedding queue (the hosted API's ``latency`` fast/slow and
+    ``latency_mode`` low/high; gRPC ``Latency``)."""
+
+    FAST = "fast"  # taken first, flushed after max_wait_s; refused when its lane has no room
+    SLOW = "slow"  # batched for throughput, overtaken by FAST (bounded); waits for room
+
+    @classmethod
+    def parse(cls, value: str | None, field: str) -> Latency:
+        """From the HTTP API's words: fast/low (or unset) and slow/high."""
+        lane = _WORDS.get(value or "fast")
+        if lane is None:
+            raise InvalidArgument(field, f"must be one of {sorted(_WORDS)}; given {value!r}")
+        return lane
+
+
+_WORDS = {"fast": Latency.FAST, "low": Latency.FAST, "slow": Latency.SLOW, "high": Latency.SLOW}
+
+
 @dataclass
 class _Item:
     ids: Sequence[int]
     future: asyncio.Future[F32]
     loop: asyncio.AbstractEventLoop
     deadline: float | None = None
+    lane: Latency = Latency.FAST
     enqueued: float = field(default_factory=time.perf_counter)
+    yielded: bool = False  # put back by a SLOW take that gave way: taken again without a fill wait
 
 
 @dataclass
@@ -79,22 +114,28 @@ class BatchStats:
     last_batch_size: int = 0
     busy_s: float = 0.0
     trims: int = 0
+    fast_items: int = 0  # items taken from the FAST lane
+    slow_items: int = 0  # items taken from the SLOW lane
+    overtakes: int = 0  # FAST batches taken while SLOW items waited
+    forced: int = 0  # SLOW batches taken ahead of waiting FAST items (the max_overtake bound)
+    yielded: int = 0  # SLOW items put back to let waiting FAST items run between sub-batches
 
 
 class Reservation:
     """Room in the queue held for one call, from admission until its items are queued (or it fails)."""
 
-    def __init__(self, batcher: Batcher, items: int, tokens: int) -> None:
+    def __init__(self, batcher: Batcher, items: int, tokens: int, lane: Latency = Latency.FAST) -> None:
         self._b = batcher
         self.items = items
         self.tokens = tokens
+        self.lane = lane
         self.active = True
 
     def adjust(self, tokens: int) -> None:
         """Replace the estimate with the real token count (after tokenizing)."""
         with self._b._cond:
             if self.active:
-                self._b._work += tokens - self.tokens
+                self._b._account(self.lane, 0, tokens - self.tokens)
             self.tokens = tokens
 
     def release(self) -> None:
@@ -102,8 +143,7 @@ class Reservation:
             if not self.active:
                 return
             self.active = False
-            self._b._work -= self.tokens
-            self._b._items -= self.items
+            self._b._account(self.lane, -self.items, -self.tokens)
         self._b._wake_waiters()
 
 
@@ -121,7 +161,12 @@ class Batcher:
         rate: float | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        slow_wait_s: float | None = None,
+        max_overtake: int = 4,
     ) -> None:
+        """``max_wait_s``: how long a FAST batch waits to fill (from its oldest item);
+        ``slow_wait_s``: the same for a SLOW batch (default 10 x ``max_wait_s``, at least 20 ms);
+        ``max_overtake``: FAST batches taken in a row while SLOW items wait (then a SLOW batch)."""
         self._run = run
         self._on_idle = on_idle
         self.max_batch = max_batch
@@ -130,12 +175,21 @@ class Batcher:
         self.capacity = capacity
         self.max_pad_ratio = max_pad_ratio
         self.max_queue_s = max_queue_s
+        self.slow_wait_s = max(10 * max_wait_s, 0.02) if slow_wait_s is None else slow_wait_s
+        if max_overtake < 1:
+            raise ValueError(f"max_overtake must be at least 1; given {max_overtake}")
+        self.max_overtake = max_overtake
         self.rate = rate  # padded tokens per second of inference (None until measured)
         self._on_batch = on_batch
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._lanes: dict[Latency, collections.deque[_Item]] = {
+            Latency.FAST: collections.deque(),
+            Latency.SLOW: collections.deque(),
+        }
         self._cond = threading.Condition()
-        self._work = 0  # tokens reserved or queued, not yet taken by the worker
-        self._items = 0  # items reserved or queued, not yet taken
+        # per lane: tokens / items reserved or queued, not yet taken by the worker
+        self._work_by = dict.fromkeys(Latency, 0)
+        self._items_by = dict.fromkeys(Latency, 0)
+        self._overtakes = 0  # FAST batches taken in a row while SLOW items waited
         self._space: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._stopping = False
         self._trim = _malloc_trim()
@@ -153,7 +207,23 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return sum(len(q) for q in self._lanes.values())
+
+    def lane_depth(self, lane: Latency) -> int:
+        return len(self._lanes[lane])
+
+    @property
+    def _work(self) -> int:
+        return sum(self._work_by.values())
+
+    @property
+    def _items(self) -> int:
+        return sum(self._items_by.values())
+
+    def _account(self, lane: Latency, items: int, tokens: int) -> None:
+        """Change a lane's reserved/queued counts (under ``_cond``)."""
+        self._items_by[lane] += items
+        self._work_by[lane] += tokens
 
     @property
     def queued_tokens(self) -> int:
@@ -168,16 +238,26 @@ class Batcher:
     def estimated_wait_s(self) -> float:
         return self._work / self.rate if self.rate else 0.0
 
-    def _fits(self, items: int, tokens: int) -> bool:
-        if self._items == 0:
+    def _fits(self, items: int, tokens: int, lane: Latency) -> bool:
+        """FAST calls count the FAST work ahead of them (they overtake SLOW work); SLOW calls all."""
+        ahead_items = self._items_by[lane] if lane is Latency.FAST else self._items
+        ahead_work = self._work_by[lane] if lane is Latency.FAST else self._work
+        if ahead_items == 0:
             return True  # an empty queue admits any call (it is bounded by the call limits)
-        return self._items + items <= self.capacity and self._work + tokens <= self.max_queue_tokens()
+        return ahead_items + items <= self.capacity and ahead_work + tokens <= self.max_queue_tokens()
 
     async def reserve(
-        self, items: int, tokens: int, *, wait: bool = False, deadline: float | None = None
+        self,
+        items: int,
+        tokens: int,
+        *,
+        wait: bool = False,
+        deadline: float | None = None,
+        lane: Latency = Latency.FAST,
     ) -> Reservation:
         """Admit a call of ``items`` inputs estimated at ``tokens`` tokens, or refuse it at once
-        (``Overloaded``) unless ``wait`` (streams: wait for room, at most until ``deadline``)."""
+        (``Overloaded``) unless ``wait`` (streams, SLOW calls: wait for room, at most until
+        ``deadline``)."""
         if self._stopping:
             raise Unavailable("the server is shutting down")
         if items > self.capacity:
@@ -187,10 +267,9 @@ class Batcher:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded("the call's deadline passed while it waited for the embedding queue")
             with self._cond:
-                if self._fits(items, tokens):
-                    self._work += tokens
-                    self._items += items
-                    return Reservation(self, items, tokens)
+                if self._fits(items, tokens, lane):
+                    self._account(lane, items, tokens)
+                    return Reservation(self, items, tokens, lane)
                 if not wait:
                     self.stats.refused += 1
                     raise Overloaded(
@@ -213,27 +292,28 @@ class Batcher:
         wait: bool = False,
         reservation: Reservation | None = None,
         deadline: float | None = None,
+        lane: Latency = Latency.FAST,
     ) -> F32:
         """Embed token id lists; rows come back in input order. Without a ``reservation`` the call is
-        admitted here (by its real token count)."""
+        admitted here (by its real token count); with one, the reservation's lane is used."""
         if deadline is None:
             deadline = call_deadline.get()
         tokens = sum(len(x) for x in ids)
         if reservation is None:
-            reservation = await self.reserve(len(ids), tokens, wait=wait, deadline=deadline)
+            reservation = await self.reserve(len(ids), tokens, wait=wait, deadline=deadline, lane=lane)
         else:
             reservation.adjust(tokens)
+        lane = reservation.lane
         loop = asyncio.get_running_loop()
         with self._cond:
             if self._stopping:
                 reservation.active = False
-                self._work -= reservation.tokens
-                self._items -= reservation.items
+                self._account(lane, -reservation.items, -reservation.tokens)
                 raise Unavailable("the server is shutting down")
-            items = [_Item(x, loop.create_future(), loop, deadline) for x in ids]
-            self._queue.extend(items)
+            items = [_Item(x, loop.create_future(), loop, deadline, lane) for x in ids]
+            self._lanes[lane].extend(items)
             reservation.active = False  # the queued items carry the accounting from here
-            self._items += len(items) - reservation.items
+            self._account(lane, len(items) - reservation.items, 0)
             self._cond.notify()
         try:
             rows = await asyncio.gather(*(i.future for i in items))
@@ -250,26 +330,59 @@ class Batcher:
             loop.call_soon_threadsafe(event.set)
 
     # ------------------------------------------------------------------ worker thread
+    def _pick(self) -> Latency:
+        """The lane to take from next (under ``_cond``; some lane is not empty)."""
+        fast, slow = self._lanes[Latency.FAST], self._lanes[Latency.SLOW]
+        if slow and (not fast or self._overtakes >= self.max_overtake):
+            return Latency.SLOW
+        return Latency.FAST
+
     def _take(self) -> list[_Item]:
         with self._cond:
-            while not self._queue and not self._stopping:
+            while not self.depth and not self._stopping:
                 if not self._cond.wait(1.0) and self.stats.batches != self.stats.trims:
                     self.stats.trims = self.stats.batches
                     return []  # idle for a second after work: the worker releases memory
-            if not self._queue:
+            if not self.depth:
                 return []
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(self._queue) < self.max_batch and not self._stopping:
-                left = deadline - time.perf_counter()
-                if left <= 0:
+            while True:  # a FAST item arriving while a SLOW batch fills is picked at once
+                lane = self._pick()
+                queue = self._lanes[lane]
+                wait = self.max_wait_s if lane is Latency.FAST else self.slow_wait_s
+                left = 0.0 if queue[0].yielded else queue[0].enqueued + wait - time.perf_counter()
+                if len(queue) >= self.max_batch or self._stopping or left <= 0:
                     break
                 self._cond.wait(left)
-            n = min(self.max_batch, len(self._queue))
-            taken = [self._queue.popleft() for _ in range(n)]
-            self._items -= n
-            self._work -= sum(len(i.ids) for i in taken)
+            slow_waiting = bool(self._lanes[Latency.SLOW])
+            if lane is Latency.FAST:
+                self._overtakes = self._overtakes + 1 if slow_waiting else 0
+                self.stats.overtakes += slow_waiting
+            else:
+                self.stats.forced += bool(self._lanes[Latency.FAST])
+                self._overtakes = 0
+            n = min(self.max_batch, len(queue))
+            taken = [queue.popleft() for _ in range(n)]
+            self._account(lane, -n, -sum(len(i.ids) for i in taken))
+            if lane is Latency.FAST:
+                self.stats.fast_items += n
+            else:
+                self.stats.slow_items += n
         self._wake_waiters()
         return taken
+
+    def _yield_to_fast(self, rest: list[_Item]) -> bool:
+        """Between a SLOW take's sub-batches: when FAST items wait (and the overtake bound allows),
+        put ``rest`` back at the front of the SLOW lane and return True."""
+        with self._cond:
+            if not self._lanes[Latency.FAST] or self._overtakes >= self.max_overtake:
+                return False
+            for i in rest:
+                i.yielded = True
+            self._lanes[Latency.SLOW].extendleft(reversed(rest))
+            self._account(Latency.SLOW, len(rest), sum(len(i.ids) for i in rest))
+            self.stats.yielded += len(rest)
+            self.stats.slow_items -= len(rest)
+            return True
 
     def _worker(self) -> None:
         while True:
@@ -295,7 +408,12 @@ class Batcher:
                 else:
                     live.append(i)
             live.sort(key=lambda i: len(i.ids))
-            for batch in self._split(live):
+            batches = self._split(live)
+            for k, batch in enumerate(batches):
+                if k and batch[0].lane is Latency.SLOW:
+                    rest = [i for b in batches[k:] for i in b]
+                    if self._yield_to_fast(rest):
+                        break
                 self._run_batch(batch)
 
     def _release_memory(self) -> None:
@@ -353,10 +471,12 @@ class Batcher:
             i.loop.call_soon_threadsafe(_set_result, i.future, row)
 
     def _fail_all(self, exc: BaseException) -> None:
+        items: list[_Item] = []
         with self._cond:
-            items, self._queue = list(self._queue), collections.deque()
-            self._items -= len(items)
-            self._work -= sum(len(i.ids) for i in items)
+            for lane, queue in self._lanes.items():
+                self._account(lane, -len(queue), -sum(len(i.ids) for i in queue))
+                items.extend(queue)
+                queue.clear()
         for i in items:
             i.loop.call_soon_threadsafe(_set_exception, i.future, exc)
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
-from zembed.service.batcher import Batcher
-from zembed.service.errors import DeadlineExceeded, Overloaded
+from zembed.service.batcher import Batcher, Latency
+from zembed.service.errors import DeadlineExceeded, InvalidArgument, Overloaded
 
 
 def fake_run(log: list[list[int]]) -> object:
@@ -188,3 +188,160 @@ def test_admission_is_bounded_in_work_not_items() -> None:
 
     asyncio.run(go())
     gate.set()
+
+
+FAST, SLOW = Latency.FAST, Latency.SLOW
+
+
+class Held:
+    """A model that records each row's first id, one list per batch, and blocks every batch until
+    ``gate`` is set (``entered`` is set when a batch starts)."""
+
+    def __init__(self) -> None:
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.batches: list[list[int]] = []
+        self.on_batch: Callable[[], None] | None = None
+
+    def __call__(self, ids: list[Sequence[int]]) -> np.ndarray:
+        self.entered.set()
+        if self.on_batch is not None:
+            self.on_batch()
+        self.gate.wait(10)
+        self.batches.append([x[0] for x in ids])
+        return np.zeros((len(ids), 1), dtype=np.float32)
+
+    @property
+    def order(self) -> list[int]:
+        return [i for b in self.batches for i in b]
+
+
+async def queue_behind_blocker(
+    b: Batcher, model: Held, calls: list[tuple[int, Latency]]
+) -> list[asyncio.Task[np.ndarray]]:
+    """Submit a blocker (id 0) that the worker takes and holds, then ``calls`` (id, lane) one by one,
+    each queued before the next is submitted; returns every task, the blocker's first."""
+    tasks = [asyncio.create_task(b.submit([[0]]))]
+    await until(model.entered.is_set)
+    for n, (i, lane) in enumerate(calls, 1):
+        tasks.append(asyncio.create_task(b.submit([[i]], lane=lane, wait=lane is SLOW)))
+        await until(lambda n=n: b.depth == n)  # type: ignore[misc]
+    return tasks
+
+
+def test_fast_items_are_taken_before_queued_slow_ones() -> None:
+    """Issue 12: FAST calls overtake a queue of SLOW ones (queue positions, not timings)."""
+    model = Held()
+    b = Batcher(model, max_batch=1, max_wait_s=0.0, slow_wait_s=0.0, capacity=100)
+    b.start()
+
+    async def go() -> None:
+        slow = [(i, SLOW) for i in (11, 12, 13, 14)]
+        tasks = await queue_behind_blocker(b, model, [*slow, (21, FAST), (22, FAST)])
+        assert b.lane_depth(SLOW) == 4 and b.lane_depth(FAST) == 2
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(go())
+    b.stop()
+    assert model.order == [0, 21, 22, 11, 12, 13, 14]
+    assert b.stats.fast_items == 3 and b.stats.slow_items == 4 and b.stats.overtakes == 2
+    assert b.stats.forced == 0
+
+
+def test_slow_items_are_overtaken_at_most_max_overtake_batches_in_a_row() -> None:
+    """No starvation: with SLOW items waiting, at most ``max_overtake`` FAST batches run in a row."""
+    model = Held()
+    b = Batcher(model, max_batch=1, max_wait_s=0.0, slow_wait_s=0.0, capacity=100, max_overtake=2)
+    b.start()
+
+    async def go() -> None:
+        calls = [(11, SLOW), (12, SLOW), *((20 + i, FAST) for i in range(1, 7))]
+        tasks = await queue_behind_blocker(b, model, calls)
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(go())
+    b.stop()
+    assert model.order == [0, 21, 22, 11, 23, 24, 12, 25, 26]
+    assert b.stats.forced == 2 and b.stats.overtakes == 4
+    with pytest.raises(ValueError, match="max_overtake must be at least 1"):
+        Batcher(model, max_overtake=0)
+
+
+def test_a_slow_take_yields_to_fast_items_between_its_sub_batches() -> None:
+    """A SLOW take split into sub-batches: a FAST item that arrives while the first runs goes next;
+    the rest of the SLOW take goes back to the front of its lane, in order."""
+    model = Held()
+    # max_tokens 1: every row is its own sub-batch; the SLOW batch fills to 3 items before it is taken
+    b = Batcher(model, max_batch=3, max_tokens=1, max_wait_s=0.0, slow_wait_s=30.0, capacity=100)
+    b.start()
+
+    async def go() -> None:
+        slow = [asyncio.create_task(b.submit([[i]], lane=SLOW)) for i in (11, 12, 13)]
+        await until(model.entered.is_set)  # the SLOW take's first sub-batch is running
+        assert model.batches == [] and b.depth == 0
+        fast = asyncio.create_task(b.submit([[21]]))
+        await until(lambda: b.lane_depth(FAST) == 1)
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(*slow, fast), 10)
+
+    asyncio.run(go())
+    b.stop()
+    assert model.batches == [[11], [21], [12], [13]]
+    assert b.stats.yielded == 2 and b.stats.slow_items == 3 and b.stats.fast_items == 1
+
+
+def test_slow_batches_fill_for_throughput_fast_ones_flush() -> None:
+    """A SLOW batch waits (up to slow_wait_s) until it is full; FAST items are flushed after
+    max_wait_s (0 here) without waiting for company."""
+    model = Held()
+    model.gate.set()
+    b = Batcher(model, max_batch=3, max_wait_s=0.0, slow_wait_s=30.0, capacity=100)
+    b.start()
+
+    async def go() -> None:
+        first = [asyncio.create_task(b.submit([[i]], lane=SLOW)) for i in (11, 12)]
+        await until(lambda: b.lane_depth(SLOW) == 2)
+        await asyncio.wait_for(b.submit([[21]]), 10)  # flushed alone, ahead of the filling batch
+        assert model.batches == [[21]] and b.lane_depth(SLOW) == 2
+        await asyncio.wait_for(asyncio.gather(*first, b.submit([[13]], lane=SLOW)), 10)
+
+    asyncio.run(go())
+    b.stop()
+    assert model.batches == [[21], [11, 12, 13]]
+
+
+def test_fast_admission_counts_only_fast_work_slow_counts_all() -> None:
+    """SLOW work filling the queue does not refuse a FAST call (it overtakes that work); a SLOW call
+    that does not fit is refused (or, waiting, admitted when room frees)."""
+    b = Batcher(Held(), max_batch=4, max_wait_s=0.0, capacity=4, max_queue_s=1.0, rate=1000.0)
+
+    async def go() -> None:
+        slow = await b.reserve(4, 900, lane=SLOW)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await b.reserve(1, 10, lane=SLOW)
+        fast = await b.reserve(3, 900)  # admitted: no FAST work ahead of it
+        with pytest.raises(Overloaded):
+            await b.reserve(1, 200)  # 900 FAST tokens + 200 > 1 s x 1000 tokens/s
+        assert b.queued_tokens == 1800
+        waiting = asyncio.create_task(b.reserve(1, 10, lane=SLOW, wait=True))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        slow.release()
+        fast.release()
+        (await asyncio.wait_for(waiting, 10)).release()
+        assert b.queued_tokens == 0 and b.stats.refused == 2
+
+    asyncio.run(go())
+
+
+def test_latency_words() -> None:
+    assert [Latency.parse(w, "latency") for w in (None, "fast", "low", "slow", "high")] == [
+        FAST,
+        FAST,
+        FAST,
+        SLOW,
+        SLOW,
+    ]
+    with pytest.raises(InvalidArgument, match=r"latency.*must be one of"):
+        Latency.parse("medium", "latency")
