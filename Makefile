@@ -23,7 +23,7 @@ lint: $(VENV)/.installed
 
 # torch 2.13.0 is installed first on its own: it is the CPU wheel this machine carries locally, and
 # a plain `torch` requirement would otherwise pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml setup.py store/_hamming.c
+$(VENV)/.installed: pyproject.toml setup.py store/_hamming.c $(wildcard store/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0

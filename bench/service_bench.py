@@ -38,12 +38,13 @@ sys.path.insert(0, str(ROOT))
 from common import start_server as common_start_server  # noqa: E402
 from common import table, write_json  # noqa: E402
 from embed_cache import minilm_dir  # noqa: E402
+from floor import read_sum  # noqa: E402
 from null_server import METHOD  # noqa: E402
 from null_server import buffer as null_buffer  # noqa: E402
 from passages import passages  # noqa: E402
 
 from zembed.service.client import Client  # noqa: E402
-from zembed.store import CollectionConfig, Store, _hamming  # noqa: E402
+from zembed.store import CollectionConfig, Store  # noqa: E402
 
 PER_CALL = 8
 CLIENTS = 8
@@ -141,7 +142,7 @@ def search_latency(port: int, model: Path, data: Path, queries: np.ndarray, docs
         "rpc": lambda q: client.search("big", code=q.tolist(), top_k=10),
         "local": lambda q: coll.search(q, top_k=10),
         "null_rpc": lambda q: null_call(q.tobytes()),
-        "null_local": lambda q: _hamming.read_sum(buf),
+        "null_local": lambda q: read_sum(buf),
     }
     for q in queries[:5]:
         for call in calls.values():

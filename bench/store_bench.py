@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import table, write_json
+from floor import read_sum
 
 from zembed.store import CollectionConfig, RescoreDtype, Store, scan
 from zembed.store.index import CodeIndex
@@ -63,7 +64,7 @@ def build_index(n: int, seed: int) -> CodeIndex:
 
 def floor_read(view_codes: tuple[Any, ...], n: int) -> None:
     for c in view_codes:
-        scan.read_sum(c[: min(len(c), n)])
+        read_sum(c[: min(len(c), n)])
         n -= len(c)
         if n <= 0:
             break
