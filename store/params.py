@@ -13,6 +13,8 @@ Sizes are either explicit (``shortlist``, ``float_reads``) or chosen: from ``rec
 cheapest setting whose recall@10 against exact search, measured on the collection when it was
 calibrated, reaches the target) or from the defaults (``DEFAULT_READS_PER_K`` float reads and
 ``DEFAULT_SHORTLIST_PER_READ`` Hamming candidates per float read), which the recall benchmark chose.
+``high_recall`` (the hosted API's ``latency_mode: high``, gRPC ``LATENCY_SLOW``) chooses
+``HIGH_RECALL_READS_PER_K`` float reads instead: 4x the defaults' reads and shortlist.
 
 Built once where a request enters (the gRPC edge, or a Python caller), then passed through unchanged.
 """
@@ -33,6 +35,10 @@ DEFAULT_TOP_K = 10
 DEFAULT_READS_PER_K = 4
 #: Hamming candidates refined per float read (400 at top_k 10; bench/recall_multilingual.py)
 DEFAULT_SHORTLIST_PER_READ = 10
+#: high_recall: 16 float reads per result (160 reads, 1600 candidates at top_k 10): the calibration
+#: grid's largest read count. Float reads are what limits recall at the defaults (more candidates per
+#: read add <= 0.006, bench/recall_multilingual.py); recall and cost: bench/latency_modes.py.
+HIGH_RECALL_READS_PER_K = 16
 MAX_FLOAT_READS = 100_000  # top_k 1000 x the earlier oversampling 100
 MAX_SHORTLIST = 1_000_000
 
@@ -88,6 +94,8 @@ class SearchParams:
     ``recall_target``: 0 means the defaults; else in (0, 1], resolved against the collection's
     measured :class:`Tuning` (a collection not yet measured uses the defaults).
     ``filter``: the parsed conditions (build with :meth:`create` from the mapping form).
+    ``high_recall``: chosen sizes use ``HIGH_RECALL_READS_PER_K`` float reads per result (explicit
+    sizes and ``recall_target`` take precedence).
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -98,12 +106,13 @@ class SearchParams:
     recall_target: float = 0.0
     filter: tuple[Condition, ...] = ()
     include_metadata: bool = True
+    high_recall: bool = False
 
     def __post_init__(self) -> None:
         validate.int_range(self.top_k, "top_k", 1, validate.MAX_TOP_K)
         validate.int_range(self.shortlist, "shortlist", 0, MAX_SHORTLIST)
         validate.int_range(self.float_reads, "float_reads", 0, MAX_FLOAT_READS)
-        for name in ("refine", "rescore", "include_metadata"):
+        for name in ("refine", "rescore", "include_metadata", "high_recall"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(name, f"must be a bool; given {getattr(self, name)!r}")
         rt = self.recall_target
@@ -153,6 +162,8 @@ class SearchParams:
         if not self.rescore:
             return Plan(self.top_k, self.top_k, False, False)
         reads_per_k, per_read = DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ
+        if self.high_recall:
+            reads_per_k = HIGH_RECALL_READS_PER_K
         if self.recall_target and tuning is not None:
             chosen = tuning.choose(self.recall_target)
             if chosen is not None:
