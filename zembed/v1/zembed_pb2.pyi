@@ -28,6 +28,12 @@ class Truncation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRUNCATION_UNSPECIFIED: _ClassVar[Truncation]
     TRUNCATION_TRUNCATE: _ClassVar[Truncation]
     TRUNCATION_STRICT: _ClassVar[Truncation]
+
+class Latency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LATENCY_UNSPECIFIED: _ClassVar[Latency]
+    LATENCY_FAST: _ClassVar[Latency]
+    LATENCY_SLOW: _ClassVar[Latency]
 INPUT_TYPE_UNSPECIFIED: InputType
 INPUT_TYPE_QUERY: InputType
 INPUT_TYPE_DOCUMENT: InputType
@@ -40,6 +46,9 @@ ENCODING_FLOAT_LIST: Encoding
 TRUNCATION_UNSPECIFIED: Truncation
 TRUNCATION_TRUNCATE: Truncation
 TRUNCATION_STRICT: Truncation
+LATENCY_UNSPECIFIED: Latency
+LATENCY_FAST: Latency
+LATENCY_SLOW: Latency
 
 class Embedding(_message.Message):
     __slots__ = ("data", "values", "scale", "tokens", "truncated")
@@ -64,18 +73,20 @@ class Usage(_message.Message):
     def __init__(self, total_tokens: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "input_type", "dimensions", "encoding", "truncation")
+    __slots__ = ("inputs", "input_type", "dimensions", "encoding", "truncation", "latency")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     input_type: InputType
     dimensions: int
     encoding: Encoding
     truncation: Truncation
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., input_type: _Optional[_Union[InputType, str]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[_Union[Truncation, str]] = ...) -> None: ...
+    latency: Latency
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., input_type: _Optional[_Union[InputType, str]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., latency: _Optional[_Union[Latency, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "usage", "dimensions")
@@ -88,20 +99,22 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., dimensions: _Optional[int] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
-    __slots__ = ("id", "input", "input_type", "dimensions", "encoding", "truncation")
+    __slots__ = ("id", "input", "input_type", "dimensions", "encoding", "truncation", "latency")
     ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
     id: str
     input: str
     input_type: InputType
     dimensions: int
     encoding: Encoding
     truncation: Truncation
-    def __init__(self, id: _Optional[str] = ..., input: _Optional[str] = ..., input_type: _Optional[_Union[InputType, str]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[_Union[Truncation, str]] = ...) -> None: ...
+    latency: Latency
+    def __init__(self, id: _Optional[str] = ..., input: _Optional[str] = ..., input_type: _Optional[_Union[InputType, str]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., latency: _Optional[_Union[Latency, str]] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("code", "message")
@@ -509,7 +522,7 @@ class CalibrateResponse(_message.Message):
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation", "shortlist", "float_reads", "refine", "recall_target", "allow_partial")
+    __slots__ = ("collection", "text", "vectors", "top_k", "oversampling", "rescore", "filter", "include_metadata", "truncation", "shortlist", "float_reads", "refine", "recall_target", "allow_partial", "latency")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +537,7 @@ class SearchRequest(_message.Message):
     REFINE_FIELD_NUMBER: _ClassVar[int]
     RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     vectors: Vectors
@@ -538,7 +552,8 @@ class SearchRequest(_message.Message):
     refine: bool
     recall_target: float
     allow_partial: bool
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., shortlist: _Optional[int] = ..., float_reads: _Optional[int] = ..., refine: _Optional[bool] = ..., recall_target: _Optional[float] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    latency: Latency
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[Vectors, _Mapping]] = ..., top_k: _Optional[int] = ..., oversampling: _Optional[int] = ..., rescore: _Optional[bool] = ..., filter: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., include_metadata: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., shortlist: _Optional[int] = ..., float_reads: _Optional[int] = ..., refine: _Optional[bool] = ..., recall_target: _Optional[float] = ..., allow_partial: _Optional[bool] = ..., latency: _Optional[_Union[Latency, str]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "hamming", "metadata", "passage")
