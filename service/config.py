@@ -55,6 +55,11 @@ class Settings:
     intra_op_threads: int = 0  # onnxruntime threads; 0 lets it choose
     accept_parity_failure: bool = False  # serve an export whose manifest records a failed parity check
     log_level: str = "INFO"
+    # the sharded router role (service.router): shard addresses, in shard order; no store of its own
+    shards: tuple[str, ...] = ()
+    shards_file: Path | None = None
+    shard_timeout_s: float = 30.0  # a shard call's limit when the caller set no deadline
+    shard_tls_ca: Path | None = None  # PEM CA bundle: call the shards over TLS
 
     def validate(self) -> Settings:
         if not (self.model / "manifest.json").is_file():
@@ -96,7 +101,32 @@ class Settings:
             )
         if self.token is not None and len(self.token) < 16:
             raise ConfigError("--token / ZEMBED_TOKEN must be at least 16 characters")
+        if self.shards or self.shards_file is not None:
+            self.shard_addresses()  # the list parses
+            if self.http_port >= 0 or self.default_collection:
+                raise ConfigError("--http-port and --default-collection are not for a router (--shards)")
+            if self.shard_timeout_s <= 0:
+                raise ConfigError(f"--shard-timeout-s must be > 0; given {self.shard_timeout_s}")
+            if self.shard_tls_ca is not None and not self.shard_tls_ca.is_file():
+                raise ConfigError(f"--shard-tls-ca: {self.shard_tls_ca} is not a file")
         return self
+
+    def shard_addresses(self) -> tuple[str, ...]:
+        """The router's shards (--shards, or --shards-file read now); empty: not a router."""
+        from zembed.service.fanout import ShardListError, parse_shards
+
+        if self.shards and self.shards_file is not None:
+            raise ConfigError("--shards and --shards-file (ZEMBED_SHARDS / ZEMBED_SHARDS_FILE): give one")
+        try:
+            if self.shards_file is not None:
+                try:
+                    text = self.shards_file.read_text()
+                except OSError as exc:
+                    raise ConfigError(f"--shards-file: cannot read {self.shards_file}: {exc}") from None
+                return parse_shards(text, f"--shards-file {self.shards_file}")
+            return parse_shards(",".join(self.shards), "--shards") if self.shards else ()
+        except ShardListError as exc:
+            raise ConfigError(str(exc)) from None
 
     def redacted(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -150,6 +180,12 @@ _HELP = {
     "accept_parity_failure": "serve an export whose manifest.json records a failed parity check "
     "(it does not embed like its checkpoint; refused otherwise)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "shards": "serve as a sharded router: comma-separated shard addresses in shard order (HOST:PORT, "
+    "a DNS name of the shard's replicas, balanced round-robin); queries are embedded here, searches "
+    "fan out to every shard, writes go to shard_of(id); no --data",
+    "shards_file": "a file listing the router's shard addresses (one per line, # comments)",
+    "shard_timeout_s": "router: seconds a shard call may take when the caller set no deadline",
+    "shard_tls_ca": "router: PEM CA bundle to call the shards over TLS (plaintext when unset)",
 }
 
 
@@ -181,6 +217,8 @@ def from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         if raw is None:
             continue
         values[f.name] = _convert(f.name, str(f.type), raw)
+    if values.get("shards") or values.get("shards_file"):
+        values.setdefault("data", Path(""))  # a router has no store: --data is not used
     for required in ("model", "data"):
         if required not in values:
             raise ConfigError(f"--{required} (or ZEMBED_{required.upper()}) is required")

@@ -152,6 +152,10 @@ async def start(
     and the TLS files are checked BEFORE the port is bound, so a bad data directory or key never
     leaves a half-started server; the model loads after binding (health says NOT_SERVING meanwhile).
     """
+    if settings.shards or settings.shards_file is not None:  # the sharded router: no store of its own
+        from zembed.service.router import start_router
+
+        return await start_router(settings, metrics=metrics, announce=announce, model=model)
     metrics = metrics or Metrics()
     tls = check_tls(settings)
     if store is None:
