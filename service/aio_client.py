@@ -70,7 +70,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
         token: str | None = None,
         tls: bool = False,
@@ -81,7 +81,10 @@ class AsyncClient:
         stream_timeout: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        creds, self.metadata = channel_options(token, tls, root_certificates, private_key, certificate_chain)
+        target, creds, self.metadata = channel_options(
+            target, token, tls, root_certificates, private_key, certificate_chain
+        )
+        self.target = target
         self.channel = (
             grpc.aio.secure_channel(target, creds, options=list(options))
             if creds is not None

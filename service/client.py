@@ -21,6 +21,7 @@ the limit and the value); stream items carry their own status instead. Inputs th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -719,30 +720,38 @@ class Feed:
 
 
 # ---------------------------------------------------------------------------------------- channel
+DEFAULT_ADDRESS = "localhost:50051"
+
+
 def channel_options(
+    target: str | None,
     token: str | None,
     tls: bool,
     root_certificates: bytes | None,
     private_key: bytes | None,
     certificate_chain: bytes | None,
-) -> tuple[grpc.ChannelCredentials | None, tuple[tuple[str, str], ...]]:
-    """(TLS credentials or None for plaintext, the call metadata carrying the bearer token)."""
+) -> tuple[str, grpc.ChannelCredentials | None, tuple[tuple[str, str], ...]]:
+    """(the address, TLS credentials or None for plaintext, the call metadata carrying the bearer
+    token). Address and token default to ZEMBED_ADDRESS and ZEMBED_TOKEN, as for the command line."""
+    target = target or os.environ.get("ZEMBED_ADDRESS") or DEFAULT_ADDRESS
+    token = token if token is not None else os.environ.get("ZEMBED_TOKEN") or None
     creds = None
     if tls or root_certificates is not None or certificate_chain is not None:
         creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-    return creds, ((("authorization", f"Bearer {token}"),) if token else ())
+    return target, creds, ((("authorization", f"Bearer {token}"),) if token else ())
 
 
 class Client:
     """Blocking client over one channel (both services and the health service).
 
-    ``target`` is ``host:port``; ``token`` the server's ``--token``; ``tls`` (or ``root_certificates``,
+    ``target`` is ``host:port`` (default: ZEMBED_ADDRESS, else localhost:50051); ``token`` the
+    server's ``--token`` (default: ZEMBED_TOKEN); ``tls`` (or ``root_certificates``,
     PEM bytes) for TLS, ``private_key`` / ``certificate_chain`` for mutual TLS. ``timeout`` (seconds)
     bounds each unary call; ``stream_timeout`` each stream (None: no limit)."""
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
         token: str | None = None,
         tls: bool = False,
@@ -753,7 +762,10 @@ class Client:
         stream_timeout: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        creds, self.metadata = channel_options(token, tls, root_certificates, private_key, certificate_chain)
+        target, creds, self.metadata = channel_options(
+            target, token, tls, root_certificates, private_key, certificate_chain
+        )
+        self.target = target
         self.channel = (
             grpc.secure_channel(target, creds, options=list(options))
             if creds is not None

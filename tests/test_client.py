@@ -296,3 +296,18 @@ def test_async_client_errors_are_grpc_errors(server: FakeServer) -> None:
         raise AssertionError("no error")
 
     assert asyncio.run(run()) == grpc.StatusCode.NOT_FOUND
+
+
+def test_address_and_token_default_to_the_command_line_variables(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZEMBED_ADDRESS", server.target)
+    monkeypatch.setenv("ZEMBED_TOKEN", TOKEN)
+    with Client() as c:
+        assert c.target == server.target and c.model_info().model_id == "fake/embedder"
+    with Client(token="wrong-token-0123456789") as c, pytest.raises(grpc.RpcError) as err:
+        c.model_info()  # an explicit argument beats the variable
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    monkeypatch.delenv("ZEMBED_ADDRESS")
+    with Client() as c:
+        assert c.target == "localhost:50051"
