@@ -21,12 +21,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from zembed.service.auth import bearer_matches, expected_token
+from zembed.store import scan
 
 
 class Metrics:
@@ -64,6 +66,10 @@ class Metrics:
             registry=r,
         )
         self.free_bytes = Gauge("zembed_data_free_bytes", "free bytes on the data volume", registry=r)
+        self.scan_kernel = Info(
+            "zembed_scan", "the Hamming scan kernel this CPU runs and the threads one scan uses", registry=r
+        )
+        self.scan_kernel.info({"kernel": scan.kernel_name(), "threads": str(scan.threads())})
         self.http: ThreadingHTTPServer | None = None
 
     def on_batch(self, size: int, tokens: int, seconds: float) -> None:

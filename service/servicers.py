@@ -8,18 +8,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+import numpy as np
 
-from zembed.service import convert, streams
+from zembed.service import convert, passages, streams
 from zembed.service.engine import Engine, usage_bytes
 from zembed.service.errors import InvalidArgument, TooLarge, Unavailable
 from zembed.service.metrics import Metrics
 from zembed.service.status import status_of
-from zembed.store import validate
+from zembed.store import scan, validate
+from zembed.store.errors import InvalidArgument as StoreInvalidArgument
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -58,6 +60,11 @@ def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
+MAX_UPSERT = 10_000  # documents per Upsert call or UpsertStream message
+OK = pb.Status()
+UNANSWERED = pb.Status(code=13, message="internal error: the document was not processed")
+
+
 def item_status(exc: BaseException) -> pb.Status:
     code, message = status_of(exc)
     return convert.status(code.value[0], message)
@@ -90,6 +97,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             convert.input_type(request.input_type),
             request.dimensions,
             convert.overflow(request.truncation),
+            latency=convert.latency(request.latency),
         )
         return pb.EmbedResponse(
             embeddings=[
@@ -114,6 +122,7 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
                     wait=True,
                     field="input",
                     names=["input"],
+                    latency=convert.latency(req.latency),
                 )
                 return pb.EmbedStreamResponse(
                     id=req.id,
@@ -148,6 +157,8 @@ class EmbeddingServicer(_Base, pb_grpc.EmbeddingServiceServicer):
             dtype=m.dtype,
             provider=self.engine.model.provider,
             pooling=m.pooling,
+            scan_kernel=scan.kernel_name(),
+            scan_threads=scan.threads(),
         )
 
 
@@ -224,49 +235,52 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             path=str(snap), size_bytes=snap_size(snap), seconds=time.perf_counter() - t
         )
 
-    async def _upsert(self, collection: str, docs: list[pb.Document], wait: bool) -> tuple[int, int, int]:
+    async def _upsert(
+        self,
+        collection: str,
+        docs: Sequence[pb.Document],
+        wait: bool,
+        chunking: pb.Chunking | None = None,
+        labels: Sequence[int] | None = None,
+    ) -> tuple[int, int, int, int]:
+        """Returns (documents, tokens, bytes, rows). ``labels``: each document's index in its request
+        message (for error fields)."""
         if not docs:
             raise InvalidArgument("documents", "must not be empty")
-        if len(docs) > 10_000:
-            raise InvalidArgument("documents", f"must hold at most 10000 documents; given {len(docs)}")
-        ids: list[str] = []
-        texts: list[str | None] = []
-        code: list[Any] = []
-        rescore: list[Any] = []
-        meta: list[dict[str, Any]] = []
-        for i, d in enumerate(docs):
-            kind = d.WhichOneof("content")
-            if kind is None:
-                raise InvalidArgument(f"documents[{i}]", "must have text or vectors")
-            validate.text(d.id, f"documents[{i}].id", validate.MAX_ID_BYTES)  # before any embedding
-            ids.append(d.id)
-            texts.append(d.text if kind == "text" else None)
-            if kind == "text" and not d.text:
-                raise InvalidArgument(f"documents[{i}].text", "must not be empty")
-            code.append(
-                convert.vector(d.vectors.code, f"documents[{i}].vectors.code", d.vectors.code_f32le)
-                if kind == "vectors"
-                else None
-            )
-            rescore.append(
-                convert.vector(d.vectors.rescore, f"documents[{i}].vectors.rescore", d.vectors.rescore_f32le)
-                if kind == "vectors"
-                else None
-            )
-            meta.append(convert.metadata_to_dict(d.metadata, f"documents[{i}].metadata"))
-        return await self.engine.upsert(collection, ids, texts, code, rescore, meta, wait=wait)
+        if len(docs) > MAX_UPSERT:
+            raise InvalidArgument("documents", f"must hold at most {MAX_UPSERT} documents; given {len(docs)}")
+        batch = convert.documents(docs, labels)
+        if chunking is not None and chunking.enabled:
+            return await passages.upsert(self.engine, collection, batch, chunking, wait=wait, labels=labels)
+        if isinstance(batch.code, np.ndarray):
+            bits = self.engine.store.collection(collection).config.code_bits
+            if batch.code.shape[1] != bits:
+                first = labels[0] if labels is not None else 0
+                raise InvalidArgument(
+                    f"documents[{first}].vectors.code",
+                    f"must have length {bits}; given {batch.code.shape[1]}",
+                )
+        n, tokens, nbytes = await self.engine.upsert(
+            collection, batch.ids, batch.texts, batch.code, batch.rescore, batch.metadata, wait=wait
+        )
+        return n, tokens, nbytes, n
 
     @guarded
     async def Upsert(self, request: pb.UpsertRequest, context: Ctx) -> pb.UpsertResponse:
-        n, tokens, nbytes = await self._upsert(request.collection, list(request.documents), wait=False)
-        return pb.UpsertResponse(upserted=n, usage=pb.Usage(total_tokens=tokens, total_bytes=nbytes))
+        chunking = request.chunking if request.HasField("chunking") else None
+        n, tokens, nbytes, rows = await self._upsert(
+            request.collection, request.documents, wait=False, chunking=chunking
+        )
+        return pb.UpsertResponse(
+            upserted=n, usage=pb.Usage(total_tokens=tokens, total_bytes=nbytes), passages=rows
+        )
 
     async def UpsertStream(
         self, request_iterator: AsyncIterator[pb.UpsertStreamRequest], context: Ctx
     ) -> AsyncIterator[pb.UpsertStreamResponse]:
-        """Items that arrive together (within max_wait_ms of the first) are written as one transaction
-        (bulk loads commit per group, not per document) and each is acknowledged, in order, once that
-        commit is durable."""
+        """Messages that arrive together (within max_wait_ms of the first, up to max_inputs documents)
+        are written as one transaction; a message of many documents is a transaction of its own. Each
+        message is acknowledged, in order, once that commit is durable, with one status per document."""
         settings = self.engine.settings
         async for ack in streams.grouped(
             request_iterator,
@@ -275,31 +289,93 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             settings.max_wait_ms / 1000,
             self._upsert_group,
             settings.stream_idle_s,
+            weight=lambda r: len(r.documents) or 1,
         ):
             yield ack
 
     async def _upsert_group(self, group: list[pb.UpsertStreamRequest]) -> list[pb.UpsertStreamResponse]:
-        status: dict[int, pb.Status] = {}
-        by_collection: dict[str, list[int]] = {}
-        for i, req in enumerate(group):
-            by_collection.setdefault(req.collection, []).append(i)
-        for name, idxs in by_collection.items():
-            docs = [group[i].document for i in idxs]
-            if len({d.id for d in docs}) == len(docs):
-                try:
-                    await self._upsert(name, docs, wait=True)
-                except Exception:
-                    pass  # nothing was written: retry one by one to find the bad items
-                else:
-                    status.update({i: convert.status() for i in idxs})
-                    continue
-            for i in idxs:  # in stream order, so a later item with the same id wins
-                try:
-                    await self._upsert(name, [group[i].document], wait=True)
-                    status[i] = convert.status()
-                except Exception as exc:
-                    status[i] = item_status(exc)
-        return [pb.UpsertStreamResponse(id=req.document.id, status=status[i]) for i, req in enumerate(group)]
+        """Documents of the same collection and chunking are written together; duplicates of an id
+        start a new transaction (stream order: a later one wins). A batch refused for a document's
+        content is split in halves until the refused documents are alone, so every other document is
+        stored and each refused one gets its own status."""
+        docs: list[list[pb.Document]] = []
+        status: list[list[pb.Status | None]] = []
+        runs: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
+        for m, req in enumerate(group):
+            many = req.documents
+            if many and req.HasField("document"):
+                docs.append(list(many))
+                bad = item_status(
+                    InvalidArgument("document", "and `documents` are both set; send one or the other")
+                )
+                status.append([bad] * len(many))
+                continue
+            if len(many) > MAX_UPSERT:
+                docs.append(list(many))
+                bad = item_status(
+                    InvalidArgument(
+                        "documents", f"must hold at most {MAX_UPSERT} documents; given {len(many)}"
+                    )
+                )
+                status.append([bad] * len(many))
+                continue
+            listed = list(many) if many else [req.document]
+            docs.append(listed)
+            status.append([None] * len(listed))
+            key = (req.collection, req.chunking.SerializeToString() if req.HasField("chunking") else b"")
+            runs.setdefault(key, []).extend((m, j) for j in range(len(listed)))
+        for (name, chunk_key), where in runs.items():
+            chunking = pb.Chunking.FromString(chunk_key) if chunk_key else None
+            seg: list[tuple[int, int]] = []
+            seen: set[str] = set()
+            for m, j in where:
+                doc_id = docs[m][j].id
+                if doc_id in seen:
+                    await self._write(name, seg, docs, status, chunking)
+                    seg, seen = [], set()
+                seen.add(doc_id)
+                seg.append((m, j))
+            if seg:
+                await self._write(name, seg, docs, status, chunking)
+        out = []
+        for m, req in enumerate(group):
+            st = [x if x is not None else UNANSWERED for x in status[m]]
+            refused = [x for x in st if x.code != 0]
+            stored = len(st) - len(refused)
+            if not req.documents:
+                out.append(pb.UpsertStreamResponse(id=req.document.id, status=st[0], stored=stored))
+                continue
+            summary = OK
+            if refused:
+                first = refused[0]
+                summary = convert.status(
+                    first.code, f"{len(refused)} of {len(st)} documents refused; the first: {first.message}"
+                )
+            out.append(pb.UpsertStreamResponse(status=summary, statuses=st, stored=stored))
+        return out
+
+    async def _write(
+        self,
+        name: str,
+        seg: list[tuple[int, int]],
+        docs: list[list[pb.Document]],
+        status: list[list[pb.Status | None]],
+        chunking: pb.Chunking | None,
+    ) -> None:
+        try:
+            await self._upsert(name, [docs[m][j] for m, j in seg], True, chunking, [j for _, j in seg])
+        except Exception as exc:
+            if len(seg) > 1 and isinstance(exc, InvalidArgument | StoreInvalidArgument):
+                half = len(seg) // 2  # one of the documents (or more) is bad: find them
+                await self._write(name, seg[:half], docs, status, chunking)
+                await self._write(name, seg[half:], docs, status, chunking)
+                return
+            bad = item_status(exc)
+            for m, j in seg:
+                status[m][j] = bad
+        else:
+            for m, j in seg:
+                status[m][j] = OK
 
     @guarded
     async def DeleteDocuments(
@@ -355,6 +431,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             params,
             overflow=convert.overflow(request.truncation),
             wait=wait,
+            latency=convert.latency(request.latency),
         )
         return [convert.hit_to_proto(h) for h in hits], pb.Usage(total_tokens=tokens, total_bytes=nbytes)
 

@@ -157,7 +157,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimensions", "max_tokens", "prompt_names", "dtype", "provider", "pooling")
+    __slots__ = ("model_id", "dimensions", "max_tokens", "prompt_names", "dtype", "provider", "pooling", "scan_kernel", "scan_threads")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class GetModelInfoResponse(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
+    SCAN_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    SCAN_THREADS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimensions: _containers.RepeatedScalarFieldContainer[int]
     max_tokens: int
@@ -172,7 +174,9 @@ class GetModelInfoResponse(_message.Message):
     dtype: str
     provider: str
     pooling: str
-    def __init__(self, model_id: _Optional[str] = ..., dimensions: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., provider: _Optional[str] = ..., pooling: _Optional[str] = ...) -> None: ...
+    scan_kernel: str
+    scan_threads: int
+    def __init__(self, model_id: _Optional[str] = ..., dimensions: _Optional[_Iterable[int]] = ..., max_tokens: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., provider: _Optional[str] = ..., pooling: _Optional[str] = ..., scan_kernel: _Optional[str] = ..., scan_threads: _Optional[int] = ...) -> None: ...
 
 class CollectionConfig(_message.Message):
     __slots__ = ("code_bits", "rescore_dims", "rescore_dtype", "calibration", "calibration_sample", "filterable")
