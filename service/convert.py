@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from zembed.service import metadata
+from zembed.service.batcher import Latency
 from zembed.service.errors import InvalidArgument
+from zembed.service.metadata import MAX_DEPTH
 from zembed.service.runtime.text import Overflow
 from zembed.store import CollectionInfo, Hit, validate
 from zembed.store.errors import clip
@@ -28,6 +32,18 @@ OVERFLOW: dict[int, Overflow] = {
     pb.TRUNCATION_TRUNCATE: Overflow.TRUNCATE,
     pb.TRUNCATION_STRICT: Overflow.STRICT,
 }
+LATENCY: dict[int, Latency] = {
+    pb.LATENCY_UNSPECIFIED: Latency.FAST,
+    pb.LATENCY_FAST: Latency.FAST,
+    pb.LATENCY_SLOW: Latency.SLOW,
+}
+FILTER_KINDS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+FILTER_REFUSED = {
+    "null_value": "null",
+    "string_list": "a list (give its elements as separate any_of values)",
+    "list_value": "a list (give its elements as separate any_of values)",
+    "object_value": "a nested object",
+}
 ENCODINGS: set[int] = {
     pb.ENCODING_UNSPECIFIED,
     pb.ENCODING_FLOAT32,
@@ -42,6 +58,12 @@ def input_type(value: int, field: str = "input_type") -> str | None:
     if value not in INPUT_TYPES:
         raise InvalidArgument(field, f"must be one of {sorted(INPUT_TYPES)}; given {value}")
     return INPUT_TYPES[value]
+
+
+def latency(value: int, field: str = "latency") -> Latency:
+    if value not in LATENCY:
+        raise InvalidArgument(field, f"must be one of {sorted(LATENCY)}; given {value}")
+    return LATENCY[value]
 
 
 def overflow(value: int, field: str = "truncation") -> Overflow:
@@ -74,53 +96,77 @@ def encode_embedding(vec: F32, encoding: int, tokens: int, truncated: bool) -> p
     return out
 
 
+PASSAGE_KEY = "\x1fpassage"  # a chunked document's row: its passage (never shown as metadata)
+
+
 def metadata_to_dict(m: Mapping[str, pb.MetadataValue], field: str) -> dict[str, Any]:
     """Checked at the edge: at most MAX_METADATA_KEYS keys of at most MAX_METADATA_KEY_BYTES each,
-    string lists of at most MAX_STRING_LIST values, about MAX_METADATA_BYTES in all."""
-    validate.count(len(m), field, validate.MAX_METADATA_KEYS, "keys")
+    lists of at most MAX_STRING_LIST values, nesting at most MAX_DEPTH levels, about
+    MAX_METADATA_BYTES in all (the store checks the exact compact-JSON size)."""
+    if len(m) > validate.MAX_METADATA_KEYS:
+        validate.count(len(m), field, validate.MAX_METADATA_KEYS, "keys")
     out: dict[str, Any] = {}
     size = 0
     for key, v in m.items():
-        validate.text(key, f"{field} key {clip(key)}", validate.MAX_METADATA_KEY_BYTES)
+        if len(key) > validate.MAX_METADATA_KEY_BYTES // 4 or not key:
+            validate.text(key, f"{field} key {clip(key)}", validate.MAX_METADATA_KEY_BYTES)
+        if key == PASSAGE_KEY:
+            raise InvalidArgument(f"{field} key {clip(key)}", "is reserved (chunked documents' passages)")
         kind = v.WhichOneof("kind")
-        if kind is None:
-            raise InvalidArgument(f"{field}.{clip(key, quote=False)}", "must set a value")
-        size += len(key) + (v.ByteSize() if kind in ("string_value", "string_list") else 8)
-        if size > validate.MAX_METADATA_BYTES + 1024:  # the store checks the exact JSON size
+        if kind == "string_value":
+            x: Any = v.string_value
+            size += len(key) + len(x)
+        elif kind == "int_value" or kind == "bool_value":
+            x = getattr(v, kind)
+            size += len(key) + 8
+        else:
+            x = _value(v, kind, f"{field}.{clip(key, quote=False)}", 0)
+            size += len(key) + (8 if kind in ("double_value", "null_value") else v.ByteSize())
+        if size > validate.MAX_METADATA_BYTES + 1024:
             raise InvalidArgument(
                 field, f"must be at most {validate.MAX_METADATA_BYTES} bytes in all; given more than {size}"
             )
-        if kind == "string_list":
-            validate.count(
-                len(v.string_list.values),
-                f"{field}.{clip(key, quote=False)}",
-                validate.MAX_STRING_LIST,
-                "values",
-            )
-            out[key] = list(v.string_list.values)
-        elif kind == "double_value":
-            if not math.isfinite(v.double_value):
-                raise InvalidArgument(f"{field}.{key}", f"must be finite; given {v.double_value}")
-            out[key] = v.double_value
-        else:
-            out[key] = getattr(v, kind)
+        out[key] = x
+    return out
+
+
+def _value(v: pb.MetadataValue, kind: str | None, field: str, depth: int) -> Any:
+    """One MetadataValue as its JSON value (lists and objects recursively), checked."""
+    if kind == "string_value" or kind == "int_value" or kind == "bool_value":
+        return getattr(v, kind)
+    if kind == "double_value":
+        if not math.isfinite(v.double_value):
+            raise InvalidArgument(field, f"must be finite; given {v.double_value}")
+        return v.double_value
+    if kind == "null_value":
+        return None
+    if kind is None:
+        raise InvalidArgument(field, "must set a value (null is null_value)")
+    if kind == "string_list":
+        validate.count(len(v.string_list.values), field, validate.MAX_STRING_LIST, "values")
+        return list(v.string_list.values)
+    if depth >= MAX_DEPTH:
+        raise InvalidArgument(field, f"must nest at most {MAX_DEPTH} levels of lists and objects")
+    if kind == "list_value":
+        values = v.list_value.values
+        validate.count(len(values), field, validate.MAX_STRING_LIST, "values")
+        return [_value(x, x.WhichOneof("kind"), f"{field}[{i}]", depth + 1) for i, x in enumerate(values)]
+    fields = v.object_value.fields
+    validate.count(len(fields), field, validate.MAX_METADATA_KEYS, "keys")
+    out: dict[str, Any] = {}
+    for key, x in fields.items():
+        validate.text(key, f"{field} key {clip(key)}", validate.MAX_METADATA_KEY_BYTES)
+        out[key] = _value(x, x.WhichOneof("kind"), f"{field}.{clip(key, quote=False)}", depth + 1)
     return out
 
 
 def value_to_proto(v: Any) -> pb.MetadataValue:
-    if isinstance(v, bool):
-        return pb.MetadataValue(bool_value=v)
-    if isinstance(v, int):
-        return pb.MetadataValue(int_value=v)
-    if isinstance(v, float):
-        return pb.MetadataValue(double_value=v)
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return pb.MetadataValue(string_list=pb.StringList(values=v))
-    return pb.MetadataValue(string_value=str(v))
+    """A stored JSON value as a MetadataValue (types kept: service.metadata)."""
+    return metadata.value_to_proto(v, "metadata")
 
 
 def dict_to_metadata(d: Mapping[str, Any]) -> dict[str, pb.MetadataValue]:
-    return {k: value_to_proto(v) for k, v in d.items()}
+    return {k: metadata.value_to_proto(v, k) for k, v in d.items() if k != PASSAGE_KEY}
 
 
 def filter_from_proto(conds: Sequence[pb.Condition]) -> dict[str, Any] | None:
@@ -138,15 +184,20 @@ def filter_from_proto(conds: Sequence[pb.Condition]) -> dict[str, Any] | None:
         if not c.any_of:
             raise InvalidArgument(f"{field}.any_of", "must hold at least one value")
         validate.count(len(c.any_of), f"{field}.any_of", validate.MAX_FILTER_VALUES, "values")
-        values = []
+        values: list[Any] = []
         for j, v in enumerate(c.any_of):
             kind = v.WhichOneof("kind")
-            if kind not in ("string_value", "int_value", "bool_value"):
+            if kind not in FILTER_KINDS:
+                what = FILTER_REFUSED.get(kind or "", "an unset value")
                 raise InvalidArgument(
-                    f"{field}.any_of", f"values must be strings, integers or booleans; given {kind}"
+                    f"{field}.any_of[{j}]",
+                    f"cannot filter {c.field!r} on {what}: filter values are strings, numbers or "
+                    "booleans (a stored list matches when any of its elements equals one)",
                 )
             if kind == "string_value":
                 validate.text(v.string_value, f"{field}.any_of[{j}]", validate.MAX_FILTER_VALUE_BYTES)
+            if kind == "double_value" and not math.isfinite(v.double_value):
+                raise InvalidArgument(f"{field}.any_of[{j}]", f"must be finite; given {v.double_value}")
             values.append(getattr(v, kind))
         out[c.field] = {"$nin" if c.negate else "$in": values}
     return out or None
@@ -173,8 +224,89 @@ def vector(values: Iterable[float], field: str, packed: bytes = b"") -> F32:
     return arr
 
 
+@dataclass
+class Docs:
+    """An Upsert's documents, converted and checked: ``code`` is one matrix when every document has
+    packed code vectors of one length and nothing else (the bulk path), else one row per document
+    (None for a text document)."""
+
+    ids: list[str]
+    texts: list[str | None]
+    code: F32 | list[F32 | None]
+    rescore: list[F32 | None]
+    metadata: list[dict[str, Any]]
+
+
+def documents(docs: Sequence[pb.Document], labels: Sequence[int] | None = None) -> Docs:
+    """Checks and converts documents; ``labels[i]`` is document i's index in its request (errors
+    name ``documents[labels[i]]``). Vectors of the bulk form cost one join, one ``frombuffer`` and
+    one ``isfinite`` per batch; metadata one pass per document without a per-value allocation."""
+
+    def name(i: int) -> str:
+        return f"documents[{labels[i] if labels is not None else i}]"
+
+    n = len(docs)
+    ids: list[str] = [""] * n
+    meta: list[dict[str, Any]] = [{}] * n
+    packed: list[bytes] = []
+    bulk = True
+    for i, d in enumerate(docs):
+        ids[i] = doc_id = d.id
+        if not doc_id or len(doc_id) > validate.MAX_ID_BYTES // 4:
+            if not doc_id:
+                raise InvalidArgument(f"{name(i)}.id", "must not be empty")
+            validate.text(doc_id, f"{name(i)}.id", validate.MAX_ID_BYTES)  # before any embedding
+        if bulk:
+            if d.HasField("vectors"):
+                v = d.vectors
+                code_bytes = v.code_f32le
+                if code_bytes and not v.rescore_f32le and not len(v.code) and not len(v.rescore):
+                    packed.append(code_bytes)
+                else:
+                    bulk = False
+            else:
+                bulk = False
+        m = d.metadata
+        if len(m):
+            meta[i] = metadata_to_dict(m, f"{name(i)}.metadata")
+    width = len(packed[0]) if bulk and packed else 0
+    if bulk and width % 4 == 0 and all(len(b) == width for b in packed):
+        code = np.frombuffer(b"".join(packed), dtype="<f4").reshape(n, width // 4)
+        finite = np.isfinite(code)
+        if not finite.all():
+            row, col = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            raise InvalidArgument(
+                f"{name(int(row))}.vectors.code[{col}]", "must be finite; given NaN or infinity"
+            )
+        return Docs(ids, [None] * n, code.astype(np.float32, copy=False), [None] * n, meta)
+    texts: list[str | None] = [None] * n
+    rows: list[F32 | None] = [None] * n
+    rescore: list[F32 | None] = [None] * n
+    for i, d in enumerate(docs):
+        kind = d.WhichOneof("content")
+        if kind is None:
+            raise InvalidArgument(name(i), "must have text or vectors")
+        if kind == "text":
+            if not d.text:
+                raise InvalidArgument(f"{name(i)}.text", "must not be empty")
+            texts[i] = d.text
+        else:
+            v = d.vectors
+            rows[i] = vector(v.code, f"{name(i)}.vectors.code", v.code_f32le)
+            rescore[i] = vector(v.rescore, f"{name(i)}.vectors.rescore", v.rescore_f32le)
+    return Docs(ids, texts, rows, rescore, meta)
+
+
 def hit_to_proto(h: Hit) -> pb.Hit:
-    return pb.Hit(id=h.id, score=h.score, hamming=h.hamming, metadata=dict_to_metadata(h.metadata or {}))
+    meta = h.metadata or {}
+    hit = pb.Hit(id=h.id, score=h.score, hamming=h.hamming, metadata=dict_to_metadata(meta))
+    d = meta.get(PASSAGE_KEY)
+    if isinstance(d, Mapping):  # a passage of a chunked document: answer with the document's id
+        hit.id = str(d.get("doc", h.id))
+        hit.passage.CopyFrom(
+            pb.Passage(index=int(d["i"]), start=int(d["s"]), end=int(d["e"]), text=str(d.get("t", "")))
+        )
+    return hit
 
 
 def collection_to_proto(info: CollectionInfo) -> pb.Collection:
@@ -223,6 +355,7 @@ def search_params(request: pb.SearchRequest, max_top_k: int) -> SearchParams:
         recall_target=request.recall_target,
         filter=filter_from_proto(request.filter),
         include_metadata=request.include_metadata if request.HasField("include_metadata") else True,
+        high_recall=latency(request.latency) is Latency.SLOW,
     )
 
 

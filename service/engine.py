@@ -243,16 +243,28 @@ class Engine:
         name: str,
         ids: list[str],
         texts: list[str | None],
-        code: list[F32 | None],
+        code: list[F32 | None] | F32,
         rescore: list[F32 | None],
         metadata: Sequence[Mapping[str, Any]],
         *,
         wait: bool = False,
     ) -> tuple[int, int, int]:
-        """Returns (written, tokens, bytes). Texts are embedded as documents; all-or-nothing."""
+        """Returns (written, tokens, bytes). Texts are embedded as documents; all-or-nothing. ``code``
+        may be one matrix (every document with vectors of one length: the bulk path, not copied)."""
         coll = self.store.collection(name)
         cfg = coll.config
         n = len(ids)
+        if isinstance(code, np.ndarray):
+            if code.shape[1] != cfg.code_bits:
+                raise InvalidArgument(
+                    "documents[0].vectors.code", f"must have length {cfg.code_bits}; given {code.shape[1]}"
+                )
+            resc = (
+                None
+                if cfg.rescore_dims == cfg.code_bits
+                else _stack(rescore, cfg.rescore_dims, "documents[{i}].vectors.rescore")
+            )
+            return await asyncio.to_thread(coll.upsert, ids, code, resc, metadata), 0, 0
         code_rows: list[F32 | None] = list(code)
         resc_rows: list[F32 | None] = list(rescore)
         text_idx = [i for i, t in enumerate(texts) if t is not None]

@@ -1,7 +1,11 @@
-"""Metadata between JSON-compatible Python values and the proto's ``MetadataValue``, for clients (the
-Python client, the command line): types the contract cannot carry (null, nested objects, lists of
-non-strings, non-finite floats, integers past 64 bits) are refused with the key, never coerced to a
-string. Proto-only: importing this loads neither the store nor the model runtime."""
+"""Metadata between JSON values and the proto's ``MetadataValue``, both ways, in one place: clients (the
+Python client, the command line, ingest) and the server's answers use it. Every JSON type keeps its
+type: strings, integers (64-bit), finite floats, booleans, null, lists of any values and objects
+(nested at most :data:`MAX_DEPTH` levels). A list whose items are all strings travels as
+``string_list`` (the form clients older than ``list_value`` read); any other list as ``list_value``.
+What JSON cannot hold (NaN or infinity, integers past 64 bits, non-string keys, sets, bytes, other
+objects) is refused naming the key, never coerced to a string. Proto-only: importing this loads
+neither the store nor the model runtime."""
 
 from __future__ import annotations
 
@@ -9,13 +13,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from zembed.v1 import zembed_pb2 as pb
 
 _INT64 = 2**63
+MAX_DEPTH = 32  # nesting of lists and objects (the server refuses deeper values the same way)
+NULL: struct_pb2.NullValue = struct_pb2.NULL_VALUE  # type: ignore[assignment]
 
 
-def value_to_proto(v: Any, where: str) -> pb.MetadataValue:
-    """A JSON value as a MetadataValue; types the contract cannot carry are refused (never coerced)."""
+def value_to_proto(v: Any, where: str, depth: int = 0) -> pb.MetadataValue:
+    """A JSON value as a MetadataValue; what JSON cannot hold is refused (never coerced)."""
+    if isinstance(v, str):
+        return pb.MetadataValue(string_value=v)
     if isinstance(v, bool):
         return pb.MetadataValue(bool_value=v)
     if isinstance(v, int):
@@ -26,29 +36,49 @@ def value_to_proto(v: Any, where: str) -> pb.MetadataValue:
         if not math.isfinite(v):
             raise ValueError(f"{where}: must be finite; given {v}")
         return pb.MetadataValue(double_value=v)
-    if isinstance(v, str):
-        return pb.MetadataValue(string_value=v)
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return pb.MetadataValue(string_list=pb.StringList(values=v))
-    kind = (
-        "null" if v is None else "a list with non-string items" if isinstance(v, list) else type(v).__name__
-    )
+    if v is None:
+        return pb.MetadataValue(null_value=NULL)
+    if isinstance(v, list | tuple):
+        if all(isinstance(x, str) for x in v):
+            return pb.MetadataValue(string_list=pb.StringList(values=v))
+        _deeper(depth, where)
+        items = [value_to_proto(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
+        return pb.MetadataValue(list_value=pb.MetadataList(values=items))
+    if isinstance(v, Mapping):
+        _deeper(depth, where)
+        return pb.MetadataValue(object_value=pb.MetadataObject(fields=metadata_to_proto(v, where, depth + 1)))
     raise ValueError(
-        f"{where}: {kind} is not a metadata value the server accepts (strings, integers, floats, "
-        "booleans, lists of strings)"
+        f"{where}: {type(v).__name__} is not a JSON value (metadata takes strings, numbers, booleans, "
+        "null, lists and objects)"
     )
 
 
-def metadata_to_proto(d: Mapping[str, Any], where: str = "metadata") -> dict[str, pb.MetadataValue]:
-    return {str(k): value_to_proto(v, f"{where}.{k}") for k, v in d.items()}
+def _deeper(depth: int, where: str) -> None:
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels of lists and objects")
+
+
+def metadata_to_proto(
+    d: Mapping[str, Any], where: str = "metadata", depth: int = 0
+) -> dict[str, pb.MetadataValue]:
+    out: dict[str, pb.MetadataValue] = {}
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ValueError(f"{where}: key {k!r} is not a string (JSON object keys are strings)")
+        out[k] = value_to_proto(v, f"{where}.{k}", depth)
+    return out
 
 
 def value_from_proto(v: pb.MetadataValue) -> Any:
     kind = v.WhichOneof("kind")
-    if kind is None:
+    if kind is None or kind == "null_value":
         return None
     if kind == "string_list":
         return list(v.string_list.values)
+    if kind == "list_value":
+        return [value_from_proto(x) for x in v.list_value.values]
+    if kind == "object_value":
+        return metadata_from_proto(v.object_value.fields)
     return getattr(v, kind)
 
 

@@ -7,12 +7,13 @@ A filter is a map from field name to a condition; all conditions must hold (AND)
 - ``{"lang": {"$ne": "en"}}`` and ``{"lang": {"$nin": ["en", "es"]}}``: their negations.
 
 Only fields declared ``filterable`` when the collection is created can be filtered on; their values
-(strings, integers, booleans, or lists of those: a list matches when any element matches) are indexed
+(strings, numbers, booleans, or lists of those: a list matches when any element matches) are indexed
 in memory, so a filter becomes a row mask that the scan applies while it reads the codes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import numpy.typing as npt
 
 from zembed.store.errors import InvalidArgument
 
-Scalar = str | int | bool
+Scalar = str | int | bool | float
 Key = tuple[str, Scalar]  # (type tag, value): keeps 1, True and "1" apart
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
@@ -38,9 +39,21 @@ def _key(value: Any, field: str) -> Key:
         return ("i", value)
     if isinstance(value, str):
         return ("s", value)
+    if isinstance(value, float) and math.isfinite(value):  # JSON numbers: 2.0 equals 2
+        return ("i", int(value)) if value.is_integer() else ("f", value)
+    what = "null" if value is None else "a nested object" if isinstance(value, Mapping) else "a list"
+    if not isinstance(value, Mapping | list | tuple | None):
+        what = repr(value)
     raise InvalidArgument(
-        f"filter.{field}", "values must be strings, integers or booleans", value=repr(value)
+        f"filter.{field}",
+        f"cannot filter on {what}: values must be strings, numbers or booleans (a stored list matches "
+        "when any of its elements does)",
+        value=repr(value),
     )
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, float) or math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def doc_keys(metadata: Mapping[str, Any], filterable: Iterable[str]) -> dict[str
             continue
         value = metadata[field]
         values = value if isinstance(value, list) else [value]
-        keys = [_key(v, field) for v in values if isinstance(v, str | int | bool)]
+        keys = [_key(v, field) for v in values if isinstance(v, str | int | bool | float) and _finite(v)]
         if keys:
             out[field] = keys
     return out

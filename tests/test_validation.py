@@ -115,7 +115,8 @@ def test_failure_inside_transaction_rolls_back(coll: Collection, monkeypatch: py
         ({"filter": {"title": "x"}}, "filter"),
         ({"filter": {"lang": {"$regex": "x"}}}, "filter.lang"),
         ({"filter": {"lang": {"$in": []}}}, "filter.lang.$in"),
-        ({"filter": {"lang": 1.5}}, "filter.lang"),
+        ({"filter": {"lang": None}}, "filter.lang"),
+        ({"filter": {"lang": {"$in": [["x"]]}}}, "filter.lang"),
     ],
 )
 def test_bad_search_params(coll: Collection, kwargs: dict[str, object], field: str) -> None:
