@@ -16,7 +16,8 @@ from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
 def test_model_info_and_metrics_name_the_scan_kernel(tmp_path: Path) -> None:
     with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
-        info = pb_grpc.EmbeddingServiceStub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        stub = pb_grpc.EmbeddingServiceStub(ch)  # type: ignore[no-untyped-call]
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
         assert info.scan_kernel == scan.kernel_name() == scan.kernels()[0]
         assert info.scan_kernel in {"avx512", "avx2", "neon", "popcnt", "generic"}
         assert info.scan_threads == scan.threads() >= 1

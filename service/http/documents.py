@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zembed.service import chunking
+from zembed.service import passages as passages_engine
 from zembed.service.engine import Engine
 from zembed.service.errors import InvalidArgument, clip
 from zembed.service.http.filters import (
@@ -125,13 +126,8 @@ class Documents:
         return min(PASSAGE_TOKENS, self.engine.model.manifest.max_length)
 
     def chunk(self, text: str | None, pages: Sequence[str] | None) -> chunking.Chunked:
-        tok = self.engine.model.text
-
-        def count(texts: Sequence[str]) -> list[int]:
-            return tok.count(texts, "document")
-
         budget = self.passage_tokens()
-        return chunking.chunk_document(text, pages, count, budget, budget // 8)
+        return passages_engine.split(self.engine, text, pages, budget, budget // 8)
 
     async def add(
         self,
@@ -175,14 +171,9 @@ class Documents:
             if old is not None and not overwrite:
                 raise Conflict(f"path {clip(path)} already exists in collection {clip(name)}; set overwrite")
             # embed in calls of at most max_inputs passages
-            step = self.engine.settings.max_inputs
-            vecs: list[F32] = []
-            for s in range(0, len(passages), step):
-                emb = await self.engine.embed(
-                    [p.text for p in passages[s : s + step]], "document", 0, wait=wait, field="content"
-                )
-                vecs.append(emb.vectors)
-            native = np.concatenate(vecs)
+            native, _ = await passages_engine.embed(
+                self.engine, [p.text for p in passages], wait=wait, field="content"
+            )
             code, resc = self.engine.vectors_from_embedding(coll.config, native, "content")
             toks = tokens(meta)
             head: dict[str, Any] = {
