@@ -11,14 +11,7 @@ Public surface::
         hits = c.search(code_query, rescore_query, top_k=10, filter={"lang": {"$in": ["de", "fr"]}})
 """
 
-from zembed.store.collection import (
-    DEFAULT_OVERSAMPLING,
-    DEFAULT_REFINE,
-    Collection,
-    CollectionInfo,
-    Hit,
-    Record,
-)
+from zembed.store.collection import Collection, SearchArrays, Shortlist
 from zembed.store.config import Calibration, CollectionConfig
 from zembed.store.errors import (
     AlreadyExists,
@@ -29,11 +22,10 @@ from zembed.store.errors import (
     WouldBlock,
 )
 from zembed.store.quantize import RescoreDtype
+from zembed.store.records import CollectionInfo, Hit, Record
 from zembed.store.store import Store
 
 __all__ = [
-    "DEFAULT_OVERSAMPLING",
-    "DEFAULT_REFINE",
     "AlreadyExists",
     "Calibration",
     "Collection",
@@ -45,6 +37,8 @@ __all__ = [
     "NotFound",
     "Record",
     "RescoreDtype",
+    "SearchArrays",
+    "Shortlist",
     "Store",
     "StoreError",
     "WouldBlock",

@@ -1,39 +1,45 @@
-"""One collection: writes (one LMDB transaction per batch), reads, and the two-stage search.
+"""One collection: its writes (one LMDB transaction per batch), the in-memory index they keep in
+step, and the read transactions that searches pair with a published snapshot.
 
-Search, per query (sizes from :class:`store.params.SearchParams`):
+What is stored where is in ``store.layout`` (the table) and ``store.blocks`` (codes and vectors in
+runs); the search itself is ``store.search`` (pure functions); calibration is ``store.calibrate``.
 
-1. binarize the code-dims vector with the collection's thresholds and scan every visible row's code
-   (popcount Hamming, running top-k, filter and live masks applied inside the scan) for the
-   ``shortlist`` nearest rows;
-2. refine (on by default): the float query is scored against those rows' +-1 bits in memory (the
-   asymmetric estimate of :class:`store.quantize.CodeModel`) down to ``float_reads`` candidates,
-   whose float vectors are read from LMDB and scored exactly (cosine: all vectors are unit length);
-3. with ``rescore`` off, the Hamming order is the answer and the score is ``1 - 2 * hamming / bits``
-   (the cosine of the two +-1 vectors).
+Writes:
+
+- ``upsert`` (lists, per-document validation) and ``upsert_arrays`` (numpy arrays: ids as a string
+  or int64 array, float16 or float32 vectors, or pre-packed sign codes) share one transaction body;
+- a replaced or deleted row becomes a tombstone (``dead``): its entries in ``rows``, ``docs``,
+  ``fkeys``, ``calib`` are deleted at once, its slot in the blocks stays until **compaction**, which
+  rewrites the live rows under new row ids in one transaction. It runs inside the write that makes
+  the tombstones at least :data:`COMPACT_MIN_DEAD` and at least as many as the live rows (so its cost,
+  proportional to the live rows, is paid at most once per as many deletes), or on request
+  (``compact``);
+- writers that rebuild the index (a recalibration, new filterable fields, a compaction) build it
+  inside their transaction and install it right after the commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import Any
 
 import lmdb
 import numpy as np
 import numpy.typing as npt
 
+from zembed.store import blocks, quantize, validate
 from zembed.store import calibrate as calibration
-from zembed.store import quantize, scan, validate
+from zembed.store import search as stages
+from zembed.store.blocks import Runs
 from zembed.store.config import Calibration, CollectionConfig
 from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
 from zembed.store.filters import FilterIndex, doc_keys, parse_filter
-from zembed.store.index import CHUNK_ROWS, CodeIndex, View
+from zembed.store.index import CHUNK_ROWS, CodeIndex
 from zembed.store.layout import (
     ROW_SUBDBS,
     Env,
@@ -42,246 +48,178 @@ from zembed.store.layout import (
     id_key,
     iter_prefix,
     must,
-    pack_rowid,
+    pack_rowids,
     row_key,
     row_keys,
     rowid_of,
     unpack_rowid,
 )
-from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Plan, SearchParams, Tuning
+from zembed.store.params import (
+    DEFAULT_READS_PER_K,
+    DEFAULT_SHORTLIST_PER_READ,
+    MAX_SHORTLIST,
+    Plan,
+    SearchParams,
+)
+from zembed.store.records import (
+    GEN,
+    CollectionInfo,
+    CollectionRecord,
+    Hit,
+    Record,
+    gen_key,
+    meta_key,
+)
 
 F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-DEFAULT_OVERSAMPLING = DEFAULT_READS_PER_K  # the earlier name: float reads per result
-DEFAULT_REFINE = DEFAULT_SHORTLIST_PER_READ  # the earlier name: Hamming candidates per float read
 MAX_REFINE = 100
-_KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
+#: rows one ``upsert_arrays`` call may carry (one transaction); multiples of ``blocks.BLOCK_ROWS``
+#: write each block once
+MAX_BULK_ROWS = 1 << 20
+#: tombstones that make a compaction due (together with: at least as many as the live rows)
+COMPACT_MIN_DEAD = blocks.BLOCK_ROWS
 _KEEP_GENERATIONS = 3
+_KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
 _PUBLISH_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``hamming`` is the code distance; ``score`` the cosine (see module doc)."""
-
-    id: str
-    score: float
-    hamming: int
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Record:
-    """A stored document as ``get`` returns it."""
-
-    id: str
-    metadata: dict[str, Any]
-    code: bytes
-    rescore: F32 | None
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    config: CollectionConfig
-    count: int
-    thresholds: tuple[float, ...] | None
-    calibrated: bool
-    index_bytes: int
-    #: documents held when the codes were last calibrated (0: never), and whether that was final
-    calibrated_at: int = 0
-    calibration_final: bool = False
-    #: recall@10 against exact search measured at that calibration, per setting; and at the defaults
-    tuning: Tuning = field(default_factory=Tuning)
-    measured_recall: float | None = None
-
-
-@dataclass(frozen=True)
-class _Record:
-    """The collection's row in ``meta``: updated in the same transaction as every batch."""
-
-    cid: int
-    config: CollectionConfig
-    next_row: int = 0
-    count: int = 0
-    gen: int = 0
-    thresholds: tuple[float, ...] | None = None
-    # calibration (absent from records written before calibration was automatic): the refine
-    # step's per-dimension scales and centring, the document count it was computed at, whether it
-    # is final (the kept code vectors dropped), and the recall measured for each setting
-    scale: tuple[float, ...] | None = None
-    centre: float = 0.5
-    calibrated_at: int = 0
-    final: bool = False
-    tuning: Tuning = field(default_factory=Tuning)
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "cid": self.cid,
-                "config": self.config.to_json(),
-                "next_row": self.next_row,
-                "count": self.count,
-                "gen": self.gen,
-                "thresholds": list(self.thresholds) if self.thresholds is not None else None,
-                "scale": list(self.scale) if self.scale is not None else None,
-                "centre": self.centre,
-                "calibrated_at": self.calibrated_at,
-                "final": self.final,
-                "tuning": self.tuning.to_json(),
-            }
-        ).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> _Record:
-        d = json.loads(raw)
-        t = d.get("thresholds")
-        sc = d.get("scale")
-        config = CollectionConfig.from_json(d["config"])
-        return cls(
-            cid=d["cid"],
-            config=config,
-            next_row=d["next_row"],
-            count=d["count"],
-            gen=d["gen"],
-            thresholds=tuple(t) if t is not None else None,
-            scale=tuple(sc) if sc is not None else None,
-            centre=float(d.get("centre", 0.5)),
-            calibrated_at=int(d.get("calibrated_at", 0)),
-            # a median calibration written by the earlier version was final once it existed
-            final=bool(d.get("final", config.calibration is Calibration.MEDIAN and t is not None)),
-            tuning=Tuning.from_json(d.get("tuning")),
-        )
-
-    @property
-    def collecting(self) -> bool:
-        """Code vectors are kept (in ``calib``) for a calibration still to come."""
-        cal = self.config.calibration
-        return (cal is Calibration.MEDIAN and self.thresholds is None) or (
-            cal is Calibration.AUTO and not self.final
-        )
-
-    @property
-    def pending_calibration(self) -> bool:
-        return self.collecting
-
-    def due(self) -> bool:
-        """Whether the collection's size calls for a calibration now (see :class:`Calibration`)."""
-        cap = self.config.calibration_sample
-        if not self.collecting or self.count < 2:
-            return False
-        if self.config.calibration is Calibration.MEDIAN:
-            return self.count >= cap
-        return self.count >= cap or self.count >= 2 * max(self.calibrated_at, 1)
-
-    def code_model(self) -> quantize.CodeModel | None:
-        """The refine step's model; None for sign codes (the query itself is the weight)."""
-        t = self.thresholds if self.thresholds is not None else self.config.thresholds
-        if t is None:
-            return None
-        tt = np.asarray(t, dtype=np.float32)
-        scale = np.asarray(self.scale, dtype=np.float32) if self.scale is not None else np.ones_like(tt)
-        return quantize.CodeModel(tt, scale, self.centre)
 
 
 @dataclass(frozen=True)
 class _Built:
     """An in-memory index built from one transaction, ready to install."""
 
-    rec: _Record
+    rec: CollectionRecord
     index: CodeIndex
     filters: FilterIndex
+    runs: Runs
 
 
 @dataclass(frozen=True)
-class _Snapshot:
-    view: View
-    filters: FilterIndex
-    gen: int
-    thresholds: F32 | None
-    model: quantize.CodeModel | None
-    tuning: Tuning
+class _Batch:
+    """A validated batch, ready for the transaction (no per-document Python left to do)."""
+
+    id_keys: list[bytes]
+    ext: list[bytes]
+    codes: U8  # [n, code_bytes] (computed with the thresholds current under the write lock)
+    records: U8  # [n, record_bytes]
+    meta: list[bytes] | None
+    fkeys: list[bytes] | None
+    unit: F32 | None  # unit code vectors, kept for a calibration still to come
+    bulk: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.id_keys)
 
 
-_GEN = struct.Struct(">Q")
+@dataclass(frozen=True)
+class SearchArrays:
+    """A search's answer as arrays (``[Q, m]``, best first): positions in the snapshot searched, row
+    ids, scores, Hamming distances (-1 for exact search) and the external ids (an object array)."""
+
+    positions: I64
+    rowids: I64
+    scores: F32
+    hamming: I32
+    ids: npt.NDArray[np.object_]
 
 
-def meta_key(name: str) -> bytes:
-    return b"coll:" + name.encode()
+@dataclass(frozen=True)
+class Shortlist:
+    """Stage one alone: per query the nearest positions by Hamming distance (``[Q, m]``, sorted by
+    distance then position) and their row ids (stable until a compaction)."""
 
-
-def gen_key(cid: int) -> bytes:
-    return b"gen:" + cid_prefix(cid)
+    positions: I64
+    distances: I32
+    rowids: I64
 
 
 class Collection:
     """Created and opened by :class:`store.Store`; all methods are thread-safe."""
 
-    def __init__(self, env: Env, name: str, record: _Record) -> None:
+    def __init__(self, env: Env, name: str, record: CollectionRecord) -> None:
         self.env = env
         self.name = name
         self._rec = record
         self.config = record.config
         self.bits = self.config.code_bits
         self.stride = quantize.row_stride(self.bits)
-        self._snap: _Snapshot
-        self._snaps: dict[int, _Snapshot] = {}
+        self.code_bytes = quantize.code_bytes(self.bits)
+        self.record_bytes = quantize.record_bytes(self.config.rescore_dims, self.config.rescore_dtype)
+        self._snap: stages.Snapshot
+        self._snaps: dict[int, stages.Snapshot] = {}
         self._published = threading.Condition()
         self._index: CodeIndex
         self._filters: FilterIndex
+        self._runs = Runs.empty()
         self.dropped = False
         self._load()
 
     # ------------------------------------------------------------------ open / rebuild
     def _load(self) -> None:
         """Rebuild the in-memory index from LMDB (at open)."""
-        with self.env.reader() as txn:
-            rec = _Record.from_bytes(must(get(txn, meta_key(self.name), self.env.dbs["meta"])))
+        with self.env.reader(buffers=True) as txn:
+            rec = CollectionRecord.from_bytes(must(get(txn, meta_key(self.name), self.env.dbs["meta"])))
             built = self._build(txn, rec)
         self._install(built)
 
-    def _build(self, txn: lmdb.Transaction, rec: _Record) -> _Built:
-        """The in-memory index of ``rec`` as ``txn`` sees it. Writers that rebuild (a recalibration,
-        new filterable fields) call this inside their write transaction and install the result right
-        after the commit, so readers of the new generation wait microseconds, not a rebuild."""
+    def _build(self, txn: lmdb.Transaction, rec: CollectionRecord) -> _Built:
+        """The in-memory index of ``rec`` as ``txn`` sees it: the code runs (a handful of large
+        values), the tombstones, and the filterable fields."""
         prefix = cid_prefix(rec.cid)
+        dbs = self.env.dbs
         index = CodeIndex(self.stride)
         filters = FilterIndex(rec.config.filterable)
-        keys, vals = _read_rows(txn, self.env.dbs["codes"], prefix, rec.count)
-        rowids = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)["row"].astype(np.int64)
-        cb = quantize.code_bytes(self.bits)
-        codes = np.frombuffer(b"".join(vals), dtype=np.uint8).reshape(len(vals), cb)
-        for start in range(0, len(rowids), CHUNK_ROWS):
-            part = codes[start : start + CHUNK_ROWS]
-            index.append(rowids[start : start + CHUNK_ROWS], quantize.pad_rows(part, self.stride))
+        runs, values = blocks.read_runs(txn, dbs, rec.cid, self.code_bytes)
+        rows = runs.rows
+        first = int(runs.starts[0]) if rows else rec.next_row
+        dead = np.asarray([rowid_of(k) for k, _ in iter_prefix(txn, dbs["dead"], prefix)], np.int64)
+        if (rows and first + rows != rec.next_row) or rows - len(dead) != rec.count:
+            raise FormatMismatch(
+                f"collection {self.name!r}: {rows} stored rows from row {first} with {len(dead)} "
+                f"tombstones do not match its record (next row {rec.next_row}, {rec.count} documents): "
+                "the environment is damaged"
+            )
+        rowids = np.arange(first, first + rows, dtype=np.int64)
+        pos = 0
+        for v in values:
+            part = np.frombuffer(v, np.uint8).reshape(-1, self.code_bytes)
+            for s in range(0, len(part), CHUNK_ROWS):
+                chunk = part[s : s + CHUNK_ROWS]
+                index.append(rowids[pos : pos + len(chunk)], quantize.pad_rows(chunk, self.stride))
+                pos += len(chunk)
+        if len(dead):
+            index.kill((dead - first).tolist())
         if rec.config.filterable:
             # rows with the same filterable values share one JSON text: parse each text once and
-            # add its rows' positions in bulk (positions follow row ids: one searchsorted)
+            # add its rows' positions in bulk
             groups: dict[bytes, list[int]] = {}
-            for k, v in iter_prefix(txn, self.env.dbs["fkeys"], prefix):
-                groups.setdefault(v, []).append(rowid_of(k))
-            for raw, rows in groups.items():
-                pos = np.searchsorted(rowids, np.asarray(rows, dtype=np.int64))
-                filters.add_many(pos, _keys_from_json(raw))
-        return _Built(rec, index, filters)
+            for k, fk in iter_prefix(txn, dbs["fkeys"], prefix):
+                groups.setdefault(fk, []).append(rowid_of(k))
+            for raw, rws in groups.items():
+                filters.add_many(np.asarray(rws, dtype=np.int64) - first, _keys_from_json(raw))
+        return _Built(rec, index, filters, runs)
 
     def _install(self, built: _Built) -> None:
         self._rec = built.rec
         self.config = built.rec.config
         self._index = built.index
         self._filters = built.filters
+        self._runs = built.runs
         self._publish()
 
     def _publish(self) -> None:
-        snap = _Snapshot(
+        snap = stages.Snapshot(
             self._index.publish(),
             self._filters,
             self._rec.gen,
             self._current_thresholds(),  # the codes' thresholds: explicit ones too
             self._rec.code_model(),
             self._rec.tuning,
+            self._runs,
         )
         with self._published:
             self._snap = snap
@@ -295,6 +233,9 @@ class Collection:
     # ------------------------------------------------------------------ info
     def info(self) -> CollectionInfo:
         rec = self._rec
+        used = allocated = 0
+        with contextlib.suppress(WouldBlock):
+            used, allocated = self._disk_usage()
         return CollectionInfo(
             self.name,
             self.config,
@@ -306,7 +247,26 @@ class Collection:
             rec.final,
             rec.tuning,
             rec.tuning.recall_at(DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ),
+            used,
+            allocated,
+            used // rec.count if rec.count else 0,
         )
+
+    def _disk_usage(self) -> tuple[int, int]:
+        """``(bytes in use, bytes allocated)``: the blocks exactly, the key trees' pages by this
+        collection's share of the documents, the file's allocated blocks pro rata."""
+        env = self.env.usage()
+        psize = self.env.page_size
+        runs = self._runs
+        own = blocks.run_bytes(runs, self.code_bytes, psize) + blocks.run_bytes(
+            runs, self.record_bytes, psize
+        )
+        with self.env.reader(wait=False) as txn:
+            docs = int(txn.stat(self.env.dbs["ids"])["entries"])
+        tree = env["bytes_in_use"] - env["overflow_bytes"]
+        used = own + (tree * self._rec.count // docs if docs else 0)
+        share = env["bytes_allocated"] / env["bytes_in_use"] if env["bytes_in_use"] else 0.0
+        return used, int(used * share)
 
     @property
     def cid(self) -> int:
@@ -339,61 +299,161 @@ class Collection:
         else:
             resc = validate.vectors(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
         meta = validate.metadata(metadata, n)
-        resc_blobs = quantize.encode_rescore(resc.raw, self.config.rescore_dtype, resc.inv_norm)
-        ext_bytes = [e.encode() for e in id_list]
-
+        records = quantize.rescore_records(resc.raw, self.config.rescore_dtype, resc.inv_norm)
+        ext = [e.encode() for e in id_list]
         with self.env.write_lock:
             self._check_open()
-            # under the lock: add_filterable cannot change the fields between this and the commit
-            filterable = self.config.filterable
-            fkeys = [_keys_to_json(doc_keys(json.loads(m), filterable)) if m else b"" for m in meta]
             thresholds = self._current_thresholds()
             # sign bits need no normalization; calibrated thresholds apply to unit vectors
-            packed = quantize.binarize(code.raw if thresholds is None else code.unit(), thresholds)
-            dbs = self.env.dbs
-            cid = self._rec.cid
+            unit = code.unit() if thresholds is not None or self._rec.collecting else None
+            packed = quantize.binarize(code.raw if thresholds is None or unit is None else unit, thresholds)
+            batch = self._batch(ext, packed, records, meta, unit if self._rec.collecting else None)
+            return self._write(batch)
 
-            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int], _Built | None]:
-                rec = self._record_in(txn)
-                row = rec.next_row
-                id_keys = [id_key(cid, e) for e in id_list]
-                old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(id_keys)]
-                for r in old:
-                    _delete_row(txn, dbs, cid, r)
-                rks = [row_key(cid, row + i) for i in range(n)]
-                code_rows = quantize.split_rows(packed)
-                _putmulti(txn, dbs["ids"], zip(id_keys, (pack_rowid(row + i) for i in range(n)), strict=True))
-                _putmulti(txn, dbs["rows"], zip(rks, ext_bytes, strict=True))
-                _putmulti(txn, dbs["codes"], zip(rks, code_rows, strict=True))
-                _putmulti(txn, dbs["vecs"], zip(rks, resc_blobs, strict=True))
-                _putmulti(txn, dbs["docs"], ((k, m) for k, m in zip(rks, meta, strict=True) if m))
-                _putmulti(txn, dbs["fkeys"], ((k, f) for k, f in zip(rks, fkeys, strict=True) if f))
-                new = replace(rec, next_row=row + n, count=rec.count - len(old) + n, gen=rec.gen + 1)
-                recalibrated = False
-                if rec.collecting:
-                    unit = code.unit()
-                    if new.due():
-                        new = _calibrate_in_txn(txn, dbs, new, self.bits, rks, unit)
-                        recalibrated = True
-                    else:
-                        _putmulti(txn, dbs["calib"], ((rks[i], unit[i].tobytes()) for i in range(n)))
-                self._write_record(txn, new)
-                return new, old, (self._build(txn, new) if recalibrated else None)
+    def upsert_arrays(
+        self,
+        ids: npt.ArrayLike,
+        rescore_vectors: npt.ArrayLike | None = None,
+        code_vectors: npt.ArrayLike | None = None,
+        *,
+        codes: npt.ArrayLike | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> int:
+        """The bulk path: insert or replace up to :data:`MAX_BULK_ROWS` documents from numpy arrays
+        as one atomic, durable batch (no per-document Python besides metadata).
 
-            rec, old, rebuilt = self.env.write(txn_fn)
-            if rebuilt is not None:
-                self._install(rebuilt)
-                return n
-            self._rec = rec
-            positions = [p for p in (self._index.position(r) for r in old) if p is not None]
-            self._index.kill(positions)
-            start_pos = self._index.staged
-            new_rowids = np.arange(rec.next_row - n, rec.next_row, dtype=np.int64)
-            self._index.append(new_rowids, quantize.pad_rows(packed, self.stride))
-            for i, fk in enumerate(fkeys):
+        ``ids``: a string (``U``/``S``) or integer array (integers are stored as their decimal
+        text). ``rescore_vectors`` ``[n, rescore_dims]`` and ``code_vectors`` ``[n, code_bits]``:
+        float16 or float32, used as given (float16 is scaled in float32 one block of rows at a time,
+        never widened as a whole); ``code_vectors`` defaults to ``rescore_vectors`` when the dims
+        agree. ``codes``: pre-packed codes ``[n, ceil(code_bits / 8)]`` uint8 instead of code vectors,
+        bits MSB first as ``np.packbits`` (sentence-transformers' ``ubinary``); only for collections
+        whose codes are sign bits (calibration ``none`` without thresholds)."""
+        ext, id_keys = validate.id_array(ids, self.cid, "ids", MAX_BULK_ROWS)
+        n = len(ext)
+        if rescore_vectors is None:
+            raise InvalidArgument("rescore_vectors", f"are required (length {self.config.rescore_dims})")
+        resc, resc_inv = validate.float_array(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
+        if codes is not None and code_vectors is not None:
+            raise InvalidArgument("codes", "cannot be given together with code_vectors")
+        meta = validate.metadata(metadata, n) if metadata is not None else None
+        records = quantize.rescore_records(resc, self.config.rescore_dtype, resc_inv)
+        with self.env.write_lock:
+            self._check_open()
+            thresholds = self._current_thresholds()
+            collecting = self._rec.collecting
+            unit: F32 | None = None
+            if codes is not None:
+                if thresholds is not None or self.config.calibration is not Calibration.NONE:
+                    raise InvalidArgument(
+                        "codes",
+                        "(pre-packed) are accepted only by collections of sign codes (calibration "
+                        f"'none' without thresholds); collection {self.name!r} has calibration "
+                        f"{self.config.calibration.value!r}",
+                    )
+                packed = validate.packed_codes(codes, "codes", n, self.bits)
+            else:
+                if code_vectors is None:
+                    if self.config.rescore_dims != self.bits:
+                        raise InvalidArgument(
+                            "code_vectors", f"are required (length {self.bits}) when rescore_dims differs"
+                        )
+                    cv, cinv = resc, resc_inv
+                else:
+                    cv, cinv = validate.float_array(code_vectors, "code_vectors", n, self.bits)
+                if thresholds is None and not collecting:
+                    packed = np.packbits(cv > 0, axis=-1)
+                else:
+                    unit = _unit(cv, cinv)
+                    packed = quantize.binarize(unit, thresholds)
+            return self._write(
+                _Batch(id_keys, ext, packed, records, meta, self._fkeys(meta), unit, bulk=True)
+            )
+
+    def _batch(
+        self, ext: list[bytes], packed: U8, records: U8, meta: list[bytes], unit: F32 | None
+    ) -> _Batch:
+        cid = self._rec.cid
+        prefix = cid_prefix(cid)
+        id_keys = [prefix + e for e in ext]
+        has_meta = any(meta)
+        return _Batch(
+            id_keys,
+            ext,
+            packed,
+            records,
+            meta if has_meta else None,
+            self._fkeys(meta if has_meta else None),
+            unit,
+        )
+
+    def _fkeys(self, meta: list[bytes] | None) -> list[bytes] | None:
+        # under the write lock: add_filterable cannot change the fields before the commit
+        filterable = self.config.filterable
+        if meta is None or not filterable:
+            return None
+        return [_keys_to_json(doc_keys(json.loads(m), filterable)) if m else b"" for m in meta]
+
+    def _write(self, batch: _Batch) -> int:
+        """One batch in one transaction (the caller holds the write lock)."""
+        dbs = self.env.dbs
+        cid = self._rec.cid
+        n = batch.n
+
+        def txn_fn(txn: lmdb.Transaction) -> tuple[CollectionRecord, list[int], _Built | None, Any]:
+            rec = self._record_in(txn)
+            row = rec.next_row
+            old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(batch.id_keys)]
+            for r in old:
+                _kill_row(txn, dbs, cid, r)
+            rowids = np.arange(row, row + n, dtype=np.int64)
+            rks = row_keys(cid, rowids) if batch.bulk else [row_key(cid, r) for r in range(row, row + n)]
+            _putmulti(txn, dbs["ids"], zip(batch.id_keys, pack_rowids(rowids), strict=True))
+            _putmulti(txn, dbs["rows"], zip(rks, batch.ext, strict=True))
+            if batch.meta is not None:
+                _putmulti(txn, dbs["docs"], ((k, m) for k, m in zip(rks, batch.meta, strict=True) if m))
+            if batch.fkeys is not None:
+                _putmulti(txn, dbs["fkeys"], ((k, f) for k, f in zip(rks, batch.fkeys, strict=True) if f))
+            runs = blocks.append(txn, dbs, cid, row, batch.codes, batch.records)
+            new = replace(
+                rec,
+                next_row=row + n,
+                count=rec.count - len(old) + n,
+                dead=rec.dead + len(old),
+                gen=rec.gen + 1,
+            )
+            rebuild = False
+            if rec.collecting and batch.unit is not None:
+                if new.due():
+                    new = _calibrate_in_txn(txn, dbs, new, self.bits, rks, batch.unit)
+                    rebuild = True
+                else:
+                    _putmulti(txn, dbs["calib"], zip(rks, quantize.split_rows(batch.unit), strict=True))
+            if _compaction_due(new):
+                new = _compact_in_txn(txn, dbs, new, self.code_bytes, self.record_bytes)
+                rebuild = True
+            self._write_record(txn, new)
+            return new, old, (self._build(txn, new) if rebuild else None), runs
+
+        rec, old, rebuilt, runs = self.env.write(txn_fn)
+        if rebuilt is not None:
+            self._install(rebuilt)
+            return n
+        self._rec = rec
+        self._index.kill([p for p in (self._index.position(r) for r in old) if p is not None])
+        start_pos = self._index.staged
+        new_rowids = np.arange(rec.next_row - n, rec.next_row, dtype=np.int64)
+        for s in range(0, n, CHUNK_ROWS):
+            self._index.append(
+                new_rowids[s : s + CHUNK_ROWS],
+                quantize.pad_rows(batch.codes[s : s + CHUNK_ROWS], self.stride),
+            )
+        if batch.fkeys is not None:
+            for i, fk in enumerate(batch.fkeys):
                 if fk:
                     self._filters.add(start_pos + i, _keys_from_json(fk))
-            self._publish()
+        self._runs = self._runs.replace_from(*runs)
+        self._publish()
         return n
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -404,7 +464,7 @@ class Collection:
             dbs = self.env.dbs
             cid = self._rec.cid
 
-            def txn_fn(txn: lmdb.Transaction) -> tuple[_Record, list[int]]:
+            def txn_fn(txn: lmdb.Transaction) -> tuple[CollectionRecord, list[int], _Built | None]:
                 old: list[int] = []
                 for ext in dict.fromkeys(id_list):
                     ik = id_key(cid, ext)
@@ -413,19 +473,49 @@ class Collection:
                         continue
                     txn.delete(ik, db=dbs["ids"])
                     old.append(unpack_rowid(prev))
-                    _delete_row(txn, dbs, cid, unpack_rowid(prev))
+                    _kill_row(txn, dbs, cid, unpack_rowid(prev))
                 rec = self._record_in(txn)
-                new = replace(rec, count=rec.count - len(old), gen=rec.gen + (1 if old else 0))
-                if old:
-                    self._write_record(txn, new)
-                return new, old
+                if not old:
+                    return rec, old, None
+                new = replace(rec, count=rec.count - len(old), dead=rec.dead + len(old), gen=rec.gen + 1)
+                built = None
+                if _compaction_due(new):
+                    new = _compact_in_txn(txn, dbs, new, self.code_bytes, self.record_bytes)
+                    built = self._build(txn, new)
+                self._write_record(txn, new)
+                return new, old, built
 
-            rec, old = self.env.write(txn_fn)
+            rec, old, built = self.env.write(txn_fn)
+            if built is not None:
+                self._install(built)
+                return len(old)
             self._rec = rec
             if old:
                 self._index.kill([p for p in (self._index.position(r) for r in old) if p is not None])
                 self._publish()
             return len(old)
+
+    def compact(self) -> int:
+        """Rewrite the live rows without the tombstones' slots (one transaction); returns the number
+        of slots freed. Runs by itself when due (see the module doc)."""
+        with self.env.write_lock:
+            self._check_open()
+            dbs = self.env.dbs
+
+            def txn_fn(txn: lmdb.Transaction) -> tuple[int, _Built | None]:
+                rec = self._record_in(txn)
+                if not rec.dead:
+                    return 0, None
+                new = _compact_in_txn(
+                    txn, dbs, replace(rec, gen=rec.gen + 1), self.code_bytes, self.record_bytes
+                )
+                self._write_record(txn, new)
+                return rec.dead, self._build(txn, new)
+
+            freed, built = self.env.write(txn_fn)
+            if built is not None:
+                self._install(built)
+            return freed
 
     def calibrate(self) -> tuple[float, ...]:
         """Calibrate now from the documents held (thresholds, refine model, measured recall) and
@@ -494,20 +584,20 @@ class Collection:
             self._install(self.env.write(txn_fn))
             return self.info()
 
-    def _record_in(self, txn: lmdb.Transaction) -> _Record:
+    def _record_in(self, txn: lmdb.Transaction) -> CollectionRecord:
         """The collection's allocation record as this write transaction sees it (never the cached
         copy: row ids and counts are allocated from what is committed, whoever committed it)."""
         raw = get(txn, meta_key(self.name), self.env.dbs["meta"])
         if raw is None:
             raise NotFound("collection", self.name)
-        rec = _Record.from_bytes(raw)
+        rec = CollectionRecord.from_bytes(raw)
         if rec.cid != self._rec.cid:
             raise NotFound("collection", self.name)  # dropped and created again elsewhere
         return rec
 
-    def _write_record(self, txn: lmdb.Transaction, rec: _Record) -> None:
+    def _write_record(self, txn: lmdb.Transaction, rec: CollectionRecord) -> None:
         txn.put(meta_key(self.name), rec.to_bytes(), db=self.env.dbs["meta"])
-        txn.put(gen_key(rec.cid), _GEN.pack(rec.gen), db=self.env.dbs["meta"])
+        txn.put(gen_key(rec.cid), GEN.pack(rec.gen), db=self.env.dbs["meta"])
 
     def _current_thresholds(self) -> F32 | None:
         t = self._rec.thresholds if self._rec.thresholds is not None else self.config.thresholds
@@ -534,7 +624,7 @@ class Collection:
         prefix = cid_prefix(self._rec.cid)
         total = 0
         with self.env.reader(buffers=True) as txn:
-            for name in ("vecs", "rows", "docs"):
+            for name in ("vblocks", "rows", "docs"):
                 cur = txn.cursor(db=self.env.dbs[name])
                 if not cur.set_range(prefix):
                     continue
@@ -547,7 +637,7 @@ class Collection:
 
     # ------------------------------------------------------------------ reads
     @contextlib.contextmanager
-    def _consistent(self, wait: bool = True) -> Iterator[tuple[_Snapshot, lmdb.Transaction]]:
+    def _consistent(self, wait: bool = True) -> Iterator[tuple[stages.Snapshot, lmdb.Transaction]]:
         """A snapshot and a read transaction at the same generation.
 
         A read transaction sees either the generation last published or the one committed just
@@ -565,7 +655,7 @@ class Collection:
                 raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
                 if raw is None:
                     raise NotFound("collection", self.name)
-                gen = _GEN.unpack(raw)[0]
+                gen = GEN.unpack(raw)[0]
                 snap = self._snaps.get(gen)
                 if snap is not None:
                     yield snap, txn
@@ -590,21 +680,34 @@ class Collection:
         dbs = self.env.dbs
         cid = self._rec.cid
         out: list[Record | None] = []
-        with self.env.reader() as txn:
+        with self.env.reader(buffers=True) as txn:
             for ext in id_list:
                 prev = get(txn, id_key(cid, ext), dbs["ids"])
                 if prev is None:
                     out.append(None)
                     continue
-                rk = row_key(cid, unpack_rowid(prev))
-                doc = get(txn, rk, dbs["docs"])
+                rowid = unpack_rowid(prev)
+                doc = get(txn, row_key(cid, rowid), dbs["docs"])
                 vec = None
                 if with_vectors:
+                    blob = blocks.row_of(txn, dbs["vblocks"], cid, rowid, self.record_bytes)
                     vec = quantize.decode_rescore(
-                        [must(get(txn, rk, dbs["vecs"]))], self.config.rescore_dims, self.config.rescore_dtype
+                        [blob], self.config.rescore_dims, self.config.rescore_dtype
                     )[0]
-                code = must(get(txn, rk, dbs["codes"]))
+                code = bytes(blocks.row_of(txn, dbs["cblocks"], cid, rowid, self.code_bytes))
                 out.append(Record(ext, json.loads(doc) if doc else {}, code, vec))
+        return out
+
+    def ids_of(self, rowids: npt.ArrayLike) -> npt.NDArray[np.object_]:
+        """External ids of row ids (None where a row id is not stored), as an object array."""
+        rows = np.asarray(rowids, dtype=np.int64)
+        out = np.empty(rows.shape, dtype=object)
+        flat = out.reshape(-1)
+        with self.env.reader(buffers=True) as txn:
+            db = self.env.dbs["rows"]
+            for i, k in enumerate(row_keys(self._rec.cid, rows.reshape(-1))):
+                v = txn.get(k, db=db)
+                flat[i] = None if v is None else str(v, "utf-8")
         return out
 
     def _queries(
@@ -625,6 +728,25 @@ class Collection:
             return cq, cq
         return cq, validate.vectors(rescore_queries, "rescore_queries", nq, self.config.rescore_dims).unit()
 
+    def _params(self, params: SearchParams | None, options: dict[str, Any]) -> SearchParams:
+        if params is None:
+            params = search_params(**options)
+        elif options:
+            raise TypeError(f"give params or keywords, not both: {sorted(options)}")
+        for c in params.filter:
+            if c.field not in self.config.filterable:
+                raise InvalidArgument(
+                    "filter",
+                    f"may only name filterable fields {sorted(self.config.filterable)}; given {c.field!r}",
+                    value=c.field,
+                )
+        return params
+
+    def _records(self, txn: lmdb.Transaction, snap: stages.Snapshot) -> stages.Records:
+        db = self.env.dbs["vblocks"]
+        cid, width = self._rec.cid, self.record_bytes
+        return lambda rowids: blocks.gather_records(txn, db, cid, snap.runs, rowids, width)
+
     def search(
         self,
         code_queries: Any,
@@ -641,60 +763,56 @@ class Collection:
         mapping, ``include_metadata``; the earlier ``oversampling`` and integer ``refine`` too).
         With ``wait`` off, :class:`WouldBlock` is raised rather than waiting for a map resize (for
         callers that must not block, such as an event loop)."""
-        if params is None:
-            params = search_params(**options)
-        elif options:
-            raise TypeError(f"give params or keywords, not both: {sorted(options)}")
-        for c in params.filter:
-            if c.field not in self.config.filterable:
-                raise InvalidArgument(
-                    "filter",
-                    f"may only name filterable fields {sorted(self.config.filterable)}; given {c.field!r}",
-                    value=c.field,
-                )
+        params = self._params(params, options)
         cq, rq = self._queries(code_queries, rescore_queries, params.rescore)
-        top_k = params.top_k
-        dbs = self.env.dbs
-        cid = self._rec.cid
         with self._consistent(wait) as (snap, txn):
-            view = snap.view
-            plan = params.plan(snap.tuning, view.live)
-            masks = self._masks(snap, list(params.filter))
-            qcodes = quantize.pad_rows(quantize.binarize(cq, snap.thresholds), self.stride)
-            dist, pos = scan.topk(qcodes, view.codes, plan.shortlist, masks, limit=view.n)
-            weights = cq if snap.model is None else snap.model.refine_weights(cq)
-            results: list[list[Hit]] = []
-            for i in range(cq.shape[0]):
-                d, p = dist[i], pos[i]
-                if plan.refine and len(p) > plan.float_reads:
-                    est = quantize.refine_scores(view.code_rows(p), self.bits, weights[i])
-                    keep = np.argsort(-est, kind="stable")[: plan.float_reads]
-                    d, p = d[keep], p[keep]
-                elif len(p) > plan.float_reads:
-                    d, p = d[: plan.float_reads], p[: plan.float_reads]
-                keys = row_keys(cid, view.rowids_of(p))
-                if plan.rescore:
-                    assert rq is not None
-                    vdb, read = dbs["vecs"], txn.get
-                    # zero-copy views into the map, valid while the transaction lives
-                    found = [read(k, db=vdb) for k in keys]
-                    if None in found:
-                        raise FormatMismatch("a row's vector is missing: the environment is damaged")
-                    blobs = cast(list[quantize.Buffer], found)
-                    scores = quantize.rescore_dots(
-                        blobs, self.config.rescore_dims, self.config.rescore_dtype, rq[i]
-                    )
-                    order = np.lexsort((p, -scores))[:top_k]
-                else:
-                    scores = 1.0 - 2.0 * d.astype(np.float32) / self.bits
-                    order = np.arange(min(top_k, len(p)))
-                results.append(
-                    [
-                        self._hit(txn, keys[j], float(scores[j]), int(d[j]), params.include_metadata)
-                        for j in order
-                    ]
-                )
-            return results
+            r = self._ranked(snap, txn, params, cq, rq)
+            return self._hits(txn, r.rowids, r.scores, r.hamming, params.include_metadata)
+
+    def search_arrays(
+        self,
+        code_queries: Any,
+        rescore_queries: Any | None = None,
+        params: SearchParams | None = None,
+        *,
+        wait: bool = True,
+        **options: Any,
+    ) -> SearchArrays:
+        """:meth:`search` with the answer as arrays (:class:`SearchArrays`), no ``Hit`` objects."""
+        params = self._params(params, options)
+        cq, rq = self._queries(code_queries, rescore_queries, params.rescore)
+        with self._consistent(wait) as (snap, txn):
+            r = self._ranked(snap, txn, params, cq, rq)
+            return SearchArrays(r.positions, r.rowids, r.scores, r.hamming, self._ids(txn, r.rowids))
+
+    def shortlist(
+        self, code_queries: Any, k: int, *, filter: Mapping[str, Any] | None = None, wait: bool = True
+    ) -> Shortlist:
+        """Stage one alone: per query the ``k`` visible rows nearest by Hamming distance."""
+        validate.int_range(k, "k", 1, MAX_SHORTLIST)
+        conditions = parse_filter(filter, self.config.filterable)
+        cq, _ = self._queries(code_queries, None, False)
+        with self._consistent(wait) as (snap, _txn):
+            dist, pos = stages.shortlist(snap, stages.query_codes(snap, cq, self.stride), k, conditions)
+            rowids = snap.view.rowids_of(pos.ravel()).reshape(pos.shape) if pos.size else pos.copy()
+            return Shortlist(pos, dist, rowids)
+
+    def _ranked(
+        self, snap: stages.Snapshot, txn: lmdb.Transaction, params: SearchParams, cq: F32, rq: F32 | None
+    ) -> stages.Ranked:
+        return stages.ranked(
+            snap,
+            params.plan(snap.tuning, snap.view.live),
+            params.top_k,
+            self.bits,
+            self.config.rescore_dims,
+            self.config.rescore_dtype,
+            cq,
+            rq,
+            self.stride,
+            self._records(txn, snap),
+            params.filter,
+        )
 
     def plan(self, params: SearchParams) -> Plan:
         """The sizes a search with ``params`` runs with on this collection now."""
@@ -718,44 +836,45 @@ class Collection:
         nq = 1 if arr.ndim == 1 else int(arr.shape[0])
         rq = validate.vectors(arr, "rescore_queries", nq, self.config.rescore_dims).unit()
         conditions = parse_filter(filter, self.config.filterable)
-        dbs = self.env.dbs
         with self._consistent() as (snap, txn):
-            view = snap.view
-            visible = view.live_mask()
-            fmask = snap.filters.mask(conditions, view.n)
-            if fmask is not None:
-                visible &= fmask
-            all_rowids = np.concatenate(view.rowids)[: view.n] if view.rowids else np.zeros(0, np.int64)
-            rowids = all_rowids[visible.astype(bool)]
-            positions = np.flatnonzero(visible)
-            keys = [row_key(self._rec.cid, int(r)) for r in rowids]
-            blobs = [must(get(txn, k, dbs["vecs"])) for k in keys]
-            vecs = quantize.decode_rescore(blobs, self.config.rescore_dims, self.config.rescore_dtype)
-            scores = rq @ vecs.T
-            results: list[list[Hit]] = []
-            for i in range(nq):
-                order = np.lexsort((positions, -scores[i]))[:top_k]
-                results.append(
-                    [self._hit(txn, keys[j], float(scores[i, j]), -1, include_metadata) for j in order]
-                )
-            return results
+            r = stages.exact(
+                snap,
+                rq,
+                top_k,
+                self.config.rescore_dims,
+                self.config.rescore_dtype,
+                self._records(txn, snap),
+                conditions,
+            )
+            return self._hits(txn, r.rowids, r.scores, r.hamming, include_metadata)
 
-    def _masks(self, snap: _Snapshot, conditions: list[Any]) -> tuple[U8, ...]:
-        view = snap.view
-        fmask = snap.filters.mask(conditions, view.n)
-        if fmask is None:
-            return view.masks
-        combined = view.live_mask() & fmask
-        return tuple(combined[c * CHUNK_ROWS : (c + 1) * CHUNK_ROWS] for c in range(len(view.codes)))
+    def _ids(self, txn: lmdb.Transaction, rowids: I64) -> npt.NDArray[np.object_]:
+        out = np.empty(rowids.shape, dtype=object)
+        flat = out.reshape(-1)
+        db = self.env.dbs["rows"]
+        for i, k in enumerate(row_keys(self._rec.cid, rowids.reshape(-1))):
+            flat[i] = _text(txn.get(k, db=db))
+        return out
 
-    def _hit(self, txn: lmdb.Transaction, key: bytes, score: float, hamming: int, with_meta: bool) -> Hit:
+    def _hits(
+        self, txn: lmdb.Transaction, rowids: I64, scores: F32, hamming: I32, with_meta: bool
+    ) -> list[list[Hit]]:
         dbs = self.env.dbs
-        ext = must(get(txn, key, dbs["rows"])).decode()
-        meta: dict[str, Any] | None = None
-        if with_meta:
-            raw = txn.get(key, db=dbs["docs"])
-            meta = json.loads(str(raw, "utf-8")) if raw else {}
-        return Hit(ext, score, hamming, meta)
+        cid = self._rec.cid
+        results: list[list[Hit]] = []
+        for i in range(rowids.shape[0]):
+            hits: list[Hit] = []
+            for key, s, h in zip(
+                row_keys(cid, rowids[i]), scores[i].tolist(), hamming[i].tolist(), strict=True
+            ):
+                ext = _text(txn.get(key, db=dbs["rows"]))
+                meta: dict[str, Any] | None = None
+                if with_meta:
+                    raw = txn.get(key, db=dbs["docs"])
+                    meta = json.loads(str(raw, "utf-8")) if raw else {}
+                hits.append(Hit(ext, float(s), int(h), meta))
+            results.append(hits)
+        return results
 
 
 def search_params(*, refine: bool | int = True, **options: Any) -> SearchParams:
@@ -771,26 +890,17 @@ def search_params(*, refine: bool | int = True, **options: Any) -> SearchParams:
     return params
 
 
-def _read_rows(
-    txn: lmdb.Transaction, db: Any, prefix: bytes, count: int
-) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """The ``count`` rows under ``prefix`` in key order, read in C-level loops (fast reopen)."""
-    if count == 0:
-        return (), ()
-    cur = txn.cursor(db=db)
-    if not cur.set_range(prefix):
-        raise FormatMismatch(f"collection rows under {prefix.hex()} are missing: the environment is damaged")
-    items = list(itertools.islice(cur.iternext(), count))
-    keys, vals = zip(*items, strict=True)
-    if len(keys) != count or not bytes(keys[-1]).startswith(prefix) or not bytes(keys[0]).startswith(prefix):
-        raise FormatMismatch(
-            f"collection rows under {prefix.hex()} do not match its count: the environment is damaged"
-        )
-    if cur.next() and bytes(cur.key()).startswith(prefix):
-        raise FormatMismatch(
-            f"collection under {prefix.hex()} has more rows than its count: the environment is damaged"
-        )
-    return keys, vals
+def _text(value: bytes | memoryview | None) -> str:
+    if value is None:
+        raise FormatMismatch("a stored row has no id: the environment is damaged")
+    return str(value, "utf-8")
+
+
+def _unit(x: npt.NDArray[np.floating], inv: F32) -> F32:
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, len(x), 4096):
+        out[i : i + 4096] = x[i : i + 4096].astype(np.float32) * inv[i : i + 4096, None]
+    return out
 
 
 def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, quantize.Buffer]]) -> None:
@@ -798,24 +908,70 @@ def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, quant
     txn.cursor(db=db).putmulti(items, dupdata=False, overwrite=True)
 
 
-def _delete_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: int) -> None:
+def _kill_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: int) -> None:
+    """Drop a row's per-row entries and leave a tombstone for its slot in the blocks."""
     rk = row_key(cid, rowid)
     for name in ROW_SUBDBS:
         txn.delete(rk, db=dbs[name])
+    txn.put(rk, b"", db=dbs["dead"])
+
+
+def _compaction_due(rec: CollectionRecord) -> bool:
+    return rec.dead >= COMPACT_MIN_DEAD and rec.dead >= rec.count
+
+
+def _compact_in_txn(
+    txn: lmdb.Transaction, dbs: Mapping[str, Any], rec: CollectionRecord, code_bytes: int, record_bytes: int
+) -> CollectionRecord:
+    """Rewrite the live rows under new row ids from ``rec.next_row`` on, in row order, dropping the
+    tombstoned slots: blocks, ``ids``, and the per-row entries move with their rows."""
+    cid = rec.cid
+    prefix = cid_prefix(cid)
+    runs, codes = blocks.read_all(txn, dbs, cid, code_bytes, "cblocks")
+    _, records = blocks.read_all(txn, dbs, cid, record_bytes, "vblocks")
+    first = int(runs.starts[0]) if len(runs.starts) else rec.next_row
+    live = np.ones(len(codes), dtype=bool)
+    dead = np.asarray([rowid_of(k) for k, _ in iter_prefix(txn, dbs["dead"], prefix)], np.int64)
+    live[dead - first] = False
+    old_rows = first + np.flatnonzero(live)
+    new_first = rec.next_row
+    for name in ROW_SUBDBS:
+        entries = list(iter_prefix(txn, dbs[name], prefix))
+        if not entries:
+            continue
+        old = np.frombuffer(b"".join(k for k, _ in entries), dtype=_KEY_DTYPE)["row"].astype(np.int64)
+        new = new_first + np.searchsorted(old_rows, old).astype(np.int64)
+        values = [v for _, v in entries]
+        _delete_prefix(txn, dbs[name], prefix)
+        _putmulti(txn, dbs[name], zip(row_keys(cid, new), values, strict=True))
+        if name == "rows":
+            _putmulti(txn, dbs["ids"], zip((prefix + v for v in values), pack_rowids(new), strict=True))
+    _delete_prefix(txn, dbs["dead"], prefix)
+    blocks.delete_all(txn, dbs, cid)
+    n = len(old_rows)
+    if n:
+        blocks.append(txn, dbs, cid, new_first, codes[live], records[live])
+    return replace(rec, next_row=new_first + n, dead=0)
+
+
+def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
+    cur = txn.cursor(db=db)
+    while cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
+        cur.delete()
 
 
 def _calibrate_in_txn(
     txn: lmdb.Transaction,
     dbs: Mapping[str, Any],
-    rec: _Record,
+    rec: CollectionRecord,
     bits: int,
     new_keys: Sequence[bytes] = (),
     new_vecs: F32 | None = None,
-) -> _Record:
+) -> CollectionRecord:
     """Calibrate from the kept code vectors plus this batch's (``new_keys`` / ``new_vecs``, not yet
-    kept), rewrite all those rows' codes, and keep the batch's vectors, or, when the calibration is
-    final (the collection reached ``calibration_sample``), drop them all. The model is fitted on at
-    most ``calibration_sample`` vectors (kept ones first)."""
+    kept), rewrite all those rows' codes in their blocks, and keep the batch's vectors, or, when the
+    calibration is final (the collection reached ``calibration_sample``), drop them all. The model is
+    fitted on at most ``calibration_sample`` vectors (kept ones first)."""
     prefix = cid_prefix(rec.cid)
     keys: list[bytes] = []
     vals: list[bytes] = []
@@ -828,9 +984,13 @@ def _calibrate_in_txn(
     cap = rec.config.calibration_sample
     model, tuning = calibration.calibrate(x, measure_rows=cap)
     final = rec.count >= cap or rec.config.calibration is Calibration.MEDIAN  # median: one calibration
-    codes = quantize.binarize(x, model.thresholds)
-    all_keys = [*keys, *new_keys]
-    _putmulti(txn, dbs["codes"], zip(all_keys, quantize.split_rows(codes), strict=True))
+    new_codes = quantize.binarize(x, model.thresholds)
+    runs, codes = blocks.read_all(txn, dbs, rec.cid, quantize.code_bytes(bits), "cblocks")
+    if len(runs.starts):
+        rowids = np.asarray([rowid_of(k) for k in [*keys, *new_keys]], dtype=np.int64)
+        codes = codes.copy()
+        codes[rowids - int(runs.starts[0])] = new_codes
+        blocks.rewrite_codes(txn, dbs, rec.cid, runs, codes)
     if final:
         for k in keys:
             txn.delete(k, db=dbs["calib"])
@@ -855,3 +1015,15 @@ def _keys_to_json(keys: Mapping[str, list[tuple[str, Any]]]) -> bytes:
 
 def _keys_from_json(raw: bytes) -> dict[str, list[tuple[str, Any]]]:
     return {f: [(t, v) for t, v in ks] for f, ks in json.loads(raw).items()}
+
+
+__all__ = [
+    "Collection",
+    "CollectionInfo",
+    "Hit",
+    "Record",
+    "SearchArrays",
+    "Shortlist",
+    "meta_key",
+    "search_params",
+]

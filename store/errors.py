@@ -8,6 +8,8 @@ subclasses to status codes in one table; messages read "`field` must ...; given 
 - :class:`NotFound`: an unknown collection.
 - :class:`AlreadyExists`: creating a collection whose name is taken with a different configuration.
 - :class:`FormatMismatch`: the data directory was written by another format version or configuration.
+- :class:`NeedsMigration` (a :class:`FormatMismatch`): the directory holds an earlier format that
+  ``zembed migrate`` converts.
 - :class:`WouldBlock`: a read asked not to wait found the map being resized (retry where waiting is
   fine, e.g. on a worker thread).
 - :class:`DiskFull`: a write could not commit because the data volume has no space left (names the
@@ -72,6 +74,10 @@ class SnapshotExists(AlreadyExists, FileExistsError):
 
 class FormatMismatch(StoreError):
     """The data directory's format record or a collection's stored config does not match."""
+
+
+class NeedsMigration(FormatMismatch):
+    """The data directory holds an earlier store format: ``zembed migrate OLD NEW`` converts it."""
 
 
 class WouldBlock(StoreError):

@@ -1,21 +1,32 @@
 """LMDB layout: one environment per data directory, named sub-databases, keys, the format record.
 
-Sub-databases (keys are big-endian so that a collection's rows sort by row id and appends stay
-sequential; ``cid`` is a collection's u32 number, ``rowid`` a u64 that only grows):
+Format 2. Sub-databases (keys are big-endian so that a collection's rows sort by row id and appends
+stay sequential; ``cid`` is a collection's u32 number, ``rowid`` a u64 that only grows):
 
 =========  ===============================  ======================================================
 name       key                              value
 =========  ===============================  ======================================================
-meta       ``format``                       JSON format record (checked on open)
-meta       ``coll:<name>``                  JSON collection record: config, cid, next row id, count
+meta       ``format``                       JSON format record (checked on open, before any write)
+meta       ``next_cid``                     the next collection number (decimal text)
+meta       ``coll:<name>``                  JSON collection record: config, cid, next row id,
+                                            count, tombstones, generation, calibration
+meta       ``gen:`` + cid                   the collection's generation (u64 BE), bumped per write
 ids        cid + external id (UTF-8)        rowid (u64 BE)
 rows       cid + rowid                      external id (UTF-8)
-codes      cid + rowid                      packed code (``np.packbits``, unpadded)
-vecs       cid + rowid                      rescore vector (see ``quantize.encode_rescore``)
 docs       cid + rowid                      metadata as compact JSON (absent when empty)
 fkeys      cid + rowid                      JSON of the filterable fields only (fast index rebuild)
-calib      cid + rowid                      float32 code-dims vector, kept until thresholds exist
+calib      cid + rowid                      float32 code-dims vector, kept until calibration is final
+dead       cid + rowid                      empty: a tombstone (the row's slot in its run is garbage
+                                            until the collection is compacted)
+cblocks    cid + first rowid of a run       packed codes of the run's rows (``np.packbits``,
+                                            unpadded, ``code_bytes`` each; see ``store.blocks``)
+vblocks    cid + first rowid of a run       rescore records of the same rows (see
+                                            ``quantize.rescore_records``), fixed size each
 =========  ===============================  ======================================================
+
+Format 1 (releases before issue #10) kept one code and one vector per key (``codes``, ``vecs``); a
+format-1 directory is refused with a message naming ``zembed migrate``, which converts it into a
+new directory (``store.migrate``) without writing to the old one.
 
 The map grows on demand: a write that hits ``MapFullError`` is aborted, the map is doubled while no
 read transaction is open (readers and the resize share a readers-writer gate), and the write retried.
@@ -46,13 +57,24 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from zembed.store.errors import Damaged, DiskFull, FormatMismatch, Locked, StoreError, WouldBlock
+from zembed.store.errors import (
+    Damaged,
+    DiskFull,
+    FormatMismatch,
+    Locked,
+    NeedsMigration,
+    StoreError,
+    WouldBlock,
+)
 
 FORMAT_NAME = "zembed-store"
-FORMAT_VERSION = 1
-PREALLOCATE_MIN = 16 << 20  # a one-document store allocates ~16 MiB, not 256 (issue #10)
-SUBDBS = ("meta", "ids", "rows", "codes", "vecs", "docs", "fkeys", "calib")
-ROW_SUBDBS = ("rows", "codes", "vecs", "docs", "fkeys", "calib")
+FORMAT_VERSION = 2
+# preallocation ahead of use: an eighth of the used size, between these bounds (issue #10: a
+# one-document store takes ~1 MiB, a large one at most 1/8 more than it uses)
+PREALLOCATE_MIN = 1 << 20
+PREALLOCATE_MAX = 1 << 30
+SUBDBS = ("meta", "ids", "rows", "docs", "fkeys", "calib", "dead", "cblocks", "vblocks")
+ROW_SUBDBS = ("rows", "docs", "fkeys", "calib")
 
 T = TypeVar("T")
 
@@ -84,6 +106,12 @@ def row_keys(cid: int, rowids: npt.NDArray[np.int64]) -> list[bytes]:
     arr["row"] = rowids
     raw = arr.tobytes()
     return [raw[i : i + 12] for i in range(0, len(raw), 12)]
+
+
+def pack_rowids(rowids: npt.NDArray[np.int64]) -> list[bytes]:
+    """``pack_rowid`` for many row ids at once."""
+    raw = np.asarray(rowids).astype(">u8").tobytes()
+    return [raw[i : i + 8] for i in range(0, len(raw), 8)]
 
 
 def rowid_of(key: bytes) -> int:
@@ -160,6 +188,7 @@ class Env:
         else:
             path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_directory(path)
+        existed = (path / DATA_FILE).exists()
         try:
             check_data_file(path / DATA_FILE)
             try:
@@ -176,6 +205,10 @@ class Env:
                     readonly=readonly,
                 )
                 self.map_size = int(self.env.info()["map_size"])
+                # the format is checked before any other sub-database is created: a directory of
+                # another format is never written to
+                meta = self.env.open_db(b"meta", create=not readonly and not existed)
+                self._check_format_record(meta)
                 self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDBS}
             except (
                 lmdb.InvalidError,
@@ -187,6 +220,8 @@ class Env:
             except lmdb.NotFoundError as exc:
                 raise Damaged(str(path / DATA_FILE), f"a sub-database is missing ({exc})") from None
         except BaseException:
+            if hasattr(self, "env"):
+                self.env.close()
             self._unlock()
             raise
         self.page_size = int(self.env.stat()["psize"])
@@ -200,15 +235,26 @@ class Env:
         self.resizes = 0
 
     def check_format(self) -> None:
-        """Write the format record into a new environment, or check the existing one."""
+        """Write the format record into a new environment (the existing one was checked at open)."""
         with self.env.begin(write=False) as txn:
             raw = get(txn, b"format", self.dbs["meta"])
         if raw is None:
             if self.readonly:
                 raise Damaged(str(self.path / DATA_FILE), "it holds no format record (not a zembed store)")
             self.write(lambda txn: txn.put(b"format", self._format_record(), db=self.dbs["meta"]))
+
+    def _check_format_record(self, meta: Any) -> None:
+        with self.env.begin(write=False) as txn:
+            raw = get(txn, b"format", meta)
+        if raw is None:
             return
         rec = json.loads(raw)
+        if rec.get("format") == FORMAT_NAME and rec.get("version") == 1:
+            raise NeedsMigration(
+                f"data directory {self.path} holds zembed-store format 1 (an earlier release); this build "
+                f"reads format {FORMAT_VERSION}. It was opened read-only and left as it is: convert it "
+                f"with `zembed migrate {self.path} NEW_DIR` (nothing is lost), then serve NEW_DIR."
+            )
         if rec.get("format") != FORMAT_NAME or rec.get("version") != FORMAT_VERSION:
             raise FormatMismatch(
                 f"data directory {self.path} holds format {rec.get('format')!r} version "
@@ -274,7 +320,9 @@ class Env:
 
         Growing data.mdb block by block at each synced commit costs the filesystem an allocation per
         page (measured here: bulk upserts 2-3x slower); ``posix_fallocate`` reserves them in one call,
-        ahead of use: to twice the used size (at least 16 MiB more), never past the map size.
+        ahead of use: an eighth of the used size more (at least 1 MiB, at most 1 GiB), never past the
+        map size. So the file is at most ~1.13x its used size (issue #10: it was 2x + 16 MiB, and a
+        one-document store took 257 MB when it was 2x + 256 MiB).
         """
         if not self._preallocate:
             return
@@ -282,7 +330,8 @@ class Env:
         if used + PREALLOCATE_MIN // 2 <= self._allocated:
             return
         self.clear_stale_readers()
-        target = min(max(2 * used, used + PREALLOCATE_MIN), self.map_size)
+        ahead = min(max(used // 8, PREALLOCATE_MIN), PREALLOCATE_MAX)
+        target = min(used + ahead, self.map_size)
         try:
             fd = os.open(self.path / DATA_FILE, os.O_RDWR)
             try:
@@ -371,6 +420,30 @@ class Env:
 
     def stat(self) -> dict[str, Any]:
         return dict(self.env.info())
+
+    def usage(self) -> dict[str, int]:
+        """``bytes_in_use``: pages the B-trees reference (the meta pages, every sub-database's branch,
+        leaf and overflow pages; free pages not counted); ``bytes_allocated``: disk blocks the data
+        file takes (``st_blocks``, preallocation included); ``tree_bytes`` / ``overflow_bytes``:
+        in-use pages that hold keys and small values, and those of large values (the blocks)."""
+        psize = self.page_size
+        tree = overflow = 0
+        with self.reader() as txn:
+            for db in (None, *self.dbs.values()):
+                st = txn.stat(db) if db is not None else self.env.stat()
+                tree += (st["branch_pages"] + st["leaf_pages"]) * psize
+                overflow += st["overflow_pages"] * psize
+        try:
+            allocated = (self.path / DATA_FILE).stat().st_blocks * 512
+        except FileNotFoundError:
+            allocated = 0
+        meta = 2 * psize
+        return {
+            "bytes_in_use": tree + overflow + meta,
+            "bytes_allocated": int(allocated),
+            "tree_bytes": tree,
+            "overflow_bytes": overflow,
+        }
 
 
 def _lock_directory(path: Path) -> int:

@@ -78,30 +78,45 @@ def median_thresholds(x: npt.NDArray[np.floating]) -> F32:
     return np.asarray(np.median(np.asarray(x, dtype=np.float32), axis=0), dtype=np.float32)
 
 
+def record_bytes(dims: int, dtype: RescoreDtype) -> int:
+    """Bytes of one rescore record (:func:`rescore_records`)."""
+    return dims * dtype.bytes_per_dim + (4 if dtype is RescoreDtype.INT8 else 0)
+
+
 def encode_rescore(x: F32, dtype: RescoreDtype, inv_norm: F32 | None = None) -> list[memoryview]:
-    """Serialize rescore vectors scaled to unit length, one little-endian record per row.
+    """:func:`rescore_records` as one view per row (no per-row copies)."""
+    return _views(rescore_records(x, dtype, inv_norm))
+
+
+def rescore_records(x: npt.NDArray[np.floating], dtype: RescoreDtype, inv_norm: F32 | None = None) -> U8:
+    """Serialize rescore vectors scaled to unit length, one little-endian record per row: ``[n,
+    record_bytes]`` uint8.
 
     ``inv_norm`` (one factor per row) is applied first; None means ``x`` is already unit length.
-    The records are views into one buffer (no per-row copies); LMDB copies them on put.
+    ``x`` may be float16 or float32 (float16 input is scaled in float32 one row block at a time, never
+    widened as a whole).
     """
     n, d = x.shape
     inv = np.ones(n, dtype=np.float32) if inv_norm is None else np.ascontiguousarray(inv_norm, np.float32)
     if dtype is RescoreDtype.FLOAT16:
         out16 = np.empty((n, d), dtype="<f2")
-        src = np.ascontiguousarray(x, dtype=np.float32)
-        if not _hamming.scale_to_f16(src, inv, out16.view(np.uint16), n, d):
-            out16[:] = src * inv[:, None]
-        return _views(out16)
+        if x.dtype == np.float32:
+            src = np.ascontiguousarray(x)
+            if _hamming.scale_to_f16(src, inv, out16.view(np.uint16), n, d):
+                return out16.view(np.uint8).reshape(n, 2 * d)
+        for i in range(0, n, 4096):
+            out16[i : i + 4096] = x[i : i + 4096].astype(np.float32) * inv[i : i + 4096, None]
+        return out16.view(np.uint8).reshape(n, 2 * d)
     unit = np.asarray(x * inv[:, None], dtype=np.float32)
     if dtype is RescoreDtype.FLOAT32:
-        return _views(np.ascontiguousarray(unit, dtype="<f4"))
+        return np.ascontiguousarray(unit, dtype="<f4").view(np.uint8).reshape(n, 4 * d)
     scale = np.max(np.abs(unit), axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype("<f4")
     q = np.clip(np.rint(unit / scale[:, None]), -127, 127).astype(np.int8)
     rec = np.empty((n, 4 + d), dtype=np.uint8)
     rec[:, :4] = scale.view(np.uint8).reshape(n, 4)
     rec[:, 4:] = q.view(np.uint8)
-    return _views(rec)
+    return rec
 
 
 def _views(arr: npt.NDArray[np.generic]) -> list[memoryview]:

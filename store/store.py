@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 
 from zembed.store import validate
-from zembed.store.collection import Collection, CollectionInfo, _Record, gen_key, meta_key
+from zembed.store.collection import Collection
 from zembed.store.config import CollectionConfig
 from zembed.store.errors import (
     AlreadyExists,
@@ -26,6 +26,7 @@ from zembed.store.errors import (
     StoreError,
 )
 from zembed.store.layout import DATA_FILE, SUBDBS, Env, cid_prefix, get, iter_prefix
+from zembed.store.records import CollectionInfo, CollectionRecord, gen_key, meta_key
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling on demand
 DEFAULT_MAX_READERS = 2048  # read transactions open at once (concurrent searches)
@@ -75,12 +76,12 @@ class Store:
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} already exists")
 
-            def txn_fn(txn: lmdb.Transaction) -> _Record:
+            def txn_fn(txn: lmdb.Transaction) -> CollectionRecord:
                 meta = self.env.dbs["meta"]
                 raw = get(txn, b"next_cid", meta)
                 cid = int(raw) if raw is not None else 1
                 txn.put(b"next_cid", str(cid + 1).encode(), db=meta)
-                rec = _Record(cid=cid, config=config)
+                rec = CollectionRecord(cid=cid, config=config)
                 txn.put(meta_key(name), rec.to_bytes(), db=meta)
                 txn.put(gen_key(cid), (0).to_bytes(8, "big"), db=meta)
                 return rec
@@ -184,14 +185,30 @@ class Store:
         return self.env.free_bytes()
 
     def stats(self) -> dict[str, object]:
+        """The environment's figures: ``bytes_in_use`` (pages the B-trees reference),
+        ``bytes_allocated`` (disk blocks of the data file), ``bytes_per_document`` (in use over all
+        documents), the map, and per collection its documents and disk figures."""
         info = self.env.stat()
+        usage = self.env.usage()
+        colls = self.list_collections()
+        docs = sum(c.count for c in colls)
         return {
             "path": str(self.path),
             "free_bytes": self.free_bytes(),
             "map_size": info["map_size"],
             "map_resizes": self.env.resizes,
-            "collections": {c.name: c.count for c in self.list_collections()},
-            "index_bytes": sum(c.index_bytes for c in self.list_collections()),
+            "collections": {c.name: c.count for c in colls},
+            "index_bytes": sum(c.index_bytes for c in colls),
+            **usage,
+            "bytes_per_document": usage["bytes_in_use"] // docs if docs else 0,
+            "collection_bytes": {
+                c.name: {
+                    "bytes_in_use": c.bytes_in_use,
+                    "bytes_allocated": c.bytes_allocated,
+                    "bytes_per_document": c.bytes_per_document,
+                }
+                for c in colls
+            },
         }
 
     def close(self) -> None:
@@ -205,12 +222,12 @@ class Store:
         self.close()
 
 
-def _load_record(env: Env, name: str) -> _Record:
+def _load_record(env: Env, name: str) -> CollectionRecord:
     with env.reader() as txn:
         raw = get(txn, meta_key(name), env.dbs["meta"])
     if raw is None:
         raise NotFound("collection", name)
-    return _Record.from_bytes(raw)
+    return CollectionRecord.from_bytes(raw)
 
 
 def snapshot_directory(data_dir: str | Path, dest: str | Path) -> Path:

@@ -210,3 +210,112 @@ def thresholds(value: Sequence[float] | None, bits: int) -> tuple[float, ...] | 
     if not all(math.isfinite(x) for x in t):
         raise InvalidArgument("thresholds", "must be finite")
     return t
+
+
+# ---------------------------------------------------------------------------- the bulk (array) path
+_BULK_ROWS = 8192  # rows checked per step (bounds the float64 temporaries)
+
+
+def id_array(values: Any, cid: int, field: str, limit: int) -> tuple[list[bytes], list[bytes]]:
+    """Ids given as a numpy array (strings, or integers stored as their decimal text), checked as
+    :func:`ids` checks a list, in C loops. Returns the UTF-8 ids and their ``ids`` keys (``cid``
+    prefix)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InvalidArgument(field, f"must be a 1-D array; given shape {arr.shape}")
+    n = len(arr)
+    if n == 0:
+        raise InvalidArgument(field, "must not be empty", value=0)
+    if n > limit:
+        raise InvalidArgument(field, f"must hold at most {limit} items; given {n}", value=n, limit=limit)
+    kind = arr.dtype.kind
+    if kind in "iu":
+        enc = arr.astype("S20")
+    elif kind == "U":
+        enc = np.char.encode(arr, "utf-8")
+    elif kind == "S":
+        try:
+            np.char.decode(arr, "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(field, f"must be UTF-8; given bytes that are not ({exc.reason})") from None
+        enc = arr
+    elif kind == "O":
+        enc = np.char.encode(np.asarray(ids(list(arr), field), dtype=str), "utf-8")
+    else:
+        raise InvalidArgument(field, f"must be an array of strings or integers; given dtype {arr.dtype}")
+    lengths = np.char.str_len(enc)
+    bad = np.flatnonzero((lengths == 0) | (lengths > MAX_ID_BYTES))
+    if len(bad):
+        i = int(bad[0])
+        size = int(lengths[i])
+        if size == 0:
+            raise InvalidArgument(f"{field}[{i}]", "must be a non-empty string; given ''", value="")
+        raise InvalidArgument(
+            f"{field}[{i}]",
+            f"must be at most {MAX_ID_BYTES} UTF-8 bytes; given {size}",
+            value=size,
+            limit=MAX_ID_BYTES,
+        )
+    ext: list[bytes] = enc.tolist()
+    if len(set(ext)) != n:
+        seen: set[bytes] = set()
+        for i, e in enumerate(ext):
+            if e in seen:
+                raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {clip(e.decode())}")
+            seen.add(e)
+    prefix = cid.to_bytes(4, "big")
+    keys: list[bytes] = np.char.add(np.bytes_(prefix), enc).tolist()
+    return ext, keys
+
+
+def float_array(value: Any, field: str, rows: int, dims: int) -> tuple[npt.NDArray[np.floating], F32]:
+    """A finite, non-zero matrix ``[rows, dims]`` of float16 or float32, kept in its own dtype (other
+    dtypes are converted to float32), and its inverse L2 norms, checked a block of rows at a time."""
+    arr = np.asarray(value)
+    if arr.dtype not in (np.float16, np.float32):
+        arr = np.asarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr)
+    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] != dims:
+        raise InvalidArgument(
+            field, f"must be a matrix [{rows}, {dims}]; given shape {arr.shape}", value=arr.shape, limit=dims
+        )
+    inv = np.empty(rows, np.float32)
+    for s in range(0, rows, _BULK_ROWS):
+        part = arr[s : s + _BULK_ROWS]
+        finite = np.isfinite(part).all(axis=1)
+        if not finite.all():
+            i = s + int(np.argmin(finite))
+            raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
+        wide: npt.NDArray[np.floating[Any]] = part.astype(
+            np.float64 if arr.dtype == np.float32 else np.float32
+        )
+        sq = np.einsum("ij,ij->i", wide, wide)
+        if not (sq > 0).all():
+            i = s + int(np.argmin(sq > 0))
+            raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
+        part_inv = 1.0 / np.sqrt(sq)
+        if ((part_inv > 1e30) | (part_inv < 1e-30)).any():
+            v = vectors(arr, field, rows, dims)  # extreme scales: the exact (float32) path
+            return v.raw, v.inv_norm
+        inv[s : s + len(part)] = part_inv
+    return arr, inv
+
+
+def packed_codes(value: Any, field: str, rows: int, bits: int) -> npt.NDArray[np.uint8]:
+    """Pre-packed codes ``[rows, ceil(bits / 8)]`` uint8, MSB first, padding bits zero."""
+    arr = np.asarray(value)
+    width = (bits + 7) // 8
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape != (rows, width):
+        raise InvalidArgument(
+            field,
+            f"must be a uint8 matrix [{rows}, {width}] (packed bits, as np.packbits); given {arr.dtype} "
+            f"{arr.shape}",
+            value=arr.shape,
+        )
+    spare = width * 8 - bits
+    if spare:
+        bad = np.flatnonzero(arr[:, -1] & ((1 << spare) - 1))
+        if len(bad):
+            i = int(bad[0])
+            raise InvalidArgument(f"{field}[{i}]", f"must have its {spare} padding bits zero")
+    return np.ascontiguousarray(arr)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from tests.fakes import FakeServer
-from zembed.store import Calibration, CollectionConfig, InvalidArgument, Store, quantize
+from zembed.store import Calibration, CollectionConfig, InvalidArgument, Store, blocks, quantize
 from zembed.store.collection import meta_key
 from zembed.store.layout import cid_prefix, iter_prefix
 from zembed.store.params import SearchParams, Tuning
@@ -120,9 +120,12 @@ def test_earlier_refine_scoring_lost_on_anisotropic_data(rng: np.random.Generato
 
 # ---------------------------------------------------------------------------------- calibration
 def stored_codes(store: Store, name: str) -> dict[bytes, bytes]:
+    """Row id (u64 BE) -> stored code (format 2: codes in blocks, see store/blocks.py)."""
     c = store.collection(name)
     with c.env.reader() as txn:
-        return {bytes(k): bytes(v) for k, v in iter_prefix(txn, c.env.dbs["codes"], cid_prefix(c.cid))}
+        runs, codes = blocks.read_all(txn, c.env.dbs, c.cid, quantize.code_bytes(c.bits), "cblocks")
+    first = int(runs.starts[0]) if len(runs.starts) else 0
+    return {(first + i).to_bytes(8, "big"): bytes(r) for i, r in enumerate(codes)}
 
 
 def kept_vectors(store: Store, name: str) -> int:
