@@ -116,12 +116,12 @@ class ShardSet:
         self._creds = None
         if settings.shard_tls_ca is not None:
             self._creds = grpc.ssl_channel_credentials(settings.shard_tls_ca.read_bytes())
-        balanced = [
+        self._balanced: list[tuple[str, Any]] = [
             ("grpc.service_config", service_config()),
             ("grpc.enable_retries", 1),
             ("grpc.dns_min_time_between_resolutions_ms", 5_000),
         ]
-        self.channels = [self._channel(channel_target(a), balanced) for a in addresses]
+        self.channels = [self._channel(channel_target(a), self._balanced) for a in addresses]
         self.stubs = [pb_grpc.SearchServiceStub(ch) for ch in self.channels]
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
@@ -129,6 +129,9 @@ class ShardSet:
         self._replica_stubs: dict[tuple[str, str], Any] = {}
         self._replica_channels: list[grpc.aio.Channel] = []
         self._resolved: dict[int, tuple[float, list[str]]] = {}
+        self._seen: dict[int, list[str]] = {}  # the replica set each balanced channel last saw
+        self._retired: set[asyncio.Task[None]] = set()
+        self.getaddrinfo = asyncio.get_running_loop().getaddrinfo  # tests put a fake resolver here
 
     def _channel(self, target: str, extra: list[tuple[str, Any]], server_name: str = "") -> grpc.aio.Channel:
         options = [*self._options, *extra]
@@ -159,10 +162,47 @@ class ShardSet:
             targets = where
         else:
             host, port = where
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await self.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             targets = sorted({ip_target(str(info[4][0]), port) for info in infos})
         self._resolved[shard] = (time.monotonic(), targets)
+        seen = self._seen.setdefault(shard, targets)
+        if targets != seen:
+            self._renew(shard, targets)
         return targets
+
+    def _renew(self, shard: int, targets: list[str]) -> None:
+        """A new balanced channel for a shard whose replica set changed: gRPC's DNS resolver only
+        re-resolves when a connection fails, so a replica added by a scale-up would get no reads
+        until then. The old channel is closed after in-flight calls had time to finish."""
+        log.info("shard %d (%s): replicas now %s", shard, self.addresses[shard], targets)
+        self._seen[shard] = targets
+        old = self.channels[shard]
+        self.channels[shard] = self._channel(channel_target(self.addresses[shard]), self._balanced)
+        self.stubs[shard] = pb_grpc.SearchServiceStub(self.channels[shard])
+
+        async def retire() -> None:
+            await asyncio.sleep(60)
+            await old.close()
+
+        task = asyncio.ensure_future(retire())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def refresh(self) -> None:
+        """Resolve every shard named by DNS again (replicas added or gone)."""
+        for shard, address in enumerate(self.addresses):
+            if isinstance(replica_hosts(address), list):
+                continue
+            self._resolved.pop(shard, None)
+            try:
+                await self.replicas(shard)
+            except OSError as exc:
+                log.warning("shard %d (%s): cannot resolve: %s", shard, address, exc)
+
+    async def watch(self, every_s: float = REPLICA_TTL_S) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await self.refresh()
 
     def _replica_stub(self, shard: int, target: str) -> Any:
         key = (self.addresses[shard], target)
@@ -215,6 +255,8 @@ class ShardSet:
         return await self.each(method, dict.fromkeys(range(len(self)), request), timeout, write=write)
 
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         await asyncio.gather(*(ch.close() for ch in [*self.channels, *self._replica_channels]))
 
 
@@ -661,8 +703,11 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
 @dataclass
 class RouterRunning(Running):
     router: RouterSearch | None = None
+    watcher: asyncio.Task[None] | None = None
 
     async def drain(self, grace_s: float, delay_s: float = 0.0) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.set_serving(False)
         if delay_s > 0:
             await asyncio.sleep(delay_s)
@@ -752,6 +797,7 @@ async def start_router(
         await shards.close()
         raise
     running = RouterRunning(server, port, engine, health, metrics, None, search)
+    running.watcher = asyncio.ensure_future(shards.watch())  # replicas added or gone (DNS)
     await running.set_serving(True)
     log.info("routing: model %s from %s", model.manifest.model_id, settings.model)
     return running

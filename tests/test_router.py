@@ -12,8 +12,10 @@ stores in temp dirs, the fake embedder), checked against one server holding the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ import pytest
 from tests.fakes import FakeEmbedder, FakeServer, ServerThread, model_dir
 from zembed.service import fanout
 from zembed.service.config import ConfigError, Settings, add_arguments, from_args
+from zembed.service.router import ShardSet
 from zembed.store.sharding import shard_of
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
@@ -428,6 +431,58 @@ def test_replicas_behind_one_address_take_every_write_and_balance_reads(tmp_path
         router.stop()
         single.stop()
         replicas[0].stop()
+
+
+def test_replicas_of_a_dns_name_are_followed(tmp_path: Path) -> None:
+    """A shard named by DNS: writes reach every address the name resolves to now; when the set
+    changes (a replica added), the balanced read channel is renewed (gRPC's own resolver would only
+    look again after a connection failed)."""
+    model = model_dir(tmp_path / "m")
+    a = ServerThread(Settings(model=model, data=tmp_path / "a", port=0).validate(), model=FakeEmbedder())
+    b = ServerThread(
+        Settings(model=model, data=tmp_path / "b", host="127.0.0.2", port=a.port).validate(),
+        model=FakeEmbedder(),
+    )
+    answers = [["127.0.0.1"], ["127.0.0.1", "127.0.0.2"]]
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int, type: int = 0) -> list[tuple[Any, ...]]:
+        asked.append(host)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[min(len(asked), 2) - 1]
+        ]
+
+    async def main() -> None:
+        shards = ShardSet((f"localhost:{a.port}",), router_settings(tmp_path, ("x:1",)))
+        shards.getaddrinfo = resolve
+        try:
+            assert await shards.replicas(0) == [f"127.0.0.1:{a.port}"]
+            first = shards.channels[0]
+            await shards.refresh()  # the name now resolves to two replicas
+            assert asked == ["localhost", "localhost"]
+            assert await shards.replicas(0) == [f"127.0.0.1:{a.port}", f"127.0.0.2:{a.port}"]
+            assert shards.channels[0] is not first
+            made = await shards.call_replicas(
+                0, "CreateCollection", pb.CreateCollectionRequest(name="docs", config=CONFIG), 10
+            )
+            assert not isinstance(made, fanout.Failure), made
+            got = await shards.call(0, "GetCollection", pb.GetCollectionRequest(name="docs"), 10)
+            assert not isinstance(got, fanout.Failure) and got.collection.name == "docs"
+        finally:
+            await shards.close()
+
+    try:
+        asyncio.run(main())
+        for server in (a, b):  # the admin call reached both replicas
+            assert (
+                stub(server.target)
+                .GetCollection(pb.GetCollectionRequest(name="docs"), timeout=10)
+                .collection.name
+                == "docs"
+            )
+    finally:
+        a.stop()
+        b.stop()
 
 
 # ---------------------------------------------------------------------------------- settings
