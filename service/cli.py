@@ -49,6 +49,27 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("data_dir", metavar="DATA_DIR", help="the store's data directory")
         p.add_argument("out_dir", metavar="OUT_DIR", help="where the snapshot goes (absent or empty)")
         p.set_defaults(func=_snapshot)
+    if everything or cmd == "index":
+        from zembed.indexer.cli import DESCRIPTION
+        from zembed.indexer.cli import add_arguments as add_index_arguments
+
+        p = sub.add_parser(
+            "index", help="bulk indexing on Ray into shard stores or servers", description=DESCRIPTION
+        )
+        add_index_arguments(p)  # Ray itself is imported only when the command runs (the 'ray' extra)
+    if everything or cmd == "migrate":
+        from zembed.store.migrate import command as migrate
+
+        p = sub.add_parser(
+            "migrate",
+            help="convert a data directory of an earlier store format (1) into a new directory",
+            description="Convert OLD_DIR (store format 1, written by releases before issue #10) into "
+            "NEW_DIR (absent or empty) in the current format, losing nothing; OLD_DIR is only read (stop "
+            "the server that uses it first). Exit codes: 0 done, 2 refused (the message says why).",
+        )
+        p.add_argument("old_dir", metavar="OLD_DIR", help="the format-1 data directory (read only)")
+        p.add_argument("new_dir", metavar="NEW_DIR", help="where the converted store goes")
+        p.set_defaults(func=migrate)
     from zembed.service import commands  # client commands: grpc and the stubs only (no onnxruntime, no torch)
 
     if everything or cmd in commands.COMMANDS:
