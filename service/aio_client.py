@@ -35,6 +35,7 @@ from zembed.service.client import (
     StoredDocument,
     T,
     UpsertAck,
+    UpsertBatches,
     UpsertResult,
     calibrate_call,
     channel_options,
@@ -57,9 +58,7 @@ from zembed.service.client import (
     search_stream_requests,
     snapshot_call,
     update_collection_call,
-    upsert_ack,
     upsert_call,
-    upsert_stream_requests,
 )
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -199,10 +198,17 @@ class AsyncClient:
         return await self._run(upsert_call(collection, documents, chunks))
 
     async def upsert_stream(
-        self, collection: str, documents: Iterable[Mapping[str, Any] | Document]
+        self,
+        collection: str,
+        documents: Iterable[Mapping[str, Any] | Document],
+        *,
+        batch: int = 256,
+        chunking: bool = False,
     ) -> AsyncIterator[UpsertAck]:
-        async for r in self._stream("search", "UpsertStream", upsert_stream_requests(collection, documents)):
-            yield upsert_ack(r)
+        feed = UpsertBatches(collection, documents, batch, chunking_proto(chunking))
+        async for r in self._stream("search", "UpsertStream", feed.requests()):
+            for ack in feed.acks(r):
+                yield ack
 
     async def delete(self, collection: str, ids: Sequence[str]) -> int:
         return await self._run(delete_call(collection, ids))

@@ -22,6 +22,7 @@ the limit and the value); stream items carry their own status instead. Inputs th
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -500,10 +501,6 @@ def stored_document(d: pb.StoredDocument) -> StoredDocument:
     )
 
 
-def upsert_ack(r: pb.UpsertStreamResponse) -> UpsertAck:
-    return UpsertAck(id=r.id, code=_status(r.status.code), message=r.status.message)
-
-
 def search_stream_item(r: pb.SearchStreamResponse) -> SearchStreamItem:
     return SearchStreamItem(
         id=r.id, code=_status(r.status.code), message=r.status.message, hits=[hit(h) for h in r.hits]
@@ -679,11 +676,51 @@ def embed_stream_requests(
         )
 
 
-def upsert_stream_requests(
-    collection: str, documents: Iterable[Mapping[str, Any] | Document]
-) -> Iterator[pb.UpsertStreamRequest]:
-    for d in documents:
-        yield pb.UpsertStreamRequest(collection=collection, document=document(d))
+class UpsertBatches:
+    """UpsertStream's bulk form: documents sent ``batch`` per message, each message answered (in
+    order) with one status per document, matched back to the ids here. A document that cannot be
+    converted ends the input after the documents before it are sent, then is raised (see Feed)."""
+
+    def __init__(
+        self,
+        collection: str,
+        documents: Iterable[Mapping[str, Any] | Document],
+        batch: int,
+        chunks: pb.Chunking,
+    ) -> None:
+        if not 1 <= batch <= 10_000:
+            raise ValueError(f"batch must be 1 to 10000 documents per message; given {batch}")
+        self.collection, self.documents, self.batch, self.chunks = collection, documents, batch, chunks
+        self.sent: deque[list[str]] = deque()  # the ids of each message sent and not yet answered
+
+    def _message(self, docs: list[pb.Document]) -> pb.UpsertStreamRequest:
+        self.sent.append([d.id for d in docs])
+        return pb.UpsertStreamRequest(collection=self.collection, documents=docs, chunking=self.chunks)
+
+    def requests(self) -> Iterator[pb.UpsertStreamRequest]:
+        docs: list[pb.Document] = []
+        error: Exception | None = None
+        try:
+            for d in self.documents:
+                docs.append(document(d))
+                if len(docs) == self.batch:
+                    yield self._message(docs)
+                    docs = []
+        except Exception as exc:
+            error = exc
+        if docs:
+            yield self._message(docs)
+        if error is not None:
+            raise error
+
+    def acks(self, r: pb.UpsertStreamResponse) -> list[UpsertAck]:
+        ids = self.sent.popleft()
+        if len(r.statuses) != len(ids):  # a server without the bulk form answers the message as one
+            return [UpsertAck(id=i, code=_status(r.status.code), message=r.status.message) for i in ids]
+        return [
+            UpsertAck(id=i, code=_status(st.code), message=st.message)
+            for i, st in zip(ids, r.statuses, strict=True)
+        ]
 
 
 def search_stream_requests(
@@ -893,11 +930,19 @@ class Client:
         return self._run(upsert_call(collection, documents, chunks))
 
     def upsert_stream(
-        self, collection: str, documents: Iterable[Mapping[str, Any] | Document]
+        self,
+        collection: str,
+        documents: Iterable[Mapping[str, Any] | Document],
+        *,
+        batch: int = 256,
+        chunking: bool = False,
     ) -> Iterator[UpsertAck]:
-        """Bulk loading: one acknowledgement per document, in order, once it is durable."""
-        for r in self._stream("search", "UpsertStream", upsert_stream_requests(collection, documents)):
-            yield upsert_ack(r)
+        """Bulk loading: ``batch`` documents per message (text documents are embedded together, so
+        at most the server's --max-inputs of them); one acknowledgement per document, in order,
+        once it is durable, each with its own status."""
+        feed = UpsertBatches(collection, documents, batch, chunking_proto(chunking))
+        for r in self._stream("search", "UpsertStream", feed.requests()):
+            yield from feed.acks(r)
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         """How many of the ids existed."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from zembed.service.batcher import Batcher, call_deadline
+from zembed.service.batcher import Batcher, Latency, call_deadline
 from zembed.service.config import Settings
 from zembed.service.errors import InvalidArgument
 from zembed.service.runtime.manifest import Manifest
@@ -70,6 +70,17 @@ class Embedded:
         return sum(self.tokens)
 
 
+@dataclass
+class SearchSizes:
+    """Searches run and the sizes they were planned with (Hamming shortlist, float reads), summed;
+    ``high_recall`` counts those with ``SearchParams.high_recall`` (latency_mode high)."""
+
+    searches: int = 0
+    high_recall: int = 0
+    shortlist: int = 0
+    float_reads: int = 0
+
+
 def _noop(seconds: float) -> None:
     pass
 
@@ -102,6 +113,7 @@ class Engine:
             max_queue_s=settings.max_queue_s,
             on_idle=self.release_memory,
         )
+        self.search_sizes = SearchSizes()
 
     def release_memory(self) -> None:
         """Called by the inference thread once idle after a burst. ONNX Runtime keeps its CPU arena at
@@ -181,14 +193,20 @@ class Engine:
         wait: bool = False,
         field: str = "inputs",
         names: Sequence[str] | None = None,
+        latency: Latency = Latency.FAST,
     ) -> Embedded:
+        """``latency``: the batcher lane; SLOW calls wait for room (as with ``wait``)."""
         self.check_texts(texts, field, names)
         dim = self.check_dim(dim)
         it = self.input_type(input_type)
         deadline = call_deadline.get()
         # admission first (microseconds, no await when refused), then tokenize off the event loop
         room = await self.batcher.reserve(
-            len(texts), self.estimate_tokens(texts), wait=wait, deadline=deadline
+            len(texts),
+            self.estimate_tokens(texts),
+            wait=wait or latency is Latency.SLOW,
+            deadline=deadline,
+            lane=latency,
         )
         try:
             if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
@@ -308,8 +326,10 @@ class Engine:
         include_metadata: bool = True,
         overflow: Overflow = Overflow.TRUNCATE,
         wait: bool = False,
+        latency: Latency = Latency.FAST,
     ) -> tuple[list[Hit], int, int]:
-        """``params`` as built at the edge; or the keyword form (built and checked here)."""
+        """``params`` as built at the edge; or the keyword form (built and checked here).
+        ``latency`` is the query embedding's lane (the sizes are the params' ``high_recall``)."""
         coll = self.store.collection(name)
         if params is None:
             params = SearchParams.create(
@@ -322,7 +342,9 @@ class Engine:
             )
         tokens = nbytes = 0
         if text is not None:
-            emb = await self.embed([text], "query", 0, overflow, wait=wait, field="text", names=["text"])
+            emb = await self.embed(
+                [text], "query", 0, overflow, wait=wait, field="text", names=["text"], latency=latency
+            )
             cv, rv = self.vectors_from_embedding(coll.config, emb.vectors, "text")
             code, rescore = cv[0], rv[0]
             tokens, nbytes = emb.total_tokens, usage_bytes([text])
@@ -330,6 +352,12 @@ class Engine:
             raise InvalidArgument("query", "must be text or vectors")
         if rescore is not None and len(rescore) == 0:
             rescore = None
+        plan = coll.plan(params)
+        sizes = self.search_sizes
+        sizes.searches += 1
+        sizes.high_recall += params.high_recall
+        sizes.shortlist += plan.shortlist
+        sizes.float_reads += plan.float_reads
         hits = await self.searcher.search(
             coll,
             code,

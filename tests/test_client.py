@@ -192,13 +192,14 @@ def test_client_side_refusals_name_the_key_and_send_nothing(client: Client) -> N
     assert client.get_collection("refusals").count == 0
 
 
-def test_upsert_stream_acks_in_order_and_a_bad_document_keeps_its_status(client: Client) -> None:
+@pytest.mark.parametrize("batch", [256, 7, 1])
+def test_upsert_stream_acks_in_order_and_a_bad_document_keeps_its_status(client: Client, batch: int) -> None:
     fresh(client, "streamed", filterable=["lang"])
     docs: list[dict[str, Any]] = [
         {"id": f"s{i}", "text": f"streamed {i}", "metadata": {"lang": "de"}} for i in range(50)
     ]
     docs[10] = {"id": "bad", "code": [1.0, 2.0]}  # wrong dimension: the server refuses this one only
-    acks = list(client.upsert_stream("streamed", docs))
+    acks = list(client.upsert_stream("streamed", docs, batch=batch))
     assert [a.id for a in acks] == [d["id"] for d in docs]
     assert [a.ok for a in acks].count(False) == 1 and acks[10].code == grpc.StatusCode.INVALID_ARGUMENT
     assert "64" in acks[10].message
@@ -212,7 +213,7 @@ def test_upsert_stream_acks_in_order_and_a_bad_document_keeps_its_status(client:
 
     seen: list[str] = []
     with pytest.raises(ValueError, match=r"t2\.metadata\.m"):
-        for ack in client.upsert_stream("streamed", with_unconvertible()):
+        for ack in client.upsert_stream("streamed", with_unconvertible(), batch=batch):
             seen.append(ack.id)
     assert seen == ["t0", "t1"]  # what was sent before the bad one is stored and acknowledged
     found = client.get_documents("streamed", ["t0", "t1", "t2", "t3"])
