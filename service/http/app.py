@@ -7,8 +7,12 @@
   404, exists 409, overload 429 (``Retry-After``), starting or draining 503, deadline 504. The hosted
   paths answer ``{"detail": message}``; the OpenAI paths ``{"error": {"message", "type", "param",
   "code"}}``. Request-shape errors are 400 naming the field (not FastAPI's 422).
-- ``latency`` fast (or unset) is refused with 429 when the embedding queue has no room; slow waits
-  for room. ``latency_mode`` high waits likewise and searches a 4x larger shortlist.
+- ``latency`` (embed) and ``latency_mode`` (queries) pick the embedding queue's lane
+  (``batcher.Latency``): fast / low go before queued slow work, with a small batching wait, and are
+  refused with 429 when the fast work queued ahead has no room; slow / high batch for throughput,
+  wait for room, and queries search 4x the default float reads and shortlist
+  (``SearchParams.high_recall``). As in the hosted API, an embed without ``latency`` is tried fast
+  and runs slow when the fast lane is full.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from zembed.service.auth import bearer_matches, expected_token
+from zembed.service.batcher import Latency
 from zembed.service.chunking import precise_window
-from zembed.service.engine import Engine, usage_bytes
-from zembed.service.errors import InvalidArgument, ServiceError, TooLarge, Unavailable, clip
+from zembed.service.engine import Embedded, Engine, usage_bytes
+from zembed.service.errors import InvalidArgument, Overloaded, ServiceError, TooLarge, Unavailable, clip
 from zembed.service.http import models as m
 from zembed.service.http.documents import KIND, Conflict, Documents, Missing, check_name, file_url
 from zembed.service.metrics import Metrics
@@ -306,14 +311,19 @@ def build_app(state: State) -> ASGIApp:
         engine, _ = state.ready()
         check_model(engine, body.model)
         texts = inputs(body.input)
-        emb = await engine.embed(
-            texts,
-            body.input_type,
-            body.dimensions or 0,
-            Overflow.TRUNCATE,
-            wait=body.latency == "slow",
-            field="input",
-        )
+        lane = Latency.parse(body.latency, "latency")
+
+        async def run(lane: Latency) -> Embedded:
+            return await engine.embed(
+                texts, body.input_type, body.dimensions or 0, Overflow.TRUNCATE, field="input", latency=lane
+            )
+
+        try:
+            emb = await run(lane)
+        except Overloaded:
+            if body.latency is not None:
+                raise  # explicitly fast: 429 when it cannot run fast (the hosted API's rule)
+            emb = await run(Latency.SLOW)  # unset: tried fast, runs slow when the fast lane is full
         fmt = body.encoding_format
         return _json(
             200,
@@ -479,9 +489,8 @@ def build_app(state: State) -> ASGIApp:
             body.query,
             body.k,
             body.filter,
-            body.latency_mode,
+            Latency.parse(body.latency_mode, "latency_mode"),
             "path",
-            wait=body.latency_mode == "high",
         )
         best: dict[str, float] = {}
         for h, r in hits:
@@ -502,9 +511,8 @@ def build_app(state: State) -> ASGIApp:
             body.query,
             body.k,
             body.filter,
-            body.latency_mode,
+            Latency.parse(body.latency_mode, "latency_mode"),
             "page",
-            wait=body.latency_mode == "high",
         )
         pages: dict[tuple[str, int], float] = {}
         best: dict[str, float] = {}
@@ -538,7 +546,14 @@ def build_app(state: State) -> ASGIApp:
         check_k(body.k, 128)
         no_reranker(body.reranker)
         check_query(body.query, chars=True)
-        hits, _ = await docs.passages(body.collection_name, body.query, body.k, body.filter, "low", "passage")
+        hits, _ = await docs.passages(
+            body.collection_name,
+            body.query,
+            body.k,
+            body.filter,
+            Latency.parse(body.latency_mode, "latency_mode"),
+            "passage",
+        )
         results = []
         best: dict[str, float] = {}
         for h, r in hits[: body.k]:

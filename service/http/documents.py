@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from zembed.service import chunking
 from zembed.service import passages as passages_engine
+from zembed.service.batcher import Latency
 from zembed.service.engine import Engine
 from zembed.service.errors import InvalidArgument, clip
 from zembed.service.http.filters import (
@@ -37,6 +38,7 @@ from zembed.service.http.filters import (
 )
 from zembed.store import Collection, CollectionConfig, Hit
 from zembed.store.layout import cid_prefix, id_key
+from zembed.store.params import SearchParams
 from zembed.store.validate import NAME_RE
 
 F32 = npt.NDArray[np.float32]
@@ -46,7 +48,6 @@ MAX_PAGES = 1024
 MAX_DOCUMENT_CHARS = 4_000_000
 PASSAGE_TOKENS = 512  # passages are at most min(this, the model's window) tokens
 KIND = "documents"  # CollectionConfig.extra["api"] of collections made through the HTTP API
-OVERSAMPLING = {"low": 4, "high": 16}  # latency_mode -> shortlist per result
 
 
 class NotDocuments(InvalidArgument):
@@ -372,12 +373,13 @@ class Documents:
         query: str | None,
         k: int,
         flt: Mapping[str, Any] | None,
-        latency_mode: str,
+        latency: Latency,
         group: str,
-        wait: bool = False,
     ) -> tuple[list[tuple[Hit, Row]], int]:
         """Passage hits, best first, enough to give ``k`` distinct groups (``group``: "path",
-        "page" or "passage") when the collection has them; returns (hits, query tokens)."""
+        "page" or "passage") when the collection has them; returns (hits, query tokens).
+        ``latency`` (latency_mode low/high): the query's embedding lane, and SLOW searches with
+        ``SearchParams.high_recall`` (the larger shortlist)."""
         coll = self.collection(name)
         store_filter = compile_filter(flt)
         cfg = coll.config
@@ -387,24 +389,23 @@ class Documents:
             rescore: F32 | None = None
             rescore_on = False
         else:
-            emb = await self.engine.embed([query], "query", 0, wait=wait, field="query", names=["query"])
+            emb = await self.engine.embed(
+                [query], "query", 0, field="query", names=["query"], latency=latency
+            )
             cv, rv = self.engine.vectors_from_embedding(cfg, emb.vectors, "query")
             code, rescore, rescore_on = cv[0], rv[0], True
             tokens_used = emb.total_tokens
         cap = self.engine.settings.max_top_k
         top_k = min(cap, k if group == "passage" else k * 3 + 8)
         while True:
-            hits, _, _ = await self.engine.search(
-                name,
-                None,
-                code,
-                rescore,
+            params = SearchParams.create(
                 top_k=top_k,
-                oversampling=OVERSAMPLING.get(latency_mode, 4),
-                rescore_on=rescore_on,
-                flt=store_filter,
-                include_metadata=True,
+                max_top_k=cap,
+                rescore=rescore_on,
+                filter=store_filter,
+                high_recall=latency is Latency.SLOW,
             )
+            hits, _, _ = await self.engine.search(name, None, code, rescore, params)
             rows = [(h, _row(h)) for h in hits]
             groups = {_group_key(r, group) for _, r in rows}
             if len(groups) >= k or len(hits) < top_k or top_k >= cap:

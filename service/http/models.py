@@ -142,6 +142,7 @@ class TopSnippetsBody(_Body):
     include_document_metadata: bool = False
     precise_responses: bool = False
     reranker: str | None = None
+    latency_mode: Literal["low", "high"] = "low"  # extension: as top-documents (the SDK has no such field)
 
 
 class StatusBody(_Body):
