@@ -247,6 +247,6 @@ def row_of(txn: lmdb.Transaction, db: Any, cid: int, rowid: int, width: int) -> 
 def run_bytes(runs: Runs, width: int, page_size: int) -> int:
     """Pages the runs of one kind take (values above about half a page go to overflow pages)."""
     sizes = runs.lengths * width
-    big = sizes > page_size // 2
+    big = sizes + 8 + 12 > (page_size - 16) // 2  # LMDB's largest node in a leaf page (2 a page)
     overflow = ((sizes[big] + 16 + page_size - 1) // page_size).sum() * page_size
     return int(overflow + sizes[~big].sum())

@@ -253,8 +253,9 @@ class Collection:
         )
 
     def _disk_usage(self) -> tuple[int, int]:
-        """``(bytes in use, bytes allocated)``: the blocks exactly, the key trees' pages by this
-        collection's share of the documents, the file's allocated blocks pro rata."""
+        """``(bytes in use, bytes allocated)``: the blocks from the run sizes (exact for the large
+        values of a bulk load), the key trees' pages by this collection's share of the documents,
+        the file's allocated blocks pro rata."""
         env = self.env.usage()
         psize = self.env.page_size
         runs = self._runs
@@ -263,8 +264,8 @@ class Collection:
         )
         with self.env.reader(wait=False) as txn:
             docs = int(txn.stat(self.env.dbs["ids"])["entries"])
-        tree = env["bytes_in_use"] - env["overflow_bytes"]
-        used = own + (tree * self._rec.count // docs if docs else 0)
+        rest = env["bytes_in_use"] - env["block_bytes"]  # key trees and meta pages
+        used = own + (rest * self._rec.count // docs if docs else 0)
         share = env["bytes_allocated"] / env["bytes_in_use"] if env["bytes_in_use"] else 0.0
         return used, int(used * share)
 

@@ -75,6 +75,7 @@ PREALLOCATE_MIN = 1 << 20
 PREALLOCATE_MAX = 1 << 30
 SUBDBS = ("meta", "ids", "rows", "docs", "fkeys", "calib", "dead", "cblocks", "vblocks")
 ROW_SUBDBS = ("rows", "docs", "fkeys", "calib")
+BLOCK_SUBDBS = ("cblocks", "vblocks")
 
 T = TypeVar("T")
 
@@ -425,14 +426,18 @@ class Env:
         """``bytes_in_use``: pages the B-trees reference (the meta pages, every sub-database's branch,
         leaf and overflow pages; free pages not counted); ``bytes_allocated``: disk blocks the data
         file takes (``st_blocks``, preallocation included); ``tree_bytes`` / ``overflow_bytes``:
-        in-use pages that hold keys and small values, and those of large values (the blocks)."""
+        in-use pages that hold keys and small values, and those of large values; ``block_bytes``: the
+        pages of the code and vector blocks (``cblocks``, ``vblocks``)."""
         psize = self.page_size
-        tree = overflow = 0
+        tree = overflow = blocks = 0
         with self.reader() as txn:
-            for db in (None, *self.dbs.values()):
+            for name, db in (("", None), *self.dbs.items()):
                 st = txn.stat(db) if db is not None else self.env.stat()
-                tree += (st["branch_pages"] + st["leaf_pages"]) * psize
+                pages = (st["branch_pages"] + st["leaf_pages"]) * psize
+                tree += pages
                 overflow += st["overflow_pages"] * psize
+                if name in BLOCK_SUBDBS:
+                    blocks += pages + st["overflow_pages"] * psize
         try:
             allocated = (self.path / DATA_FILE).stat().st_blocks * 512
         except FileNotFoundError:
@@ -443,6 +448,7 @@ class Env:
             "bytes_allocated": int(allocated),
             "tree_bytes": tree,
             "overflow_bytes": overflow,
+            "block_bytes": blocks,
         }
 
 

@@ -382,11 +382,11 @@ def test_filterable_fields_added_to_a_filled_collection_index_stored_documents(t
 
 
 def test_a_small_store_allocates_little_disk(tmp_path: Path) -> None:
-    """Preallocation grows with the store: a one-document store used to take 257 MB of disk (the test
-    suite alone left 16 GB under the temp folder)."""
+    """Preallocation grows with the store (an eighth ahead, at least 1 MiB): a one-document store
+    used to take 257 MB of disk (the test suite alone left 16 GB under the temp folder), then 16 MiB."""
     with Store(tmp_path / "d") as s:
         s.create_collection("c", small_config())
         x = np.ones((1, 96), dtype=np.float32)
         s.collection("c").upsert(["a"], x[:, :64], x)
     allocated = (tmp_path / "d" / "data.mdb").stat().st_blocks * 512
-    assert allocated < 40 << 20, allocated
+    assert allocated < 3 << 20, allocated
