@@ -10,7 +10,7 @@ neither the store nor the model runtime."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -84,3 +84,20 @@ def value_from_proto(v: pb.MetadataValue) -> Any:
 
 def metadata_from_proto(m: Mapping[str, pb.MetadataValue]) -> dict[str, Any]:
     return {k: value_from_proto(v) for k, v in sorted(m.items())}
+
+
+def set_metadata(
+    target: MutableMapping[str, pb.MetadataValue], d: Mapping[str, Any], where: str = "metadata"
+) -> None:
+    """Fills a message's metadata map in place (no intermediate message for scalar values)."""
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ValueError(f"{where}: key {k!r} is not a string (JSON object keys are strings)")
+        if isinstance(v, str):
+            target[k].string_value = v
+        elif isinstance(v, bool):
+            target[k].bool_value = v
+        elif isinstance(v, int) and -_INT64 <= v < _INT64:
+            target[k].int_value = v
+        else:
+            target[k].CopyFrom(value_to_proto(v, f"{where}.{k}"))

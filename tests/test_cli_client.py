@@ -22,6 +22,7 @@ import pytest
 
 from tests.fakes import FakeServer
 from zembed.service import cli
+from zembed.service.metadata import metadata_from_proto
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -100,7 +101,9 @@ def test_ingest_jsonl_vectors_reports_bad_lines_by_number_and_stores_the_rest(
     lines[79] = json.dumps({"vector": vecs[79].tolist()})  # line 80: no id
     lines[89] = json.dumps({"id": "d89", "vector": ["a", "b"]})  # line 90: not numbers
     lines[99] = json.dumps({"id": "d99", "vector": [0.5] * 7})  # line 100: the server refuses 7 dims
-    lines[109] = json.dumps({"id": "d109", "vector": vecs[109].tolist(), "metadata": {"x": {"nested": 1}}})
+    lines[109] = json.dumps({"id": "d109", "vector": vecs[109].tolist(), "metadata": [1, 2]})  # not an object
+    typed = {"lang": "de", "n": 4, "x": {"nested": [1, None, 2.5, True]}, "none": None, "tags": ["a", 1]}
+    lines[4] = json.dumps({"id": "d4", "vector": vecs[4].tolist(), "metadata": typed})  # JSON types kept
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
@@ -115,7 +118,8 @@ def test_ingest_jsonl_vectors_reports_bad_lines_by_number_and_stores_the_rest(
     assert "no id (field 'id')" in err
     assert "field 'vector': not a list of numbers" in err
     assert "id 'd99' refused: INVALID_ARGUMENT" in err and "64" in err
-    assert "nested" not in str(stored(server, "vec", ["d109"]))  # refused, never coerced to a string
+    assert "field 'metadata': must be an object; given list" in err
+    assert metadata_from_proto(stored(server, "vec", ["d4"])["d4"].metadata) == typed
     docs = stored(server, "vec", [f"d{i}" for i in range(200)])
     assert len(docs) == 195 and "d56" not in docs and "d99" not in docs
     np.testing.assert_allclose(np.asarray(docs["d3"].rescore), vecs[3], atol=1e-3)  # stored as float16
@@ -443,15 +447,63 @@ def test_ingest_from_stdin_creates_the_collection(
     assert json.loads(out)["filterable"] == ["lang"] and json.loads(out)["count"] == 5
 
 
-@pytest.mark.parametrize("parser", ["json", "orjson"])
+@pytest.mark.parametrize("parser", ["json", "orjson", "simdjson"])
 def test_jsonl_reader_numbers_lines_with_either_parser(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from zembed.service import ingest
 
-    mod = pytest.importorskip(parser, reason="orjson is the `cli` extra's fast path")
-    monkeypatch.setattr(ingest, "_json_loads", lambda: mod.loads)
-    text = '{"id": "a", "vector": [1, 2]}\n\n{"id": "b", \n[1, 2]\n{"id": "c", "text": "ü"}\n'
-    rows = list(ingest.read_jsonl(io.StringIO(text)))
+    mod = pytest.importorskip(parser, reason="orjson and pysimdjson are the `cli` extra's fast paths")
+    if parser == "simdjson":
+        monkeypatch.setattr(ingest, "_simdjson", lambda: mod)
+    else:
+        monkeypatch.setattr(ingest, "_simdjson", lambda: None)
+        monkeypatch.setattr(ingest, "_json_loads", lambda: mod.loads)
+    text = (
+        '{"id": "a", "vector": [1, 2.5], "m": {"k": [null, 1]}}\n\n{"id": "b", \n[1, 2]\n'
+        '{"id": "c", "text": "ü", "vector": ["x"]}\n'
+    )
+    rows = list(ingest.read_jsonl(io.StringIO(text), frozenset({"vector"})))
     assert [n for n, _ in rows] == [1, 3, 4, 5]  # the blank line 2 is skipped, numbers kept
-    assert rows[0][1] == {"id": "a", "vector": [1, 2]} and rows[3][1] == {"id": "c", "text": "ü"}
+    first = rows[0][1]
+    assert isinstance(first, dict) and np.asarray(first.pop("vector")).tolist() == [1.0, 2.5]
+    assert first == {"id": "a", "m": {"k": [None, 1]}}
+    assert rows[3][1] == {"id": "c", "text": "ü", "vector": ["x"]}
     assert isinstance(rows[1][1], ingest.BadRecord) and str(rows[1][1]).startswith("not JSON")
     assert str(rows[2][1]) == "expected a JSON object per line; given list"
+
+
+@pytest.mark.parametrize("method", ["stream", "unary"])
+def test_ingest_chunk_stores_long_texts_as_passages(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path, method: str
+) -> None:
+    long = " ".join(f"word{i} is here." for i in range(300))
+    path = tmp_path / "texts.jsonl"
+    path.write_text(
+        json.dumps({"id": "long", "text": long, "metadata": {"lang": "en"}})
+        + "\n"
+        + json.dumps({"id": "short", "text": "a short one", "metadata": {"lang": "de"}})
+        + "\n"
+    )
+    argv = [
+        str(path),
+        "txt",
+        "--create",
+        "--filterable",
+        "lang",
+        "--json",
+        "--no-progress",
+        "--method",
+        method,
+    ]
+    rc, out, err = run(capsys, server, "ingest", *argv, "--chunk", "--chunk-tokens", "64")
+    assert rc == 0, err
+    assert json.loads(out)["stored"] == 2
+    ch, s = stub(server)
+    with ch:
+        hits = s.Search(pb.SearchRequest(collection="txt", text="word150 is here.", top_k=3)).hits
+    passages = [h.passage for h in hits if h.id == "long"]
+    assert passages and all(long[p.start : p.end] == p.text for p in passages)
+    assert stored(server, "txt", ["long\x1f3"])  # passage 3 is a row of its own
+    rc, out, err = run(capsys, server, "ingest", *argv, "--chunk")  # a re-run skips both
+    assert rc == 0 and json.loads(out)["skipped"] == 2, err
+    rc, _, err = run(capsys, server, "ingest", *argv, "--chunk-tokens", "64")
+    assert rc == 2 and "--chunk-tokens and --chunk-overlap need --chunk" in err
