@@ -61,6 +61,7 @@ from zembed.store.params import (
     Plan,
     SearchParams,
 )
+from zembed.store.quantize import RescoreDtype
 from zembed.store.records import (
     GEN,
     CollectionInfo,
@@ -338,7 +339,11 @@ class Collection:
         if codes is not None and code_vectors is not None:
             raise InvalidArgument("codes", "cannot be given together with code_vectors")
         meta = validate.metadata(metadata, n) if metadata is not None else None
-        records = quantize.rescore_records(resc, self.config.rescore_dtype, resc_inv)
+        dtype = self.config.rescore_dtype
+        if dtype is RescoreDtype.FLOAT16 and resc.dtype == np.float16 and validate.is_unit(resc_inv):
+            records = resc.view(np.uint8)  # unit float16 rows are stored as given: no copy
+        else:
+            records = quantize.rescore_records(resc, dtype, resc_inv)
         with self.env.write_lock:
             self._check_open()
             thresholds = self._current_thresholds()
@@ -363,7 +368,7 @@ class Collection:
                 else:
                     cv, cinv = validate.float_array(code_vectors, "code_vectors", n, self.bits)
                 if thresholds is None and not collecting:
-                    packed = np.packbits(cv > 0, axis=-1)
+                    packed = _sign_codes(cv)
                 else:
                     unit = _unit(cv, cinv)
                     packed = quantize.binarize(unit, thresholds)
@@ -889,6 +894,15 @@ def search_params(*, refine: bool | int = True, **options: Any) -> SearchParams:
         reads = params.float_reads or params.top_k * DEFAULT_READS_PER_K
         params = replace(params, shortlist=reads * r)
     return params
+
+
+def _sign_codes(x: npt.NDArray[np.floating]) -> U8:
+    """``np.packbits(x > 0)`` for finite rows; float16 compared as its bits (numpy has no fast
+    float16 comparison): ``x > 0`` exactly when the sign bit is clear and some other bit set."""
+    if x.dtype == np.float16:
+        u = x.view(np.uint16)
+        return np.packbits((u - np.uint16(1)) < np.uint16(0x7FFF), axis=-1)
+    return np.packbits(x > 0, axis=-1)
 
 
 def _text(value: bytes | memoryview | None) -> str:

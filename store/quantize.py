@@ -100,12 +100,11 @@ def rescore_records(x: npt.NDArray[np.floating], dtype: RescoreDtype, inv_norm: 
     inv = np.ones(n, dtype=np.float32) if inv_norm is None else np.ascontiguousarray(inv_norm, np.float32)
     if dtype is RescoreDtype.FLOAT16:
         out16 = np.empty((n, d), dtype="<f2")
-        if x.dtype == np.float32:
-            src = np.ascontiguousarray(x)
-            if _hamming.scale_to_f16(src, inv, out16.view(np.uint16), n, d):
-                return out16.view(np.uint8).reshape(n, 2 * d)
-        for i in range(0, n, 4096):
-            out16[i : i + 4096] = x[i : i + 4096].astype(np.float32) * inv[i : i + 4096, None]
+        for i in range(0, n, 8192):
+            src = np.ascontiguousarray(x[i : i + 8192], dtype=np.float32)
+            part, scale = out16[i : i + 8192], inv[i : i + 8192]
+            if not _hamming.scale_to_f16(src, scale, part.view(np.uint16), len(src), d):
+                part[:] = src * scale[:, None]
         return out16.view(np.uint8).reshape(n, 2 * d)
     unit = np.asarray(x * inv[:, None], dtype=np.float32)
     if dtype is RescoreDtype.FLOAT32:

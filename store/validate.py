@@ -282,23 +282,33 @@ def float_array(value: Any, field: str, rows: int, dims: int) -> tuple[npt.NDArr
     inv = np.empty(rows, np.float32)
     for s in range(0, rows, _BULK_ROWS):
         part = arr[s : s + _BULK_ROWS]
-        finite = np.isfinite(part).all(axis=1)
-        if not finite.all():
-            i = s + int(np.argmin(finite))
-            raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
+        # float16 squares cannot overflow float32; float32 rows are summed in float64 like ``vectors``
+        # (the same norms as the list path, to the bit)
         wide: npt.NDArray[np.floating[Any]] = part.astype(
-            np.float64 if arr.dtype == np.float32 else np.float32
+            np.float32 if arr.dtype == np.float16 else np.float64
         )
         sq = np.einsum("ij,ij->i", wide, wide)
-        if not (sq > 0).all():
+        # a NaN or infinity makes the sum of squares NaN or infinite (squares never cancel); float32
+        # input whose squares leave float32's normal range takes the exact float64 path instead
+        if not ((sq > 1e-30) & (sq < 1e30)).all():
+            if arr.dtype == np.float32:
+                v = vectors(arr, field, rows, dims)  # raises for NaN, infinity and zero rows
+                return v.raw, v.inv_norm
+            finite = np.isfinite(sq)
+            if not finite.all():
+                i = s + int(np.argmin(finite))
+                raise InvalidArgument(
+                    f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf"
+                )
             i = s + int(np.argmin(sq > 0))
             raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
-        part_inv = 1.0 / np.sqrt(sq)
-        if ((part_inv > 1e30) | (part_inv < 1e-30)).any():
-            v = vectors(arr, field, rows, dims)  # extreme scales: the exact (float32) path
-            return v.raw, v.inv_norm
-        inv[s : s + len(part)] = part_inv
+        inv[s : s + len(part)] = 1.0 / np.sqrt(sq)
     return arr, inv
+
+
+def is_unit(inv_norm: F32, tolerance: float = 2e-3) -> bool:
+    """Whether every row is unit length within ``tolerance`` (float16 rounding of a unit vector)."""
+    return bool(np.all(np.abs(inv_norm - 1.0) <= tolerance))
 
 
 def packed_codes(value: Any, field: str, rows: int, bits: int) -> npt.NDArray[np.uint8]:

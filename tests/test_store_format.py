@@ -142,6 +142,13 @@ def test_bulk_arrays_store_what_the_list_path_stores(store: Store) -> None:
     w = x16[9].astype(np.float32)
     np.testing.assert_allclose(r.rescore, w / np.linalg.norm(w), atol=1e-3)
     assert f.search(q[:, :64], q, top_k=1)[0][0].id == "doc-0"
+    # unit float16 rows (what an embedding model in float16 gives) are stored as given, no rescaling
+    u16 = quantize.l2_normalize(x).astype(np.float16)
+    store.create_collection("unit16", small_config(calibration="none"))
+    store.collection("unit16").upsert_arrays(np.asarray(ids), u16, u16[:, :64])
+    r = store.collection("unit16").get(["doc-4"], with_vectors=True)[0]
+    assert r is not None and r.rescore is not None and np.array_equal(r.rescore, u16[4].astype(np.float32))
+    assert r.code == np.packbits(u16[4, :64] > 0).tobytes()
     # integer ids are stored as their decimal text
     ints = store.collection("ints")
     assert ints.count() == n and ints.get(["14"])[0] is not None and ints.get(["15"])[0] is None

@@ -1,0 +1,314 @@
+"""Store format 2 against faiss IndexBinaryFlat + a float16 file, and against format 1 (issue #10).
+
+One data set: ``--rows`` (1M) unit vectors of 640 dims, clustered (1,000 centres), stored as 640-bit
+sign codes + 640-dim float16 rescoring vectors. Each system runs in its own process (RSS and reopen
+are per process); durable ingest and reopen are interleaved round by round, so machine noise hits
+them alike:
+
+- **ingest**: the vectors already in RAM (float16), written durably: this store's bulk path
+  (``upsert_arrays``, 65,536 rows per transaction, each commit fsynced); faiss ``add`` of the codes +
+  ``write_index_binary`` + the float16 array written to a file, both fsynced; format 1: ``upsert`` of
+  10,000-row batches (its list path, as ``bench/ingest_bench.py`` drives it);
+- **reopen**: ``Store(path)`` until searchable (page cache warm: the files were just written);
+  faiss ``read_index_binary`` + ``np.load(mmap_mode="r")`` of the float16 file;
+- **disk**: bytes in use (LMDB pages the B-trees reference; faiss: the two files) and allocated
+  (``st_blocks``) against the raw bytes (codes + float16 vectors + 8-byte ids);
+- **RSS** right after the reopen.
+
+Format 1 is the code of commit 1885117 run from a git worktree (``--fmt1 /tmp/fmt1``, made with
+``git worktree add /tmp/fmt1 1885117`` and the compiled ``_hamming`` copied in); without it the
+"before" column is skipped. The data (about 1.4 GB per store) goes under ``bench/.cache`` and is
+deleted at the end.
+
+    .venv/bin/python bench/store_format.py [--rows 1000000] [--rounds 3] [--fmt1 /tmp/fmt1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+DIMS = 640
+BATCH = 65536
+FMT1_BATCH = 10_000
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def make_data(path: Path, rows: int, seed: int = 0) -> None:
+    """Clustered unit vectors (float16) and their sign codes, written once and shared."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(1000, DIMS)).astype(np.float32)
+    x = np.lib.format.open_memmap(path / "x16.npy", mode="w+", dtype=np.float16, shape=(rows, DIMS))
+    codes = np.lib.format.open_memmap(path / "codes.npy", mode="w+", dtype=np.uint8, shape=(rows, DIMS // 8))
+    for s in range(0, rows, BATCH):
+        m = min(BATCH, rows - s)
+        v = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal((m, DIMS), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        x[s : s + m] = v
+        codes[s : s + m] = np.packbits(v > 0, axis=1)
+    x.flush()
+    codes.flush()
+    del x, codes
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def du(path: Path) -> int:
+    """Disk blocks of the store's data (LMDB: data.mdb; faiss: both files)."""
+    files = [path / "data.mdb"] if (path / "data.mdb").exists() else list(path.iterdir())
+    return sum(f.stat().st_blocks * 512 for f in files)
+
+
+def lmdb_used(path: Path) -> int:
+    """Pages the B-trees of an LMDB environment reference (either format)."""
+    import lmdb
+
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=32)
+    psize = env.stat()["psize"]
+    total = 2 * psize
+    with env.begin() as txn:
+        st = env.stat()
+        total += (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * psize
+        names = [bytes(k) for k, _ in txn.cursor()]
+        for name in names:
+            s = txn.stat(env.open_db(name, txn=txn, create=False))
+            total += (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * psize
+    env.close()
+    return total
+
+
+# ---------------------------------------------------------------------------------------- children
+def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
+    if action == "ingest":
+        x = np.load(data / "x16.npy")  # in RAM, as a loader that has the vectors would hold them
+        codes = np.load(data / "codes.npy")
+        n = len(x)
+        if kind == "faiss":
+            import faiss
+        else:
+            from zembed.store import CollectionConfig, Store
+        t = time.perf_counter()
+        if kind == "faiss":
+            store.mkdir(parents=True)
+            index = faiss.IndexBinaryFlat(DIMS)
+            index.add(codes)
+            faiss.write_index_binary(index, str(store / "codes.faissb"))
+            x.tofile(store / "x16.f16")
+            for f in store.iterdir():
+                fsync(f)
+            fsync(store)
+        elif kind == "fmt2":
+            with Store(store) as s:
+                s.create_collection(
+                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
+                )
+                c = s.collection("c")
+                ids = np.arange(n, dtype=np.int64)
+                for b in range(0, n, BATCH):
+                    c.upsert_arrays(ids[b : b + BATCH], x[b : b + BATCH])
+        else:  # fmt1: its list path (ids as strings, float32 batches)
+            with Store(store) as s:
+                s.create_collection(
+                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
+                )
+                c = s.collection("c")
+                for b in range(0, n, FMT1_BATCH):
+                    part = x[b : b + FMT1_BATCH].astype(np.float32)
+                    c.upsert([str(i) for i in range(b, b + len(part))], part)
+        secs = time.perf_counter() - t
+        return {
+            "seconds": secs,
+            "docs_per_s": n / secs,
+            "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+    if action == "reopen":
+        q = np.load(data / "x16.npy", mmap_mode="r")[123].astype(np.float32)
+        if kind == "faiss":
+            import faiss
+        else:
+            from zembed.store import Store
+        base = rss()
+        t = time.perf_counter()
+        if kind == "faiss":
+            index = faiss.read_index_binary(str(store / "codes.faissb"))
+            vecs = np.memmap(store / "x16.f16", dtype=np.float16, mode="r").reshape(-1, DIMS)
+            secs = time.perf_counter() - t
+            after = rss()
+            _, hit = index.search(np.packbits(q > 0)[None, :], 100)
+            top = int(hit[0][np.argmax(vecs[hit[0]].astype(np.float32) @ q)])
+            count = index.ntotal
+        else:
+            s = Store(store)
+            c = s.collection("c")
+            secs = time.perf_counter() - t
+            after = rss()
+            top = int(c.search(q, top_k=1)[0][0].id)
+            count = c.count()
+            s.close()
+        return {
+            "seconds": secs,
+            "rss_after_open": after,
+            "rss_delta": after - base,
+            "top": top,
+            "count": count,
+        }
+    if action == "disk":
+        used = sum(f.stat().st_size for f in store.iterdir()) if kind == "faiss" else lmdb_used(store)
+        return {"used": used, "allocated": du(store)}
+    raise ValueError(action)
+
+
+def run_child(kind: str, action: str, data: Path, store: Path, fmt1: Path | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(fmt1 if kind == "fmt1" else ROOT)
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", kind, action, str(data), str(store)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} {action} failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, action, data, store = args.child
+        print(json.dumps(child(kind, action, Path(data), Path(store))))
+        return
+    from common import table, write_json
+
+    base: Path = args.dir
+    shutil.rmtree(base, ignore_errors=True)
+    data = base / "data"
+    data.mkdir(parents=True)
+    fmt1 = args.fmt1 if (args.fmt1 / "zembed" / "store" / "layout.py").exists() else None
+    kinds = ["fmt2", "faiss"] + (["fmt1"] if fmt1 else [])
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"ingest": [], "reopen": []} for k in kinds}
+    disk: dict[str, dict[str, Any]] = {}
+    try:
+        t = time.perf_counter()
+        make_data(data, args.rows)
+        print(f"data: {args.rows} x {DIMS} float16 + codes in {time.perf_counter() - t:.1f} s", flush=True)
+        for r in range(args.rounds):
+            for kind in kinds:
+                store = base / f"{kind}-store"
+                shutil.rmtree(store, ignore_errors=True)
+                res = run_child(kind, "ingest", data, store, fmt1)
+                results[kind]["ingest"].append(res)
+                for _ in range(2):
+                    results[kind]["reopen"].append(run_child(kind, "reopen", data, store, fmt1))
+                if r == args.rounds - 1:
+                    disk[kind] = run_child(kind, "disk", data, store, fmt1)
+                print(
+                    f"round {r} {kind}: ingest {res['seconds']:.2f} s, reopen "
+                    f"{results[kind]['reopen'][-1]['seconds']:.3f} s",
+                    flush=True,
+                )
+                if kind == "fmt1" or r < args.rounds - 1:
+                    shutil.rmtree(store, ignore_errors=True)  # bounded disk: one store of each at most
+        raw = args.rows * (DIMS // 8 + DIMS * 2 + 8)
+        rows = []
+
+        def med(kind: str, action: str, key: str) -> float:
+            return float(np.median([x[key] for x in results[kind][action]]))
+
+        def spread(kind: str, action: str, key: str, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
+            vals = [x[key] * scale for x in results[kind][action]]
+            return f"{fmt.format(min(vals))}-{fmt.format(max(vals))}"
+
+        for kind in kinds:
+            assert all(x["count"] == args.rows for x in results[kind]["reopen"]), kind
+        for label, action, key, scale, fmt in (
+            ("durable ingest (docs/s)", "ingest", "docs_per_s", 1.0, "{:,.0f}"),
+            ("reopen (s)", "reopen", "seconds", 1.0, "{:.3f}"),
+            ("RSS right after open (MB)", "reopen", "rss_after_open", 1e-6, "{:.0f}"),
+        ):
+            row: list[Any] = [label] + [spread(k, action, key, scale, fmt) for k in kinds]
+            ratio = med("fmt2", action, key) / med("faiss", action, key)
+            row.append(f"{ratio:.2f}")
+            rows.append(row)
+        rows.append(
+            ["bytes in use / raw"]
+            + [f"{disk[k]['used'] / 1e9:.3f} GB ({disk[k]['used'] / raw:.3f}x)" for k in kinds]
+            + [f"{disk['fmt2']['used'] / disk['faiss']['used']:.2f}"]
+        )
+        rows.append(
+            ["allocated / in use"]
+            + [
+                f"{disk[k]['allocated'] / 1e9:.3f} GB ({disk[k]['allocated'] / disk[k]['used']:.3f}x)"
+                for k in kinds
+            ]
+            + [f"{disk['fmt2']['allocated'] / disk['faiss']['allocated']:.2f}"]
+        )
+        headers = ["", "format 2 (this store)", "faiss IndexBinaryFlat + f16 file"]
+        headers += ["format 1 (before)"] if fmt1 else []
+        headers += ["format 2 / faiss"]
+        print(f"\n{args.rows:,} rows, raw {raw / 1e9:.3f} GB (codes + float16 vectors + 8-byte ids)")
+        print(table(headers, rows))
+        path = write_json(
+            "store_format",
+            {
+                "rows": args.rows,
+                "dims": DIMS,
+                "raw_bytes": raw,
+                "results": results,
+                "disk": disk,
+                "cpu": _cpu(),
+            },
+        )
+        print(f"written {path}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _cpu() -> dict[str, Any]:
+    model, flags = "", []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [x for x in line.split(":", 1)[1].split() if x.startswith("avx")]
+    return {"model": model, "avx_flags": flags, "kernel": os.uname().release, "cores": os.cpu_count()}
+
+
+if __name__ == "__main__":
+    main()
