@@ -277,6 +277,57 @@ def test_collection_admin_goes_to_every_shard(cluster: Cluster) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_update_calibrate_snapshot_and_embed_through_the_router(cluster: Cluster) -> None:
+    r = cluster.r
+    got = r.UpdateCollection(pb.UpdateCollectionRequest(name="docs", add_filterable=["kind"]), timeout=30)
+    assert "kind" in got.collection.config.filterable and got.collection.count == N
+    for s in cluster.shards:
+        info = stub(s.target).GetCollection(pb.GetCollectionRequest(name="docs"), timeout=30).collection
+        assert "kind" in info.config.filterable
+    calibrated = r.Calibrate(pb.CalibrateRequest(name="docs"), timeout=60).collection
+    assert calibrated.calibrated and calibrated.count == N
+    snap = r.Snapshot(pb.SnapshotRequest(name="routed"), timeout=60)
+    lines = snap.path.splitlines()
+    assert len(lines) == 3 and snap.size_bytes > 0
+    for i, (line, s) in enumerate(zip(lines, cluster.shards, strict=True)):
+        assert line.startswith(f"shard {i} ({s.target}): ")
+        assert (s.settings.data / "snapshots" / "routed").is_dir()
+    with pytest.raises(grpc.RpcError) as err:  # taken on every shard: passed on as one server's error
+        r.Snapshot(pb.SnapshotRequest(name="routed"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # the router serves embeddings with its own model
+    emb = pb_grpc.EmbeddingServiceStub(grpc.insecure_channel(cluster.router.target))
+    out = emb.Embed(pb.EmbedRequest(inputs=["hello"], dimensions=32), timeout=30)
+    assert out.dimensions == 32 and len(out.embeddings[0].data) == 32 * 4
+
+
+def test_the_router_presents_its_token_to_the_shards(tmp_path: Path) -> None:
+    token, other = "t" * 20, "o" * 20
+    shard = FakeServer(tmp_path / "s", token=token)
+    good = ServerThread(router_settings(tmp_path / "g", (shard.target,), token=token), model=FakeEmbedder())
+    bad = ServerThread(router_settings(tmp_path / "b", (shard.target,), token=other), model=FakeEmbedder())
+    try:
+        meta = (("authorization", f"Bearer {token}"),)
+        req = pb.CreateCollectionRequest(name="docs", config=CONFIG)
+        with pytest.raises(grpc.RpcError) as err:  # the caller must present the router's token
+            stub(good.target).CreateCollection(req, timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub(good.target).CreateCollection(req, timeout=30, metadata=meta)
+        with pytest.raises(
+            grpc.RpcError
+        ) as err:  # a router whose token the shard refuses: not the caller's fault
+            stub(bad.target).GetCollection(
+                pb.GetCollectionRequest(name="docs"),
+                timeout=30,
+                metadata=(("authorization", f"Bearer {other}"),),
+            )
+        assert err.value.code() == grpc.StatusCode.INTERNAL and "--token" in detail(err.value)
+    finally:
+        good.stop()
+        bad.stop()
+        shard.stop()
+
+
 # ---------------------------------------------------------------------------------- failures
 class Child:
     """A shard server in its own process (searches take ``delay`` s), so it can be SIGKILLed."""
