@@ -15,11 +15,13 @@ are not read here); where ``rescore_dims == code_bits`` that is exactly the sear
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 from zembed.store import quantize
-from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, Tuning
+from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, SearchParams, Tuning
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -66,6 +68,24 @@ def calibrate(
     # cheapest first: fewest float reads, then the smallest shortlist
     points.sort(key=lambda p: (p[0], p[1]))
     return model, Tuning(tuple(points))
+
+
+def measure_by_search(
+    search: Callable[[SearchParams], Sequence[Sequence[str]]], truth: Sequence[Sequence[str]]
+) -> Tuning:
+    """Measure :data:`GRID` by running the real search: ``search(params)`` answers every sample query
+    (ids of each query's hits) and ``truth`` holds exact search's top ids per query. For a collection
+    far larger than the rows a calibration kept (a final calibration measures 10,000 rows; a
+    collection may hold millions, where the same sizes reach less recall), or for sample queries
+    whose code-side vectors are not the stored ones. Queries without truth (an empty collection) are
+    skipped."""
+    points = []
+    for reads, per in GRID:
+        got = search(SearchParams(top_k=K, float_reads=K * reads, shortlist=K * reads * per))
+        found = [len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True) if t]
+        points.append((reads, per, float(np.mean(found)) if found else 0.0))
+    points.sort(key=lambda p: (p[0], p[1]))
+    return Tuning(tuple(points))
 
 
 class _Simulation:

@@ -4,12 +4,14 @@ refused with the shape expected."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from zembed.store import quantize
-from zembed.store.calibrate import GRID, K, calibrate
+from zembed.store import CollectionConfig, Store, quantize
+from zembed.store.calibrate import GRID, K, calibrate, measure_by_search
 
 F32 = npt.NDArray[np.float32]
 
@@ -57,3 +59,26 @@ def test_sample_queries_of_the_wrong_width_are_refused() -> None:
     x = unit(np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32))
     with pytest.raises(ValueError, match=r"sample queries must be \[n, 16\], got \[3, 8\]"):
         calibrate(x, queries=np.ones((3, 8), np.float32))
+
+
+def test_measuring_by_search_equals_the_simulation_on_a_real_collection(tmp_path: Path) -> None:
+    """The same grid measured two ways on a real store: the calibration's matrix simulation (sample
+    queries from outside) and running the collection's own search at every grid point."""
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(400, 32)).astype(np.float32) + 1.5)
+    q = unit(x[:30] + rng.normal(size=(30, 32)).astype(np.float32) / 3)
+    with Store(tmp_path / "s", map_size=64 << 20) as s:
+        s.create_collection("c", CollectionConfig(code_bits=32, rescore_dims=32, rescore_dtype="float32"))
+        c = s.collection("c")
+        c.upsert([f"d{i}" for i in range(len(x))], x)
+        c.calibrate()
+        exact = [[h.id for h in hs] for hs in c.exact_search(q, top_k=K)]
+        measured = measure_by_search(lambda p: [[h.id for h in hs] for hs in c.search(q, q, p)], exact)
+        thresholds = c.info().thresholds
+    assert thresholds is not None
+    _, simulated = calibrate(x, queries=q)
+    # same thresholds (calibrated from every row both times): the same recall at every grid point
+    assert [(r, p) for r, p, _ in measured.points] == [(r, p) for r, p, _ in simulated.points]
+    for (_, _, a), (_, _, b) in zip(measured.points, simulated.points, strict=True):
+        assert a == pytest.approx(b, abs=1e-9)
+    assert any(v < 1.0 for *_, v in measured.points)  # the grid is not trivially perfect here
