@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from zembed.store import CollectionConfig, Store, quantize
+from zembed.store import CollectionConfig, RescoreDtype, Store, quantize
 from zembed.store.calibrate import GRID, K, calibrate, measure_by_search
 
 F32 = npt.NDArray[np.float32]
@@ -68,7 +68,9 @@ def test_measuring_by_search_equals_the_simulation_on_a_real_collection(tmp_path
     x = unit(rng.normal(size=(400, 32)).astype(np.float32) + 1.5)
     q = unit(x[:30] + rng.normal(size=(30, 32)).astype(np.float32) / 3)
     with Store(tmp_path / "s", map_size=64 << 20) as s:
-        s.create_collection("c", CollectionConfig(code_bits=32, rescore_dims=32, rescore_dtype="float32"))
+        s.create_collection(
+            "c", CollectionConfig(code_bits=32, rescore_dims=32, rescore_dtype=RescoreDtype.FLOAT32)
+        )
         c = s.collection("c")
         c.upsert([f"d{i}" for i in range(len(x))], x)
         c.calibrate()
