@@ -107,7 +107,8 @@ def metadata_to_dict(m: Mapping[str, pb.MetadataValue], field: str) -> dict[str,
         validate.count(len(m), field, validate.MAX_METADATA_KEYS, "keys")
     out: dict[str, Any] = {}
     size = 0
-    for key, v in m.items():
+    for key in m:  # (not .items(): a Python-level generator over the map)
+        v = m[key]
         if len(key) > validate.MAX_METADATA_KEY_BYTES // 4 or not key:
             validate.text(key, f"{field} key {clip(key)}", validate.MAX_METADATA_KEY_BYTES)
         if key == PASSAGE_KEY:

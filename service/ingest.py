@@ -256,13 +256,17 @@ def _present(v: Any) -> bool:
     return v is not None and not (isinstance(v, str) and v == "")
 
 
-def to_document(rec: dict[str, Any], fm: FieldMap) -> pb.Document:
+def to_document(rec: dict[str, Any], fm: FieldMap, doc: pb.Document | None = None) -> pb.Document:
+    """The record as a document (filled into ``doc`` when given: a message's next document, so a
+    message is built in place, never copied)."""
     raw_id = rec.get(fm.id)
     if not _present(raw_id):
         raise BadRecord(f"no id (field {fm.id!r})")
     if isinstance(raw_id, bool | float | dict | list):
         raise BadRecord(f"field {fm.id!r}: must be a string or an integer; given {json.dumps(raw_id)[:80]}")
-    doc = pb.Document(id=str(raw_id))
+    if doc is None:
+        doc = pb.Document()
+    doc.id = str(raw_id)
     vec = rec.get(fm.vector)
     text = rec.get(fm.text)
     if _present(vec) and not (isinstance(vec, list | np.ndarray) and len(vec) == 0):
@@ -554,38 +558,51 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             found.update(d.id for d in resp.documents if d.found)
         return found
 
-    def send(batch: list[tuple[int, pb.Document]]) -> Iterator[pb.UpsertStreamRequest]:
-        """The batch's documents not stored yet, in messages of at most --batch documents."""
+    def message() -> pb.UpsertStreamRequest:
+        msg = pb.UpsertStreamRequest(collection=args.collection)
+        if chunking is not None:
+            msg.chunking.CopyFrom(chunking)
+        return msg
+
+    def send(msg: pb.UpsertStreamRequest, lines: list[int]) -> Iterator[pb.UpsertStreamRequest]:
+        """The message's documents not stored yet, in messages of at most --batch documents."""
+        docs = msg.documents
+        ids = [d.id for d in docs]
         skip: set[str] = set()
         if not args.overwrite:
-            ids = list(dict.fromkeys(d.id for _, d in batch if d.id not in sent_ids))
-            skip = stored_ids(ids) if ids else set()
+            check_ids = list(dict.fromkeys(i for i in ids if i not in sent_ids))
+            skip = stored_ids(check_ids) if check_ids else set()
+        keep = list(range(len(ids)))
         if skip:
+            keep = [k for k in keep if ids[k] not in skip]
             with st.lock:
-                st.skipped += sum(1 for _, d in batch if d.id in skip)
-            advance(sum(1 for _, d in batch if d.id in skip))
-            batch = [(line, d) for line, d in batch if d.id not in skip]
-        for i in range(0, len(batch), args.batch):
-            part = batch[i : i + args.batch]
+                st.skipped += len(ids) - len(keep)
+            advance(len(ids) - len(keep))
+        for i in range(0, len(keep), args.batch):
+            part = keep[i : i + args.batch]
+            if len(part) == len(ids):
+                out = msg  # the common case: sent as built
+            else:
+                out = message()
+                out.documents.extend(docs[k] for k in part)
             while streaming and not room.acquire(timeout=0.2):
                 if stop.is_set():
                     return
             if stop.is_set():
                 return
             if not args.overwrite:
-                sent_ids.update(d.id for _, d in part)
+                sent_ids.update(ids[k] for k in part)
             with st.lock:
-                pending.append([(line, d.id) for line, d in part])
+                pending.append([(lines[k], ids[k]) for k in part])
                 st.sent += len(part)
-            yield pb.UpsertStreamRequest(
-                collection=args.collection, documents=[d for _, d in part], chunking=chunking
-            )
+            yield out
 
     # resume checks of --check-batch ids, sent as messages of --batch documents
     check = args.check_batch if args.overwrite else max(args.check_batch, args.batch)
 
     def requests() -> Iterator[pb.UpsertStreamRequest]:
-        batch: list[tuple[int, pb.Document]] = []
+        msg = message()
+        lines: list[int] = []
         try:
             for line, rec in rows:
                 if stop.is_set():
@@ -595,17 +612,21 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                 try:
                     if isinstance(rec, BadRecord):
                         raise rec
-                    batch.append((line, to_document(rec, fm)))
+                    to_document(rec, fm, msg.documents.add())
+                    lines.append(line)
                 except BadRecord as exc:
+                    if len(msg.documents) > len(lines):
+                        del msg.documents[-1]
                     with st.lock:
                         st.bad += 1
                     report(line, str(exc))
                     advance()
                     continue
-                if len(batch) >= check:
-                    yield from send(batch)
-                    batch = []
-            yield from send(batch)
+                if len(lines) >= check:
+                    yield from send(msg, lines)
+                    msg, lines = message(), []
+            if lines:
+                yield from send(msg, lines)
         except Exception as exc:  # ends the stream cleanly (half-close); raised after the acks
             failure.append(exc)
 
@@ -627,9 +648,9 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
         """One Upsert call; a batch refused for its content is retried one document at a time."""
         timeout = max(conn.timeout, 600.0)
         try:
-            req = pb.UpsertRequest(
-                collection=args.collection, documents=[d for _, d in batch], chunking=chunking
-            )
+            req = pb.UpsertRequest(collection=args.collection, documents=[d for _, d in batch])
+            if chunking is not None:
+                req.chunking.CopyFrom(chunking)
             conn.call(conn.search.Upsert, req, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() not in _ITEM_CODES:

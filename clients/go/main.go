@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 func str(s string) *zembedv1.MetadataValue {
@@ -72,20 +73,32 @@ func main() {
 	}
 	fmt.Printf("upsert: %d documents\n", ur.Upserted)
 
-	// 3. Streaming upsert: each document acknowledged, in order, once durable
+	// 3. Streaming upsert (the bulk path): many documents per message; each message is acknowledged,
+	//    in order, once durable, with one status per document
 	stream, err := search.UpsertStream(ctx)
 	if err != nil {
 		log.Fatalf("UpsertStream: %v", err)
 	}
+	var docs []*zembedv1.Document
 	for i := 2; i <= 4; i++ {
-		doc := &zembedv1.Document{
-			Id:       fmt.Sprintf("de-%d", i),
-			Content:  &zembedv1.Document_Text{Text: fmt.Sprintf("Ein deutscher Satz Nummer %d.", i)},
-			Metadata: map[string]*zembedv1.MetadataValue{"lang": str("de")},
-		}
-		if err := stream.Send(&zembedv1.UpsertStreamRequest{Collection: *name, Document: doc}); err != nil {
-			log.Fatalf("UpsertStream send: %v", err)
-		}
+		docs = append(docs, &zembedv1.Document{
+			Id:      fmt.Sprintf("de-%d", i),
+			Content: &zembedv1.Document_Text{Text: fmt.Sprintf("Ein deutscher Satz Nummer %d.", i)},
+			// metadata keeps JSON types: numbers, null, lists of any values, objects
+			Metadata: map[string]*zembedv1.MetadataValue{
+				"lang": str("de"),
+				"n":    {Kind: &zembedv1.MetadataValue_IntValue{IntValue: int64(i)}},
+				"tags": {Kind: &zembedv1.MetadataValue_ListValue{ListValue: &zembedv1.MetadataList{
+					Values: []*zembedv1.MetadataValue{
+						str("x"),
+						{Kind: &zembedv1.MetadataValue_NullValue{NullValue: structpb.NullValue_NULL_VALUE}},
+					},
+				}}},
+			},
+		})
+	}
+	if err := stream.Send(&zembedv1.UpsertStreamRequest{Collection: *name, Documents: docs}); err != nil {
+		log.Fatalf("UpsertStream send: %v", err)
 	}
 	if err := stream.CloseSend(); err != nil {
 		log.Fatalf("UpsertStream close: %v", err)
@@ -99,10 +112,12 @@ func main() {
 		if err != nil {
 			log.Fatalf("UpsertStream recv: %v", err)
 		}
-		if ack.Status.GetCode() != 0 {
-			log.Fatalf("UpsertStream item %s: %s", ack.Id, ack.Status.GetMessage())
+		for j, st := range ack.Statuses {
+			if st.GetCode() != 0 {
+				log.Fatalf("UpsertStream document %d: %s", j, st.GetMessage())
+			}
 		}
-		acked++
+		acked += int(ack.Stored)
 	}
 	fmt.Printf("stream: %d acknowledged\n", acked)
 

@@ -72,22 +72,33 @@ async function main() {
   });
   console.log(`upsert: ${up.upserted} documents`);
 
-  // 3. Streaming upsert: each document acknowledged, in order, once durable
+  // 3. Streaming upsert (the bulk path): many documents per message; each message is acknowledged,
+  //    in order, once durable, with one status per document
   const acked = await new Promise((resolve, reject) => {
     const stream = search.UpsertStream(meta());
     let n = 0;
     stream.on("data", (ack) => {
-      if (ack.status && ack.status.code !== 0) reject(new Error(`item ${ack.id}: ${ack.status.message}`));
-      n += 1;
+      ack.statuses.forEach((st, j) => {
+        if (st.code !== 0) reject(new Error(`document ${j}: ${st.message}`));
+      });
+      n += ack.stored;
     });
     stream.on("error", reject);
     stream.on("end", () => resolve(n));
+    const documents = [];
     for (let i = 2; i <= 4; i++) {
-      stream.write({
-        collection,
-        document: { id: `de-${i}`, text: `Ein deutscher Satz Nummer ${i}.`, metadata: { lang: str("de") } },
+      documents.push({
+        id: `de-${i}`,
+        text: `Ein deutscher Satz Nummer ${i}.`,
+        // metadata keeps JSON types: numbers, null, lists of any values, objects
+        metadata: {
+          lang: str("de"),
+          n: { int_value: i },
+          tags: { list_value: { values: [str("x"), { null_value: "NULL_VALUE" }] } },
+        },
       });
     }
+    stream.write({ collection, documents });
     stream.end();
   });
   console.log(`stream: ${acked} acknowledged`);
