@@ -14,6 +14,8 @@ from typing import Any
 
 from zembed.store.validate import MAX_TOP_K
 
+MIN_TOKEN_CHARS = 16  # --token: shorter bearer tokens are refused at start-up
+
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the flag and its environment variable."""
@@ -43,7 +45,7 @@ class Settings:
     stream_in_flight: int = 64  # items per stream being processed at once
     max_inputs: int = 256  # inputs per Embed call
     max_chars: int = 32768  # characters per input
-    max_top_k: int = 1000
+    max_top_k: int = MAX_TOP_K  # the store's ceiling; the flag may only lower it
     inline_search_rows: int = 2_000_000  # idle-server fast path up to this size (service.searcher)
     search_batch: int = 64  # queued searches of one shape run together, up to this many; 1: never
     max_message_mb: int = 64
@@ -99,8 +101,8 @@ class Settings:
                 f"--queue-items ({self.queue_items}) must be >= --max-inputs ({self.max_inputs}): "
                 "a full-size call could never be queued"
             )
-        if self.token is not None and len(self.token) < 16:
-            raise ConfigError("--token / ZEMBED_TOKEN must be at least 16 characters")
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"--token / ZEMBED_TOKEN must be at least {MIN_TOKEN_CHARS} characters")
         if self.shards or self.shards_file is not None:
             self.shard_addresses()  # the list parses
             if self.http_port >= 0 or self.default_collection:
@@ -137,7 +139,7 @@ class Settings:
 
 _HELP = {
     "model": "export folder to serve (zembed export ... --out DIR)",
-    "data": "data directory of the LMDB store (created if missing)",
+    "data": "data directory of the LMDB store (created if missing; not used with --shards)",
     "host": "address to listen on (0.0.0.0 inside a container)",
     "port": "gRPC port (0 picks a free one and logs it)",
     "metrics_port": "HTTP port for Prometheus /metrics (0 disables)",
@@ -146,8 +148,8 @@ _HELP = {
     "metrics_host": "address /metrics listens on (default localhost only; 0.0.0.0 to let Prometheus "
     "scrape it, and then set --token: /metrics requires `Authorization: Bearer TOKEN` whenever a "
     "token is set)",
-    "token": "require `authorization: Bearer TOKEN` (at least 16 characters) on every call except "
-    "health and reflection",
+    "token": f"require `authorization: Bearer TOKEN` (at least {MIN_TOKEN_CHARS} characters) on every "
+    "call except health and reflection",
     "tls_cert": "PEM certificate chain (enables TLS)",
     "tls_key": "PEM private key",
     "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",

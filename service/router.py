@@ -581,9 +581,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         self, request: pb.DeleteDocumentsRequest, context: Ctx
     ) -> pb.DeleteDocumentsResponse:
         validate.count(len(request.ids), "ids", validate.MAX_DELETE_IDS, "ids")
-        ids = list(request.ids)
-        for i, x in enumerate(ids):
-            validate.text(x, f"ids[{i}]", validate.MAX_ID_BYTES)
+        ids = validate.ids(list(request.ids), "ids", unique=False)  # as the store checks them
         where = route(ids, len(self.shards))
         requests = {
             s: pb.DeleteDocumentsRequest(collection=request.collection, ids=[ids[i] for i in pos])
@@ -599,7 +597,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
     @routed
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: Ctx) -> pb.GetDocumentsResponse:
         validate.count(len(request.ids), "ids", validate.MAX_GET_IDS, "ids (page larger requests)")
-        ids = list(request.ids)
+        ids = validate.ids(list(request.ids), "ids", unique=False)  # as the store checks them
         where = route(ids, len(self.shards))
         requests = {
             s: pb.GetDocumentsRequest(

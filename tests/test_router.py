@@ -73,8 +73,25 @@ def detail(err: grpc.RpcError) -> str:
     return str(err.details())
 
 
+_channels: dict[str, grpc.Channel] = {}
+
+
+def channel(target: str) -> grpc.Channel:
+    if target not in _channels:
+        _channels[target] = grpc.insecure_channel(target)
+    return _channels[target]
+
+
 def stub(target: str) -> pb_grpc.SearchServiceStub:
-    return pb_grpc.SearchServiceStub(grpc.insecure_channel(target))
+    return pb_grpc.SearchServiceStub(channel(target))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_channels() -> Iterator[None]:
+    yield
+    for ch in _channels.values():
+        ch.close()
+    _channels.clear()
 
 
 def ranked(resp: pb.SearchResponse) -> list[tuple[str, float]]:
@@ -234,6 +251,9 @@ def test_upsert_stream_and_delete_route_by_id(cluster: Cluster) -> None:
             .found
         )
         assert found == (d.id != "s-3")
+    with pytest.raises(grpc.RpcError) as err:  # refused whole at the router, as one store refuses it
+        cluster.r.DeleteDocuments(pb.DeleteDocumentsRequest(collection="docs", ids=["s-0", ""]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ids[1]" in detail(err.value)
     deleted = cluster.r.DeleteDocuments(
         pb.DeleteDocumentsRequest(collection="docs", ids=[d.id for d in docs]), timeout=30
     )
@@ -296,7 +316,7 @@ def test_update_calibrate_snapshot_and_embed_through_the_router(cluster: Cluster
         r.Snapshot(pb.SnapshotRequest(name="routed"), timeout=60)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     # the router serves embeddings with its own model
-    emb = pb_grpc.EmbeddingServiceStub(grpc.insecure_channel(cluster.router.target))
+    emb = pb_grpc.EmbeddingServiceStub(channel(cluster.router.target))
     out = emb.Embed(pb.EmbedRequest(inputs=["hello"], dimensions=32), timeout=30)
     assert out.dimensions == 32 and len(out.embeddings[0].data) == 32 * 4
 
