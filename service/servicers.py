@@ -199,6 +199,11 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             raise InvalidArgument(
                 "page_size", f"must be in [1, 1000] (0 means 100); given {request.page_size}"
             )
+        if request.page_token and not validate.NAME_RE.fullmatch(request.page_token):
+            raise InvalidArgument(  # tokens are collection names: this one no answer gave
+                "page_token",
+                f"must be a next_page_token of ListCollections; given {request.page_token[:80]!r}",
+            )
         infos = [i for i in self.engine.store.list_collections() if i.name > request.page_token]
         page: list[pb.Collection] = []
         room = self.engine.settings.max_message_mb * 1024 * 1024 // 2

@@ -195,7 +195,7 @@ class CollectionConfig(_message.Message):
     def __init__(self, code_bits: _Optional[int] = ..., rescore_dims: _Optional[int] = ..., rescore_dtype: _Optional[str] = ..., calibration: _Optional[str] = ..., calibration_sample: _Optional[int] = ..., filterable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id", "calibrated_at", "calibration_final", "measured_recall", "recall_points")
+    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id", "calibrated_at", "calibration_final", "measured_recall", "recall_points", "bytes_in_use", "bytes_allocated", "bytes_per_document")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,9 @@ class Collection(_message.Message):
     CALIBRATION_FINAL_FIELD_NUMBER: _ClassVar[int]
     MEASURED_RECALL_FIELD_NUMBER: _ClassVar[int]
     RECALL_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     count: int
@@ -216,7 +219,10 @@ class Collection(_message.Message):
     calibration_final: bool
     measured_recall: float
     recall_points: _containers.RepeatedCompositeFieldContainer[RecallPoint]
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., calibrated_at: _Optional[int] = ..., calibration_final: _Optional[bool] = ..., measured_recall: _Optional[float] = ..., recall_points: _Optional[_Iterable[_Union[RecallPoint, _Mapping]]] = ...) -> None: ...
+    bytes_in_use: int
+    bytes_allocated: int
+    bytes_per_document: int
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., calibrated_at: _Optional[int] = ..., calibration_final: _Optional[bool] = ..., measured_recall: _Optional[float] = ..., recall_points: _Optional[_Iterable[_Union[RecallPoint, _Mapping]]] = ..., bytes_in_use: _Optional[int] = ..., bytes_allocated: _Optional[int] = ..., bytes_per_document: _Optional[int] = ...) -> None: ...
 
 class RecallPoint(_message.Message):
     __slots__ = ("float_reads_per_result", "shortlist_per_read", "recall")
