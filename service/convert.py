@@ -333,6 +333,9 @@ def collection_to_proto(info: CollectionInfo) -> pb.Collection:
             pb.RecallPoint(float_reads_per_result=r, shortlist_per_read=s, recall=rec)
             for r, s, rec in info.tuning.points
         ],
+        bytes_in_use=info.bytes_in_use,
+        bytes_allocated=info.bytes_allocated,
+        bytes_per_document=info.bytes_per_document,
     )
 
 

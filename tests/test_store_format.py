@@ -274,3 +274,27 @@ def test_disk_figures_and_a_small_store_takes_little(tmp_path: Path) -> None:
         assert alloc <= 1.25 * used + (1 << 20), (alloc, used)  # type: ignore[operator]
         info = c.info()
         assert abs(info.bytes_per_document - used / 8193) < 0.1 * used / 8193  # type: ignore[operator]
+
+
+def test_get_collection_reports_the_disk_figures_over_grpc(tmp_path: Path) -> None:
+    import grpc
+
+    from tests.fakes import FakeServer
+    from zembed.v1 import zembed_pb2 as pb
+    from zembed.v1 import zembed_pb2_grpc as pb_grpc
+
+    with FakeServer(tmp_path) as server:
+        ch = grpc.insecure_channel(server.target)
+        search = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        cfg = pb.CollectionConfig(code_bits=64, rescore_dims=64, rescore_dtype="float32")
+        search.CreateCollection(pb.CreateCollectionRequest(name="c", config=cfg), timeout=10)
+        x = data(300, 9, 64)
+        docs = [pb.Document(id=f"d{i}", vectors=pb.Vectors(code=x[i].tolist())) for i in range(300)]
+        search.Upsert(pb.UpsertRequest(collection="c", documents=docs), timeout=10)
+        info = search.GetCollection(pb.GetCollectionRequest(name="c"), timeout=10).collection
+        store_info = server.running.engine.store.collection("c").info()
+        ch.close()
+    assert info.count == 300
+    assert info.bytes_in_use == store_info.bytes_in_use > 300 * (8 + 256)
+    assert info.bytes_allocated >= info.bytes_in_use
+    assert info.bytes_per_document == info.bytes_in_use // 300
