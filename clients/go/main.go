@@ -79,9 +79,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("UpsertStream: %v", err)
 	}
-	var docs []*zembedv1.Document
+	var batch []*zembedv1.Document
 	for i := 2; i <= 4; i++ {
-		docs = append(docs, &zembedv1.Document{
+		batch = append(batch, &zembedv1.Document{
 			Id:      fmt.Sprintf("de-%d", i),
 			Content: &zembedv1.Document_Text{Text: fmt.Sprintf("Ein deutscher Satz Nummer %d.", i)},
 			// metadata keeps JSON types: numbers, null, lists of any values, objects
@@ -97,7 +97,7 @@ func main() {
 			},
 		})
 	}
-	if err := stream.Send(&zembedv1.UpsertStreamRequest{Collection: *name, Documents: docs}); err != nil {
+	if err := stream.Send(&zembedv1.UpsertStreamRequest{Collection: *name, Documents: batch}); err != nil {
 		log.Fatalf("UpsertStream send: %v", err)
 	}
 	if err := stream.CloseSend(); err != nil {
