@@ -66,6 +66,7 @@ AVX2 INLINE __m256i dist4(const uint64_t *p, const __m256i *qb, const int W, __m
             __m256i thr = _mm256_set1_epi64x(zs_threshold(h, q));                                 \
             for (zs_size b = b0; b < b1; b++) {                                                   \
                 const uint64_t *blk = codes + b * (W) * 8;                                        \
+                if (q == 0) ZS_PREFETCH_BLOCK(blk, W);                                            \
                 __m256i d0 = dist4(blk, qb, (W), lut, low);                                       \
                 __m256i d1 = dist4(blk + 4, qb, (W), lut, low);                                   \
                 unsigned hit = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr, d0))) | \

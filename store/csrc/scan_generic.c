@@ -10,6 +10,7 @@
             int32_t thr = zs_threshold(h, q);                                                     \
             for (zs_size b = b0; b < b1; b++) {                                                   \
                 const uint64_t *blk = codes + b * (W) * 8;                                        \
+                if (q == 0) ZS_PREFETCH_BLOCK(blk, W);                                            \
                 for (int l = 0; l < 8; l++) {                                                     \
                     zs_size i = b * 8 + l;                                                        \
                     if (i >= n) break;                                                            \

@@ -28,6 +28,7 @@ INLINE uint64x2_t dist2(const uint64_t *p, const uint8x16_t *qb, const int W) {
             uint64x2_t thr = vdupq_n_u64((uint64_t)zs_threshold(h, q));                           \
             for (zs_size b = b0; b < b1; b++) {                                                   \
                 const uint64_t *blk = codes + b * (W) * 8;                                        \
+                if (q == 0) ZS_PREFETCH_BLOCK(blk, W);                                            \
                 uint64x2_t d0 = dist2(blk, qb, (W)), d1 = dist2(blk + 2, qb, (W));                \
                 uint64x2_t d2 = dist2(blk + 4, qb, (W)), d3 = dist2(blk + 6, qb, (W));            \
                 uint32x4_t lt01 = vcombine_u32(vmovn_u64(vcltq_u64(d0, thr)), vmovn_u64(vcltq_u64(d1, thr))); \
