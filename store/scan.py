@@ -220,7 +220,10 @@ def topk(
         futures: list[Future[tuple[I32, I64, int]]] = [
             pool.submit(_scan_run, q, run, k, words, kernel) for run in runs[1:]
         ]
-        results = [_scan_run(q, runs[0], k, words, kernel)] + [f.result() for f in futures]
+        results = [_scan_run(q, runs[0], k, words, kernel)]
+        for run, future in zip(runs[1:], futures, strict=True):
+            # a run no worker has started yet (they are busy with other searches) runs here instead
+            results.append(_scan_run(q, run, k, words, kernel) if future.cancel() else future.result())
         hd = np.concatenate([d[:, :m] for d, _, m in results], axis=1)
         hi = np.concatenate([i[:, :m] for _, i, m in results], axis=1)
     m = min(k, hd.shape[1])

@@ -284,3 +284,21 @@ def test_env_var_with_a_bad_kernel_fails_the_import_naming_the_choices() -> None
     assert out.returncode != 0
     assert "ZEMBED_SCAN_KERNEL=avx9000 is unknown on this CPU; choose one of: auto, " in out.stderr
     assert ", generic" in out.stderr
+
+
+def test_concurrent_searches_share_the_pool_and_get_their_own_results(rng: np.random.Generator) -> None:
+    """Searches from many threads at once (as the service runs them), each split over threads: the
+    pool's workers are busy with others' ranges, so callers run unstarted ranges themselves; every
+    caller still gets exactly its one-thread result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = CHUNK_ROWS + 40000
+    codes = random_codes(80, n, rng)
+    chunks = [scan.blocked(codes[:CHUNK_ROWS]), scan.blocked(codes[CHUNK_ROWS:])]
+    queries = [codes[rng.integers(0, n, 1 + i % 3)] ^ np.uint8(i) for i in range(24)]
+    want = [scan.topk(q, chunks, 50, limit=n, threads=1) for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as callers:
+        got = list(callers.map(lambda q: scan.topk(q, chunks, 50, limit=n, threads=3), queries))
+    for (wd, wp), (gd, gp) in zip(want, got, strict=True):
+        np.testing.assert_array_equal(gd, wd)
+        np.testing.assert_array_equal(gp, wp)
