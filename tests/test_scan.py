@@ -302,3 +302,27 @@ def test_concurrent_searches_share_the_pool_and_get_their_own_results(rng: np.ra
     for (wd, wp), (gd, gp) in zip(want, got, strict=True):
         np.testing.assert_array_equal(gd, wd)
         np.testing.assert_array_equal(gp, wp)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "must be in [1, 256]; given 0"), ("two", "must be an integer in [1, 256]; given 'two'")],
+)
+def test_bad_thread_count_in_the_environment_fails_the_import(value: str, message: str) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZEMBED_SCAN_THREADS": value}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"ZEMBED_SCAN_THREADS {message}" in out.stderr
+
+
+def test_thread_count_from_the_environment() -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZEMBED_SCAN_THREADS": "3"}
+    code = "from zembed.store import scan; print(scan.threads())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
