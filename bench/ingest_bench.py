@@ -1,20 +1,25 @@
 """Ingest benchmark: `zembed ingest` of N JSONL lines with precomputed vectors, against the store's own
-bulk upsert of the same documents, and UpsertStream against unary Upsert for the same documents.
+bulk upsert of the same documents; UpsertStream against unary Upsert for the same documents; and text
+ingest with MiniLM against the embedding benchmark's rate (the runtime embedding the same texts in
+process, as bench/embed_throughput.py measures it).
 
-The server runs in a subprocess: the real server (edge, servicers, engine, LMDB) around the tests'
-fake embedder (tests/fakes.py), which documents with vectors never reach. `zembed ingest` runs as a
-subprocess, exactly as a person would run it.
+The vector server runs in a subprocess: the real server (edge, servicers, engine, LMDB) around the
+tests' fake embedder (tests/fakes.py), which documents with vectors never reach. The text server is
+`zembed serve` with the exported all-MiniLM-L6-v2 (`make .cache/models/all-minilm-l6-v2/manifest.json`).
+`zembed ingest` runs as a subprocess, exactly as a person would run it.
 
-Rows:
+Rows (each measured once per round, rounds interleaved; the table gives the median round's rate and
+the median of the per-round ratios, so load from other processes hits both sides of a ratio alike):
 - store bulk: ``Collection.upsert`` in batches of 10,000 (sync on), in process: the baseline.
 - `zembed ingest` (JSONL, vectors): stored/s from its summary (parse + resume check + stream +
-  server + store), the same with `--overwrite` (no GetDocuments check), and with `--method unary`
-  (Upsert calls of 1,000 documents, two in flight, instead of one document per stream message).
+  server + store), the same with `--overwrite` (no GetDocuments check), and with `--method unary`.
 - UpsertStream vs unary Upsert: the same pre-built documents (packed float32 vectors, metadata),
-  from one Python client, into fresh collections: one stream for everything vs sequential Upsert
-  calls of 1,000 and of 64 documents.
+  from one Python client, into fresh collections: one stream of messages of 1,000 documents (the
+  bulk form) vs sequential Upsert calls of 1,000; and the one-document-per-message form (info).
+- text: `zembed ingest` of N passages (text, no vectors) into the MiniLM server vs the runtime's
+  own embedding rate (EmbeddingModel.embed, batches of 32 sorted by length) on the same texts.
 
-    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--dim 384]
+    .venv/bin/python bench/ingest_bench.py [--docs 100000] [--dim 384] [--rounds 3] [--texts 2000]
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +115,7 @@ def store_bulk(tmp: Path, vecs: np.ndarray[Any, np.dtype[np.float32]], dim: int)
         return len(vecs) / (time.perf_counter() - t)
     finally:
         store.close()
+        shutil.rmtree(tmp / "baseline", ignore_errors=True)
 
 
 def create(stub: Any, name: str) -> None:
@@ -145,13 +153,19 @@ def documents(vecs: np.ndarray[Any, np.dtype[np.float32]]) -> list[pb.Document]:
     ]
 
 
-def stream_rate(stub: Any, name: str, docs: list[pb.Document]) -> float:
+def stream_rate(stub: Any, name: str, docs: list[pb.Document], per_message: int) -> float:
     def reqs() -> Iterator[pb.UpsertStreamRequest]:
-        for d in docs:
-            yield pb.UpsertStreamRequest(collection=name, document=d)
+        if per_message == 1:  # the single-document form
+            for d in docs:
+                yield pb.UpsertStreamRequest(collection=name, document=d)
+            return
+        for i in range(0, len(docs), per_message):
+            yield pb.UpsertStreamRequest(collection=name, documents=docs[i : i + per_message])
 
     t = time.perf_counter()
-    ok = sum(1 for r in stub.UpsertStream(reqs()) if r.status.code == 0)
+    ok = 0
+    for r in stub.UpsertStream(reqs()):
+        ok += r.stored
     dt = time.perf_counter() - t
     assert ok == len(docs), f"{len(docs) - ok} stream items failed"
     return len(docs) / dt
@@ -183,96 +197,181 @@ def machine() -> dict[str, Any]:
     }
 
 
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def drop(stub: Any, name: str) -> None:
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def vector_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    n, dim = args.docs, args.dim
+    vecs = vectors(n, dim)
+    path = tmp / "docs.jsonl"
+    write_jsonl(path, vecs)
+    size_mb = path.stat().st_size / 1e6
+    print(f"{n:,} JSONL lines, {dim}-dim vectors, {size_mb:.0f} MB; machine {machine()}", flush=True)
+    docs = documents(vecs)
+    single = docs[: args.single_docs]
+    rates: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    proc, address = start_server(dim, tmp / "srv")
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+
+            def stream_1000(name: str) -> float:
+                return stream_rate(stub, name, docs, 1000)
+
+            def unary_1000(name: str) -> float:
+                return unary_rate(stub, name, docs, 1000)
+
+            def stream_1(name: str) -> float:
+                return stream_rate(stub, name, single, 1)
+
+            for rnd in range(args.rounds):
+                got: dict[str, float] = {"store": store_bulk(tmp, vecs, dim)}
+                for kind, extra in (
+                    ("ingest", ()),
+                    ("ingest-overwrite", ("--overwrite",)),
+                    ("ingest-unary", ("--method", "unary")),
+                ):
+                    create(stub, "ing")
+                    summary = cli_ingest(address, path, "ing", *extra)
+                    assert summary["stored"] == n, summary
+                    got[kind] = summary["stored_per_s"]
+                    if kind == "ingest" and rnd == 0:
+                        rerun = cli_ingest(address, path, "ing")
+                        assert rerun["skipped"] == n, rerun
+                        got["rerun_s"] = rerun["wall_s"]
+                    drop(stub, "ing")
+                for kind, fn in (
+                    ("stream-1000", stream_1000),
+                    ("unary-1000", unary_1000),
+                    ("stream-1", stream_1),
+                ):
+                    create(stub, "pre")
+                    got[kind] = fn("pre")
+                    drop(stub, "pre")
+                for k, v in got.items():
+                    rates.setdefault(k, []).append(v)
+                for key, num, den in (
+                    ("ingest/store", "ingest", "store"),
+                    ("ingest-overwrite/store", "ingest-overwrite", "store"),
+                    ("ingest-unary/store", "ingest-unary", "store"),
+                    ("stream/unary", "stream-1000", "unary-1000"),
+                    ("unary/store", "unary-1000", "store"),
+                    ("stream-1/unary", "stream-1", "unary-1000"),
+                ):
+                    ratios.setdefault(key, []).append(got[num] / got[den])
+                print(f"round {rnd}: " + ", ".join(f"{k} {v:,.1f}" for k, v in got.items()), flush=True)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(60)
+    return {"docs": n, "dim": dim, "jsonl_mb": size_mb, "rates": rates, "ratios": ratios}
+
+
+def text_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """`zembed ingest` of texts into the MiniLM server vs the runtime's own rate, interleaved."""
+    from common import start_server as serve
+    from passages import passages
+
+    from zembed.service.runtime.model import EmbeddingModel
+
+    model_dir = ROOT / ".cache" / "models" / "all-minilm-l6-v2"
+    if not (model_dir / "manifest.json").exists():
+        raise SystemExit(
+            f"no MiniLM export at {model_dir}: make .cache/models/all-minilm-l6-v2/manifest.json"
+        )
+    texts = passages(args.texts, seed=3)[: args.texts]
+    path = tmp / "texts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    model = EmbeddingModel(model_dir)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+    def runtime_rate() -> float:
+        t = time.perf_counter()
+        for s in range(0, len(order), 32):  # as bench/embed_throughput.py: batches of 32 by length
+            model.embed([texts[i] for i in order[s : s + 32]])
+        return len(texts) / (time.perf_counter() - t)
+
+    proc, port, _ = serve(model_dir, tmp / "text-srv")
+    address = f"127.0.0.1:{port}"
+    rates: dict[str, list[float]] = {"runtime": [], "ingest-text": []}
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+            runtime_rate()  # warm-up
+            for rnd in range(args.rounds):
+                rates["runtime"].append(runtime_rate())
+                config = pb.CollectionConfig(calibration="none")
+                stub.CreateCollection(pb.CreateCollectionRequest(name="texts", config=config))
+                summary = cli_ingest(address, path, "texts", "--batch", "256")
+                assert summary["stored"] == len(texts), summary
+                rates["ingest-text"].append(summary["stored_per_s"])
+                drop(stub, "texts")
+                print(
+                    f"text round {rnd}: runtime {rates['runtime'][-1]:,.1f}/s, "
+                    f"ingest {rates['ingest-text'][-1]:,.1f}/s",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    ratios = [i / r for i, r in zip(rates["ingest-text"], rates["runtime"], strict=True)]
+    return {"texts": len(texts), "rates": rates, "ratios": {"ingest-text/runtime": ratios}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--docs", type=int, default=100_000, help="JSONL lines with vectors (0: skip)")
     ap.add_argument("--dim", type=int, default=384, help="code bits = rescore dims (MiniLM's 384)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--single-docs", type=int, default=20_000, help="documents for the one-per-message row")
+    ap.add_argument("--texts", type=int, default=2000, help="passages for the MiniLM text rows (0: skip)")
     ap.add_argument("--serve-fake", nargs=2, metavar=("DIM", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fake:
         serve_fake(int(args.serve_fake[0]), Path(args.serve_fake[1]))
         return
-    n, dim = args.docs, args.dim
-    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as td:
+    (ROOT / "bench" / ".cache").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-", dir=ROOT / "bench" / ".cache") as td:
         tmp = Path(td)
-        vecs = vectors(n, dim)
-        path = tmp / "docs.jsonl"
-        write_jsonl(path, vecs)
-        size_mb = path.stat().st_size / 1e6
-        print(f"{n:,} JSONL lines, {dim}-dim vectors, {size_mb:.0f} MB; machine {machine()}", flush=True)
-        bulk = store_bulk(tmp, vecs, dim)
-        print(f"store bulk upsert: {bulk:,.0f} docs/s", flush=True)
-        proc, address = start_server(dim, tmp / "srv")
-        try:
-            with grpc.insecure_channel(address) as ch:
-                stub = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
-                create(stub, "ingest")
-                ing = cli_ingest(address, path, "ingest")
-                print(
-                    f"zembed ingest: {ing['stored_per_s']:,.0f} stored/s ({ing['wall_s']:.1f} s wall)",
-                    flush=True,
-                )
-                assert ing["stored"] == n, ing
-                create(stub, "ingest2")
-                ing2 = cli_ingest(address, path, "ingest2", "--overwrite")
-                print(f"zembed ingest --overwrite: {ing2['stored_per_s']:,.0f} stored/s", flush=True)
-                create(stub, "ingest3")
-                ing3 = cli_ingest(address, path, "ingest3", "--method", "unary")
-                print(f"zembed ingest --method unary: {ing3['stored_per_s']:,.0f} stored/s", flush=True)
-                rerun = cli_ingest(address, path, "ingest")
-                print(f"re-run (all skipped): {rerun['wall_s']:.1f} s", flush=True)
-                assert rerun["skipped"] == n, rerun
-                docs = documents(vecs)
-                rates: dict[str, float] = {}
-                for rnd in range(2):  # interleaved, best of 2
-                    for kind in ("stream", "unary-1000", "unary-64"):
-                        name = f"{kind.replace('-', '')}{rnd}"
-                        create(stub, name)
-                        if kind == "stream":
-                            r = stream_rate(stub, name, docs)
-                        else:
-                            r = unary_rate(stub, name, docs, int(kind.split("-")[1]))
-                        rates[kind] = max(rates.get(kind, 0.0), r)
-                        print(f"{kind} round {rnd}: {r:,.0f} docs/s", flush=True)
-        finally:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            proc.wait(60)
-    ing_r, ing2_r, ing3_r = ing["stored_per_s"], ing2["stored_per_s"], ing3["stored_per_s"]
-    s_r, u1k, u64 = rates["stream"], rates["unary-1000"], rates["unary-64"]
-    rows = [
-        ["store bulk upsert (in process, batches of 10,000)", bulk, "baseline", 1.0, ""],
-        ["`zembed ingest` JSONL (resume check on)", ing_r, "store bulk", ing_r / bulk, ">= 0.8"],
-        ["`zembed ingest --overwrite` JSONL", ing2_r, "store bulk", ing2_r / bulk, "(info)"],
-        [
-            "`zembed ingest --method unary` JSONL (resume check on)",
-            ing3_r,
-            "store bulk",
-            ing3_r / bulk,
-            ">= 0.8",
-        ],
-        ["UpsertStream, one stream, pre-built documents", s_r, "unary Upsert x 1000", s_r / u1k, ">= 1.0"],
-        ["unary Upsert, 1,000 per call, sequential", u1k, "store bulk", u1k / bulk, "(info)"],
-        ["unary Upsert, 64 per call, sequential", u64, "unary Upsert x 1000", u64 / u1k, "(info)"],
-    ]
+        vec = vector_rounds(args, tmp) if args.docs else None
+        txt = text_rounds(args, tmp) if args.texts else None
+    rows: list[list[Any]] = []
+    if vec is not None:
+        r, q = vec["rates"], vec["ratios"]
+        rows += [
+            ["store bulk upsert (in process, batches of 10,000)", median(r["store"]), "baseline", 1.0, ""],
+            ["`zembed ingest` JSONL (stream, resume check on)", median(r["ingest"]), "store bulk",
+             median(q["ingest/store"]), ">= 0.8"],
+            ["`zembed ingest --overwrite` JSONL", median(r["ingest-overwrite"]), "store bulk",
+             median(q["ingest-overwrite/store"]), "(info)"],
+            ["`zembed ingest --method unary` JSONL", median(r["ingest-unary"]), "store bulk",
+             median(q["ingest-unary/store"]), "(info)"],
+            ["UpsertStream, 1,000 documents per message", median(r["stream-1000"]), "unary Upsert x 1000",
+             median(q["stream/unary"]), ">= 1.0"],
+            ["unary Upsert, 1,000 per call, sequential", median(r["unary-1000"]), "store bulk",
+             median(q["unary/store"]), "(info)"],
+            [f"UpsertStream, 1 document per message ({args.single_docs:,} docs)", median(r["stream-1"]),
+             "unary Upsert x 1000", median(q["stream-1/unary"]), "(info)"],
+            ["re-run, every line already stored (seconds)", median(r["rerun_s"]), "", "", ""],
+        ]  # fmt: skip
+    if txt is not None:
+        r, q = txt["rates"], txt["ratios"]
+        rows += [
+            ["MiniLM runtime embed (in process, batches of 32)", median(r["runtime"]), "baseline", 1.0, ""],
+            ["`zembed ingest` JSONL text (MiniLM server)", median(r["ingest-text"]), "runtime embed",
+             median(q["ingest-text/runtime"]), "(reported)"],
+        ]  # fmt: skip
     print()
+    print(f"median of {args.rounds} interleaved rounds; machine {machine()}")
     print(table(["path", "docs/s", "against", "ratio", "bar"], rows))
     out = write_json(
-        "ingest",
-        {
-            "docs": n,
-            "dim": dim,
-            "jsonl_mb": size_mb,
-            "machine_info": machine(),
-            "store_bulk_per_s": bulk,
-            "ingest": ing,
-            "ingest_overwrite": ing2,
-            "ingest_unary": ing3,
-            "rerun_all_skipped_s": rerun["wall_s"],
-            "stream_per_s": rates["stream"],
-            "unary_1000_per_s": rates["unary-1000"],
-            "unary_64_per_s": rates["unary-64"],
-        },
+        "ingest", {"machine_info": machine(), "rounds": args.rounds, "vectors": vec, "text": txt}
     )
     print(f"\nwritten {out}")
 

@@ -105,7 +105,7 @@ def _simdjson() -> Any:
     return simdjson
 
 
-def read_jsonl(f: IO[str], vector_fields: frozenset[str] = frozenset()) -> Iterator[Row]:
+def read_jsonl(f: IO[Any], vector_fields: frozenset[str] = frozenset()) -> Iterator[Row]:
     """Records of a JSONL stream; with pysimdjson installed, the ``vector_fields`` holding arrays of
     numbers come as float32 numpy vectors (other values as plain Python values either way)."""
     sj = _simdjson() if vector_fields else None
@@ -127,14 +127,17 @@ def read_jsonl(f: IO[str], vector_fields: frozenset[str] = frozenset()) -> Itera
         yield n, obj
 
 
-def _read_jsonl_simd(f: IO[str], sj: Any, vector_fields: frozenset[str]) -> Iterator[Row]:
+def _read_jsonl_simd(f: IO[Any], sj: Any, vector_fields: frozenset[str]) -> Iterator[Row]:
+    """Lines as bytes (a file opened in binary: no decoding, simdjson checks the UTF-8) or str."""
     parser = sj.Parser()
     array, obj_type = sj.Array, sj.Object
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
         try:
-            doc = parser.parse(line.encode("utf-8", errors="surrogatepass"))
+            doc = parser.parse(
+                line if isinstance(line, bytes) else line.encode("utf-8", errors="surrogatepass")
+            )
         except ValueError as exc:
             yield n, BadRecord(f"not JSON: {exc}")
             continue
@@ -448,7 +451,8 @@ def _open_rows(
     if args.file == "-":
         if fmt != "jsonl":
             raise UsageError("stdin is read as JSONL only")
-        return read_jsonl(sys.stdin, _vector_fields(fm)), None, []
+        stdin = getattr(sys.stdin, "buffer", sys.stdin) if _simdjson() is not None else sys.stdin
+        return read_jsonl(stdin, _vector_fields(fm)), None, []
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -461,7 +465,10 @@ def _open_rows(
         vec = {fm.vector} | ({fm.rescore} if fm.rescore else set())
         return read_parquet(path, vec), int(total), []
     try:
-        f = path.open(encoding="utf-8", newline="" if fmt == "csv" else None)
+        if fmt == "jsonl" and _simdjson() is not None:
+            f: IO[Any] = path.open("rb")  # bytes straight to the parser
+        else:
+            f = path.open(encoding="utf-8", newline="" if fmt == "csv" else None)
         total = _count_lines(path)
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None

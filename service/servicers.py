@@ -287,16 +287,54 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         are written as one transaction; a message of many documents is a transaction of its own. Each
         message is acknowledged, in order, once that commit is durable, with one status per document."""
         settings = self.engine.settings
+
+        async def prepared() -> AsyncIterator[tuple[pb.UpsertStreamRequest, convert.Docs | None]]:
+            # converted as read (on the stream's reader task), so a message is converted while the
+            # one before it is being written
+            async for req in request_iterator:
+                yield req, self._prepare(req)
+
+        async def handle(
+            group: list[tuple[pb.UpsertStreamRequest, convert.Docs | None]],
+        ) -> list[pb.UpsertStreamResponse]:
+            if len(group) == 1 and group[0][1] is not None:
+                req, batch = group[0]
+                try:
+                    n, _, _ = await self.engine.upsert(
+                        req.collection, batch.ids, batch.texts, batch.code, batch.rescore, batch.metadata
+                    )
+                except Exception:
+                    pass  # nothing was written: the general path finds each document's status
+                else:
+                    return [pb.UpsertStreamResponse(status=OK, statuses=[OK] * n, stored=n)]
+            return await self._upsert_group([req for req, _ in group])
+
         async for ack in streams.grouped(
-            request_iterator,
+            prepared(),
             settings.stream_in_flight,
             settings.max_inputs,  # one Embed call's worth of texts per transaction
             settings.max_wait_ms / 1000,
-            self._upsert_group,
+            handle,
             settings.stream_idle_s,
-            weight=lambda r: len(r.documents) or 1,
+            weight=lambda r: len(r[0].documents) or 1,
         ):
             yield ack
+
+    def _prepare(self, req: pb.UpsertStreamRequest) -> convert.Docs | None:
+        """A bulk-form message of vectors converted ahead (None: the general path handles it)."""
+        docs = req.documents
+        if not docs or len(docs) > MAX_UPSERT or req.HasField("document") or req.chunking.enabled:
+            return None
+        try:
+            batch = convert.documents(docs)
+            bits = self.engine.store.collection(req.collection).config.code_bits
+        except Exception:
+            return None
+        if not isinstance(batch.code, np.ndarray) or batch.code.shape[1] != bits:
+            return None
+        if len(set(batch.ids)) != len(batch.ids):
+            return None
+        return batch
 
     async def _upsert_group(self, group: list[pb.UpsertStreamRequest]) -> list[pb.UpsertStreamResponse]:
         """Documents of the same collection and chunking are written together; duplicates of an id
