@@ -18,7 +18,8 @@ from google.protobuf import struct_pb2
 from zembed.v1 import zembed_pb2 as pb
 
 _INT64 = 2**63
-MAX_DEPTH = 32  # nesting of lists and objects (the server refuses deeper values the same way)
+MAX_DEPTH = 20  # nesting of lists and objects (the server refuses deeper values the same way; protobuf
+# parsers stop at 100 message levels, and each level of JSON nesting takes three)
 NULL: struct_pb2.NullValue = struct_pb2.NULL_VALUE  # type: ignore[assignment]
 
 
