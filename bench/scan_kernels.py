@@ -13,19 +13,30 @@ Every round runs each measurement once, in a rotating order (the machine is shar
 spreads other load over all of them); medians over rounds. Ratios: ours / faiss and ours / floor
 for one query (bars <= 1.0 and <= 1.15), faiss / ours for batches (bar on 2 threads >= 2).
 
-    python bench/scan_kernels.py [--rows 1000000] [--rounds 30] [--quick]
+    python bench/scan_kernels.py [--rows 1000000] [--rounds 30] [--quick] [--before SO]
+
+``--before`` adds the extension as an earlier commit built it, with its scalar ``popcnt`` kernel (what
+AVX2 machines ran before the AVX2 kernel; one thread, no prefetch), e.g. for the commit before #10:
+
+    git show 1885117:store/_hamming.c > /tmp/old.c
+    cc -O3 -shared -fPIC -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+        /tmp/old.c -o /tmp/hamming_before.so
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,11 +86,38 @@ def cpu_info() -> dict[str, str]:
     }
 
 
+def load() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return ""
+
+
+def load_before(path: Path) -> Any:
+    """An earlier build of the extension, its kernel forced to ``popcnt`` at import."""
+    saved = os.environ.get("ZEMBED_SCAN_KERNEL")
+    os.environ["ZEMBED_SCAN_KERNEL"] = "popcnt"
+    try:
+        loader = importlib.machinery.ExtensionFileLoader("zembed.store._hamming", str(path))
+        spec = importlib.util.spec_from_file_location("zembed.store._hamming", str(path), loader=loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    finally:
+        if saved is None:
+            del os.environ["ZEMBED_SCAN_KERNEL"]
+        else:
+            os.environ["ZEMBED_SCAN_KERNEL"] = saved
+    assert module.kernel() == "popcnt", module.kernel()
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="100k rows, 5 rounds (a smoke run)")
+    ap.add_argument("--before", type=Path, help="an earlier build of the extension (.so), see above")
     args = ap.parse_args()
     if args.quick:
         args.rows, args.rounds = 100_000, 5
@@ -110,25 +148,42 @@ def main() -> None:
         faiss.omp_set_num_threads(t)
         return index.search(q[:nq], K)
 
+    before = None if args.before is None else load_before(args.before)
+
+    def old(q: np.ndarray, nq: int) -> object:
+        hd = np.zeros((nq, K), dtype=np.int32)
+        hi = np.zeros((nq, K), dtype=np.int64)
+        hc = np.zeros(nq, dtype=np.int32)
+        base = 0
+        assert before is not None
+        for c in chunks:
+            before.scan_topk(q[:nq], c, c.shape[0] * 8, CODE_BYTES // 8, None, base, hd, hi, hc)
+            base += c.shape[0] * 8
+        return hd
+
     def floor(q: np.ndarray) -> object:
         return [read_sum(c) for c in chunks]
 
     single: dict[str, Callable[[np.ndarray], object]] = {}
     for kern in kernels:
         single[f"ours {kern}"] = functools.partial(ours, kern=kern, t=1, nq=1)
+    if before is not None:
+        single["before: popcnt"] = functools.partial(old, nq=1)
     single["faiss"] = functools.partial(theirs, t=1, nq=1)
     single["floor (read-only pass)"] = floor
     batch: dict[str, Callable[[np.ndarray], object]] = {}
     for kern in dict.fromkeys([kernels[0], "avx2"] if "avx2" in kernels else [kernels[0]]):
         for t in (1, 2):
             batch[f"ours {kern}, {t} thr"] = functools.partial(ours, kern=kern, t=t, nq=BATCH)
+    if before is not None:
+        batch["before: popcnt, 1 thr"] = functools.partial(old, nq=BATCH)
     for t in (1, 2):
         batch[f"faiss, {t} thr"] = functools.partial(theirs, t=t, nq=BATCH)
 
-    times: dict[str, list[float]] = {name: [] for name in [*single, *batch]}
+    wall: dict[str, list[float]] = {name: [] for name in [*single, *batch]}
+    cpu: dict[str, list[float]] = {name: [] for name in [*single, *batch]}
     calls = {**single, **batch}
     names = list(calls)
-    faiss.omp_set_num_threads(1)
     for name in names:  # warm-up
         calls[name](queries[:BATCH])
     for r in range(args.rounds):
@@ -137,33 +192,50 @@ def main() -> None:
             name = names[(r + j) % len(names)]
             if name == "ours generic" and r % 3:  # the slow portable kernel: every third round
                 continue
-            faiss.omp_set_num_threads(1)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             calls[name](q)
-            times[name].append(time.perf_counter() - t0)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
 
-    med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
-    lo = {name: min(v) * 1e3 for name, v in times.items()}
+    med = {name: statistics.median(v) * 1e3 for name, v in wall.items()}
+    lo = {name: min(v) * 1e3 for name, v in wall.items()}
+    cmed = {name: statistics.median(v) * 1e3 for name, v in cpu.items()}
     info = cpu_info()
-    print(f"uname -r: {platform.release()}; CPU: {info['cpu']}; cores: {os.cpu_count()}")
+    print(f"uname -r: {platform.release()}; CPU: {info['cpu']}; cores: {os.cpu_count()}; {load()}")
     print(
         f"flags: {info['flags']}; default kernel: {info['kernel']} (this CPU runs: {info['kernel_choices']})"
     )
     size = f"{n:,} codes x {CODE_BYTES * 8} bits ({n * CODE_BYTES / 1e6:.0f} MB)"
-    print(f"{size}, k = {K}, {args.rounds} rounds interleaved (generic: every third)\n")
+    print(f"{size}, k = {K}, {args.rounds} rounds interleaved (generic: every third)")
+    print("wall: elapsed ms (median, min over rounds); CPU: process CPU ms (median; all threads summed),")
+    print("which a shared machine disturbs least for one thread\n")
     rows = []
+    fl, fa = "floor (read-only pass)", "faiss"
     for name in single:
         rows.append(
-            [name, med[name], lo[name], med[name] / med["faiss"], med[name] / med["floor (read-only pass)"]]
+            [
+                name,
+                med[name],
+                lo[name],
+                cmed[name],
+                cmed[name] / cmed[fa],
+                lo[name] / lo[fa],
+                cmed[name] / cmed[fl],
+                lo[name] / lo[fl],
+            ]
         )
-    print(table(["single query, 1 thread", "median ms", "min ms", "/ faiss", "/ floor"], rows))
+    heads = ["single query, 1 thread", "wall med", "wall min", "CPU med", "/ faiss (CPU)", "/ faiss (min)"]
+    print(table([*heads, "/ floor (CPU)", "/ floor (min)"], rows))
     print()
     rows = []
     for name in batch:
         t = 1 if "1 thr" in name else 2
-        per_q = med[name] / BATCH
-        rows.append([name, med[name], per_q, med[f"faiss, {t} thr"] / med[name]])
-    print(table([f"batch of {BATCH}", "median ms", "ms per query", "faiss (same threads) / this"], rows))
+        f = f"faiss, {t} thr"
+        rows.append(
+            [name, med[name], lo[name], lo[name] / BATCH, cmed[name], med[f] / med[name], lo[f] / lo[name]]
+        )
+    heads = [f"batch of {BATCH}", "wall med", "wall min", "min ms/query", "CPU med", "faiss / this (med)"]
+    print(table([*heads, "faiss / this (min)"], rows))
     path = write_json(
         "scan_kernels",
         {
