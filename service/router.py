@@ -371,6 +371,9 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
 
     # ------------------------------------------------------------------ search
     async def _search(self, request: pb.SearchRequest, timeout: float) -> pb.SearchResponse:
+        """``timeout``: seconds for the whole call (embedding included) before the shards must have
+        answered."""
+        until = time.monotonic() + timeout
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgument("query", "must be text or vectors")
@@ -383,7 +386,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         tokens = nbytes = 0
         if kind == "text":
             cfg = await self.config(request.collection, timeout)
-            emb = await self.eng.embed(
+            emb = await self.eng.embed(  # bounded by the caller's deadline (the edge sets it)
                 [request.text], "query", 0, convert.overflow(request.truncation), field="text", names=["text"]
             )
             code, rescore = self.project(cfg, emb.vectors, "text")
@@ -394,7 +397,8 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
                 )
             )  # replaces the text (one of)
             tokens, nbytes = emb.total_tokens, usage_bytes([request.text])
-        ok, failures = split(await self.shards.all("Search", sub, timeout))
+        left = max(0.001, until - time.monotonic())  # what the embedding left of the time
+        ok, failures = split(await self.shards.all("Search", sub, left))
         error = search_failure(failures, len(self.shards), request.allow_partial)
         if error is not None:
             if kind == "text":
