@@ -46,7 +46,8 @@ $(MODEL_DIR)/manifest.json:
 protos: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/zembed/v1/zembed.proto
 
-# Build the CPU image with podman and check it serves (root; Debian's podman, runc, mmdebstrap).
+# Build the CPU image with podman and run the container round trip that CI runs in make test
+# (tests/test_container.py): root; Debian's podman, runc, netavark, catatonit, mmdebstrap.
 smoke-container: $(VENV)/.installed $(MODEL_DIR)/manifest.json
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash deploy/smoke.sh $(MODEL_DIR)
 
