@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from zeroentropy import ZeroEntropy
 
@@ -210,6 +211,23 @@ def test_http_latency_mode_high_searches_the_larger_shortlist(held: tuple[FakeSe
             a.float_reads - before.float_reads,
         )
         return delta, engine.batcher.stats.slow_items - slow_before
+
+    # the measured recall behind the sizes: over HTTP (an extension path) as over gRPC GetCollection
+    info = httpx.post(
+        f"{ze.base_url}collections/get-collection-info", json={"collection_name": "papers"}
+    ).json()
+    with grpc.insecure_channel(srv.target) as ch:
+        got = pb_grpc.SearchServiceStub(ch).GetCollection(pb.GetCollectionRequest(name="papers")).collection  # type: ignore[no-untyped-call]
+    assert info["num_passages"] == got.count == 60 and info["calibrated_at"] == got.calibrated_at > 0
+    assert info["measured_recall"] == pytest.approx(got.measured_recall) and 0 < info["measured_recall"] <= 1
+    points = [(p.float_reads_per_result, p.shortlist_per_read) for p in got.recall_points]
+    assert [(p["float_reads_per_result"], p["shortlist_per_read"]) for p in info["recall_points"]] == points
+    assert [p["recall"] for p in info["recall_points"]] == pytest.approx(
+        [p.recall for p in got.recall_points]
+    )
+    assert len(points) == 20
+    missing = httpx.post(f"{ze.base_url}collections/get-collection-info", json={"collection_name": "nope"})
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
 
     for kind in ("documents", "pages", "snippets"):
         low, low_slow = run(kind, None)

@@ -367,6 +367,27 @@ def build_app(state: State) -> ASGIApp:
         names = [c.name for c in engine.store.list_collections() if c.config.extra.get("api") == KIND]
         return _json(200, {"collection_names": sorted(names)})
 
+    @app.post("/v1/collections/get-collection-info", response_model=m.CollectionInfo, tags=["collections"])
+    async def collection_info(body: m.NameBody) -> Response:
+        """Extension: the calibration and measured recall (gRPC GetCollection's fields)."""
+        _, docs = state.ready()
+        info = await asyncio.to_thread(docs.collection(body.collection_name).info)
+        points = [
+            {"float_reads_per_result": r, "shortlist_per_read": s, "recall": rec}
+            for r, s, rec in info.tuning.points
+        ]
+        return _json(
+            200,
+            {
+                "collection_name": info.name,
+                "num_passages": info.count,
+                "calibrated_at": info.calibrated_at,
+                "calibration_final": info.calibration_final,
+                "measured_recall": info.measured_recall,
+                "recall_points": points,
+            },
+        )
+
     # ------------------------------------------------------------------ documents
     @app.post("/v1/documents/add-document", response_model=m.Message, tags=["documents"])
     async def add_document(body: m.AddDocumentBody) -> Response:

@@ -59,6 +59,24 @@ class CollectionList(_Body):
     collection_names: list[str]
 
 
+class RecallPoint(_Body):
+    float_reads_per_result: int
+    shortlist_per_read: int
+    recall: float
+
+
+class CollectionInfo(_Body):
+    """Extension (the hosted API has no such path): a collection's calibration and the recall@10
+    against exact search measured at it, at the defaults (latency_mode low) and per setting."""
+
+    collection_name: str
+    num_passages: int
+    calibrated_at: int
+    calibration_final: bool
+    measured_recall: float | None
+    recall_points: list[RecallPoint]
+
+
 class TextContent(_Body):
     type: Literal["text"]
     text: str
