@@ -80,3 +80,23 @@ def test_cpu_image_serves_drains_and_keeps_its_data(capsys: pytest.CaptureFixtur
     assert re.search(r"SIGTERM: health NOT_SERVING after 0\.\d\d s", out), out[-6000:]
     size = re.search(r"smoke: image size: (\d+) MB", out)
     assert size is not None and 100 < int(size.group(1)) < 1500, out[-3000:]  # no torch, no build tools
+
+
+def test_gpu_image_stays_in_step_with_the_cpu_image() -> None:
+    """The GPU image cannot be built here (no CUDA base image, no GPU): it is linted (test_deploy.py)
+    and kept in step with the CPU image that is built: same sources copied, same stages, same user,
+    volume, ports, settings and entrypoint; it swaps onnxruntime for onnxruntime-gpu."""
+    cpu = (ROOT / "deploy" / "Dockerfile").read_text()
+    gpu = (ROOT / "deploy" / "Dockerfile.gpu").read_text()
+
+    def lines(text: str, prefix: str) -> list[str]:
+        return [x.strip() for x in text.splitlines() if x.strip().startswith(prefix)]
+
+    for prefix in ("COPY", "FROM", "USER", "VOLUME", "EXPOSE", "ENTRYPOINT", "WORKDIR", "ENV"):
+        assert lines(cpu, prefix) == lines(gpu, prefix), prefix
+    cpu_env = dict(re.findall(r"(ZEMBED_\w+)=(\S+)", cpu))
+    gpu_env = dict(re.findall(r"(ZEMBED_\w+)=(\S+)", gpu))
+    assert len(cpu_env) >= 5 and cpu_env.items() <= gpu_env.items()
+    assert set(gpu_env) - set(cpu_env) == {"ZEMBED_PROVIDERS"}
+    assert "pip install --no-cache-dir ." in cpu and "pip install --no-cache-dir ." in gpu
+    assert "onnxruntime-gpu" in gpu and "pip uninstall -y onnxruntime" in gpu
