@@ -51,9 +51,10 @@ protos: $(VENV)/.installed
 smoke-container: $(VENV)/.installed $(MODEL_DIR)/manifest.json
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash deploy/smoke.sh $(MODEL_DIR)
 
-# Slow fault runs (not in CI): 100 SIGKILLs of a writer at random moments, 100 kills of a snapshot.
+# Slow fault runs (not in CI): 100 SIGKILLs of a writer at random moments (list path, and bulk ingest
+# with replacements, deletes and compactions), 100 kills of a snapshot.
 crash-100: $(VENV)/.installed
-	ZEMBED_CRASH_ROUNDS=100 ZEMBED_SNAPSHOT_KILLS=100 $(PY) -m pytest -q -s tests/test_crash.py \
+	ZEMBED_CRASH_ROUNDS=100 ZEMBED_BULK_CRASH_ROUNDS=100 ZEMBED_SNAPSHOT_KILLS=100 $(PY) -m pytest -q -s tests/test_crash.py \
 		tests/test_faults_store.py -k "sigkill"
 
 bench: bench-store bench-recall bench-export bench-service

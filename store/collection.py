@@ -320,6 +320,7 @@ class Collection:
         *,
         codes: npt.ArrayLike | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        normalized: bool = False,
     ) -> int:
         """The bulk path: insert or replace up to :data:`MAX_BULK_ROWS` documents from numpy arrays
         as one atomic, durable batch (no per-document Python besides metadata).
@@ -330,12 +331,17 @@ class Collection:
         never widened as a whole); ``code_vectors`` defaults to ``rescore_vectors`` when the dims
         agree. ``codes``: pre-packed codes ``[n, ceil(code_bits / 8)]`` uint8 instead of code vectors,
         bits MSB first as ``np.packbits`` (sentence-transformers' ``ubinary``); only for collections
-        whose codes are sign bits (calibration ``none`` without thresholds)."""
+        whose codes are sign bits (calibration ``none`` without thresholds). ``normalized``: the
+        caller vouches that the vectors are unit length (as sentence-transformers'
+        ``normalize_embeddings=True`` gives them): no norm pass, only NaN, infinity and zero rows are
+        refused (checked on the bits), and the rows are stored as given."""
         ext, id_keys = validate.id_array(ids, self.cid, "ids", MAX_BULK_ROWS)
         n = len(ext)
         if rescore_vectors is None:
             raise InvalidArgument("rescore_vectors", f"are required (length {self.config.rescore_dims})")
-        resc, resc_inv = validate.float_array(rescore_vectors, "rescore_vectors", n, self.config.rescore_dims)
+        resc, resc_inv = validate.float_array(
+            rescore_vectors, "rescore_vectors", n, self.config.rescore_dims, normalized
+        )
         if codes is not None and code_vectors is not None:
             raise InvalidArgument("codes", "cannot be given together with code_vectors")
         meta = validate.metadata(metadata, n) if metadata is not None else None
@@ -366,7 +372,7 @@ class Collection:
                         )
                     cv, cinv = resc, resc_inv
                 else:
-                    cv, cinv = validate.float_array(code_vectors, "code_vectors", n, self.bits)
+                    cv, cinv = validate.float_array(code_vectors, "code_vectors", n, self.bits, normalized)
                 if thresholds is None and not collecting:
                     packed = _sign_codes(cv)
                 else:

@@ -268,9 +268,14 @@ def id_array(values: Any, cid: int, field: str, limit: int) -> tuple[list[bytes]
     return ext, keys
 
 
-def float_array(value: Any, field: str, rows: int, dims: int) -> tuple[npt.NDArray[np.floating], F32]:
+def float_array(
+    value: Any, field: str, rows: int, dims: int, normalized: bool = False
+) -> tuple[npt.NDArray[np.floating], F32]:
     """A finite, non-zero matrix ``[rows, dims]`` of float16 or float32, kept in its own dtype (other
-    dtypes are converted to float32), and its inverse L2 norms, checked a block of rows at a time."""
+    dtypes are converted to float32), and its inverse L2 norms, checked a block of rows at a time.
+
+    ``normalized``: the caller vouches that the rows are unit length; only finiteness and non-zero
+    rows are checked, on the bits (no float pass), and the inverse norms are 1."""
     arr = np.asarray(value)
     if arr.dtype not in (np.float16, np.float32):
         arr = np.asarray(arr, dtype=np.float32)
@@ -279,6 +284,9 @@ def float_array(value: Any, field: str, rows: int, dims: int) -> tuple[npt.NDArr
         raise InvalidArgument(
             field, f"must be a matrix [{rows}, {dims}]; given shape {arr.shape}", value=arr.shape, limit=dims
         )
+    if normalized:
+        _finite_nonzero_bits(arr, field)
+        return arr, np.ones(rows, np.float32)
     inv = np.empty(rows, np.float32)
     for s in range(0, rows, _BULK_ROWS):
         part = arr[s : s + _BULK_ROWS]
@@ -304,6 +312,24 @@ def float_array(value: Any, field: str, rows: int, dims: int) -> tuple[npt.NDArr
             raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
         inv[s : s + len(part)] = 1.0 / np.sqrt(sq)
     return arr, inv
+
+
+def _finite_nonzero_bits(arr: npt.NDArray[np.floating], field: str) -> None:
+    """Refuse a row holding a NaN or infinity (all exponent bits set) or only zeros, from the bits."""
+    if arr.dtype == np.float16:
+        bits, magnitude, inf = arr.view(np.uint16), np.uint16(0x7FFF), 0x7C00
+    else:
+        bits, magnitude, inf = arr.view(np.uint32), np.uint32(0x7FFFFFFF), 0x7F800000
+    for s in range(0, len(arr), _BULK_ROWS):
+        top = (bits[s : s + _BULK_ROWS] & magnitude).max(axis=1)
+        bad = np.flatnonzero((top >= inf) | (top == 0))
+        if len(bad):
+            i = s + int(bad[0])
+            if top[bad[0]]:
+                raise InvalidArgument(
+                    f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf"
+                )
+            raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
 
 
 def is_unit(inv_norm: F32, tolerance: float = 2e-3) -> bool:

@@ -88,3 +88,90 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
                 assert len(hits) == sum(1 for v in exp.values() if v[0] == b)
             next_batch = in_flight + 1
     assert len(acked) >= ROUNDS // 2  # the test exercised real writes, not just empty starts
+
+
+BULK_ROUNDS = int(os.environ.get("ZEMBED_BULK_CRASH_ROUNDS", "8"))  # `make crash-100`: 100
+
+
+def bulk_expected(acked_ops: int) -> dict[str, tuple[int, int]]:
+    """id -> (batch, row) after the first ``acked_ops`` ops of ``crash_bulk_child.ops``."""
+    from tests import crash_bulk_child as child
+
+    out: dict[str, tuple[int, int]] = {}
+    for k, (kind, b) in enumerate(child.ops()):
+        if k >= acked_ops:
+            break
+        if kind == "u":
+            for i, ext in enumerate(child.batch_ids(b).tolist()):
+                out[str(ext)] = (b, i)
+        else:
+            for ext in child.deleted_ids(b).tolist():
+                out.pop(str(ext), None)
+    return out
+
+
+def test_sigkill_during_bulk_ingest_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """The bulk path (float16 arrays, int64 ids) with replacements, deletes and the compactions
+    they trigger, killed at random moments: every acknowledged op is there, the op in flight is all
+    or nothing, and the index rebuilt at open agrees with LMDB."""
+    from tests import crash_bulk_child as child
+
+    path = tmp_path / "store"
+    rnd = random.Random(10)
+    acked = 0  # ops acknowledged (ops are applied in order)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    compactions = 0
+    for _round in range(BULK_ROUNDS):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash_bulk_child", str(path), str(acked)],
+            stdout=subprocess.PIPE,
+            cwd=root,
+            env=env,
+            text=True,
+        )
+        assert proc.stdout is not None
+        want = rnd.randint(0, 3)
+        for _ in range(want):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            assert int(line) == acked
+            acked += 1
+        time.sleep(rnd.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate()
+        for line in rest.split():
+            assert int(line) == acked
+            acked += 1
+        assert proc.returncode == -signal.SIGKILL
+        with Store(path) as s:
+            if not s.list_collections():
+                assert acked == 0
+                continue
+            c = s.collection("c")
+            kind, b = child.op_at(acked)  # the op in flight: committed entirely or not at all
+            # an upsert's new ids (its replacements existed before) or a delete's ids
+            probe = child.batch_ids(b)[child.REPLACED :] if kind == "u" else child.deleted_ids(b)
+            present = [r is not None for r in c.get([str(i) for i in probe])]
+            assert all(p == present[0] for p in present), "partial op visible"
+            if present[0] == (kind == "u"):
+                acked += 1
+            exp = bulk_expected(acked)
+            assert c.count() == len(exp)
+            upserted = sum(1 for k, (kd, _) in zip(range(acked), child.ops(), strict=False) if kd == "u")
+            compacted = c._rec.next_row > upserted * child.BATCH  # renumbered past the rows written
+            compactions += compacted
+            sample = rnd.sample(sorted(exp), min(200, len(exp)))
+            for ext, rec in zip(sample, c.get(sample, with_vectors=True), strict=True):
+                assert rec is not None, ext
+                bb, i = exp[ext]
+                assert rec.rescore is not None
+                assert np.array_equal(rec.rescore, child.batch_vectors(bb)[i].astype(np.float32))
+            for ext in sample[:5]:
+                bb, i = exp[ext]
+                q = child.batch_vectors(bb)[i].astype(np.float32)
+                assert c.search(q, top_k=1)[0][0].id == ext
+    assert acked >= BULK_ROUNDS // 2
+    assert compactions or acked < 7, "the op sequence makes a compaction due at its sixth op"
+    print(f"bulk kills: {BULK_ROUNDS}, ops acknowledged {acked}, rounds after a compaction {compactions}")

@@ -149,6 +149,25 @@ def test_bulk_arrays_store_what_the_list_path_stores(store: Store) -> None:
     r = store.collection("unit16").get(["doc-4"], with_vectors=True)[0]
     assert r is not None and r.rescore is not None and np.array_equal(r.rescore, u16[4].astype(np.float32))
     assert r.code == np.packbits(u16[4, :64] > 0).tobytes()
+    # normalized=True (the caller vouches unit rows): no norm pass, the same stored bytes
+    store.create_collection("vouched", small_config(calibration="none"))
+    vouched = store.collection("vouched")
+    vouched.upsert_arrays(np.asarray(ids), u16, u16[:, :64], normalized=True)
+    pairs = zip(
+        vouched.get(ids, with_vectors=True),
+        store.collection("unit16").get(ids, with_vectors=True),
+        strict=True,
+    )
+    for ra, rb in pairs:
+        assert ra is not None and rb is not None and ra.rescore is not None and rb.rescore is not None
+        assert ra.code == rb.code and np.array_equal(ra.rescore, rb.rescore)
+    for bad, what in ((np.inf, "finite"), (np.nan, "finite"), (0.0, "zero")):
+        y = u16[:3].copy()
+        y[1] = bad
+        with pytest.raises(InvalidArgument, match=what) as err:
+            vouched.upsert_arrays(np.asarray(["x", "y", "z"]), y, y[:, :64], normalized=True)
+        assert err.value.field == "rescore_vectors[1]"
+    assert vouched.count() == n
     # integer ids are stored as their decimal text
     ints = store.collection("ints")
     assert ints.count() == n and ints.get(["14"])[0] is not None and ints.get(["15"])[0] is None
