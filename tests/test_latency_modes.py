@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,11 @@ def held(tmp_path: Path) -> Iterator[tuple[FakeServer, FakeEmbedder]]:
     model = FakeEmbedder()
     with FakeServer(tmp_path, model=model, max_batch=1, http_port=0) as srv:
         yield srv, model
+
+
+def grown(before: SearchSizes, after: SearchSizes) -> SearchSizes:
+    """What the searches between two readings of ``engine.search_sizes`` added."""
+    return SearchSizes(*(getattr(after, f.name) - getattr(before, f.name) for f in fields(SearchSizes)))
 
 
 def sdk(srv: FakeServer) -> ZeroEntropy:
@@ -116,14 +121,7 @@ def test_grpc_latency_is_checked_and_slow_search_plans_4x(held: tuple[FakeServer
                 pb.SearchRequest(collection="docs", text="topic 3", top_k=3, latency=latency)  # type: ignore[arg-type]
             )
             assert len(r.hits) == 3
-            after = engine.search_sizes
-            delta = SearchSizes(
-                after.searches - before.searches,
-                after.high_recall - before.high_recall,
-                after.shortlist - before.shortlist,
-                after.float_reads - before.float_reads,
-            )
-            return delta, engine.batcher.stats.slow_items - slow_before
+            return grown(before, engine.search_sizes), engine.batcher.stats.slow_items - slow_before
 
         for lat in (pb.LATENCY_UNSPECIFIED, pb.LATENCY_FAST):
             assert sizes(lat) == (SearchSizes(1, 0, 120, 12), 0)  # defaults: 4 x top_k, 10 x reads
@@ -203,14 +201,7 @@ def test_http_latency_mode_high_searches_the_larger_shortlist(held: tuple[FakeSe
                 collection_name="papers", query="topic 2", k=2, extra_body={} if mode is None else kw
             )
         assert len(r.results) == 2
-        a = engine.search_sizes
-        delta = SearchSizes(
-            a.searches - before.searches,
-            a.high_recall - before.high_recall,
-            a.shortlist - before.shortlist,
-            a.float_reads - before.float_reads,
-        )
-        return delta, engine.batcher.stats.slow_items - slow_before
+        return grown(before, engine.search_sizes), engine.batcher.stats.slow_items - slow_before
 
     # the measured recall behind the sizes: over HTTP (an extension path) as over gRPC GetCollection
     info = httpx.post(

@@ -38,11 +38,12 @@ from zembed.service.chunking import precise_window
 from zembed.service.engine import Embedded, Engine, usage_bytes
 from zembed.service.errors import InvalidArgument, Overloaded, ServiceError, TooLarge, Unavailable, clip
 from zembed.service.http import models as m
-from zembed.service.http.documents import KIND, Conflict, Documents, Missing, check_name, file_url
+from zembed.service.http.documents import KIND, Conflict, Documents, Missing, Row, check_name, file_url
 from zembed.service.metrics import Metrics
 from zembed.service.runtime.manifest import ManifestError
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.status import status_of
+from zembed.store import Hit
 from zembed.store import errors as store_errors
 
 F32 = npt.NDArray[np.float32]
@@ -497,6 +498,13 @@ def build_app(state: State) -> ASGIApp:
             for p, s in best.items()
         ]
 
+    async def query_passages(
+        docs: Documents, body: m.TopDocumentsBody | m.TopPagesBody | m.TopSnippetsBody, group: str
+    ) -> tuple[list[tuple[Hit, Row]], int]:
+        """The passages a query body asks for; ``latency_mode`` picks the lane and the sizes."""
+        lane = Latency.parse(body.latency_mode, "latency_mode")
+        return await docs.passages(body.collection_name, body.query, body.k, body.filter, lane, group)
+
     @app.post("/v1/queries/top-documents", tags=["queries"])
     async def top_documents(body: m.TopDocumentsBody, request: Request) -> Response:
         _, docs = state.ready()
@@ -505,14 +513,7 @@ def build_app(state: State) -> ASGIApp:
         if body.query is not None:
             check_query(body.query, chars=False)
         docs.collection(body.collection_name)
-        hits, _ = await docs.passages(
-            body.collection_name,
-            body.query,
-            body.k,
-            body.filter,
-            Latency.parse(body.latency_mode, "latency_mode"),
-            "path",
-        )
+        hits, _ = await query_passages(docs, body, "path")
         best: dict[str, float] = {}
         for h, r in hits:
             if r.path not in best and len(best) < body.k:
@@ -527,14 +528,7 @@ def build_app(state: State) -> ASGIApp:
         _, docs = state.ready()
         check_k(body.k, 1024)
         check_query(body.query, chars=False)
-        hits, _ = await docs.passages(
-            body.collection_name,
-            body.query,
-            body.k,
-            body.filter,
-            Latency.parse(body.latency_mode, "latency_mode"),
-            "page",
-        )
+        hits, _ = await query_passages(docs, body, "page")
         pages: dict[tuple[str, int], float] = {}
         best: dict[str, float] = {}
         for h, r in hits:
@@ -567,14 +561,7 @@ def build_app(state: State) -> ASGIApp:
         check_k(body.k, 128)
         no_reranker(body.reranker)
         check_query(body.query, chars=True)
-        hits, _ = await docs.passages(
-            body.collection_name,
-            body.query,
-            body.k,
-            body.filter,
-            Latency.parse(body.latency_mode, "latency_mode"),
-            "passage",
-        )
+        hits, _ = await query_passages(docs, body, "passage")
         results = []
         best: dict[str, float] = {}
         for h, r in hits[: body.k]:
