@@ -609,3 +609,45 @@ def test_failure_rules() -> None:
         for s, pos in fanout.route([f"i{k}" for k in range(50)], 5).items()
         for i in [f"i{k}" for k in pos]
     )
+
+
+def test_zembed_serve_shards_from_the_command_line(tmp_path: Path, tiny_fp32: Path) -> None:
+    """The real command (`zembed serve --shards`, no --data) over two shard servers, with a real
+    exported model in the router: it serves searches (vectors) and embeddings."""
+    shards = [FakeServer(tmp_path / f"s{i}") for i in range(2)]
+    cmd = [sys.executable, "-m", "zembed.service.cli", "serve", "--model", str(tiny_fp32), "--port", "0"]
+    cmd += ["--shards", ",".join(s.target for s in shards), "--drain-delay-s", "0", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = 0
+        for line in proc.stdout:
+            if line.startswith("zembed: serving on port"):
+                port = int(line.split()[-1])
+                break
+        assert port, proc.stderr.read() if proc.stderr else ""
+        target = f"127.0.0.1:{port}"
+        r = stub(target)
+        r.CreateCollection(pb.CreateCollectionRequest(name="docs", config=CONFIG), timeout=60)
+        x = unit(40, 12)
+        docs = [document(f"c{i}", x[i], "t0") for i in range(40)]
+        assert r.Upsert(pb.UpsertRequest(collection="docs", documents=docs), timeout=60).upserted == 40
+        counts = [
+            stub(s.target).GetCollection(pb.GetCollectionRequest(name="docs")).collection.count
+            for s in shards
+        ]
+        assert sum(counts) == 40 and min(counts) > 0
+        got = r.Search(query(x[3], top_k=3), timeout=60)
+        assert got.hits[0].id == "c3" and got.hits[0].score == pytest.approx(1.0, abs=1e-3)
+        emb = pb_grpc.EmbeddingServiceStub(channel(target)).Embed(
+            pb.EmbedRequest(inputs=["hello"]), timeout=60
+        )
+        assert emb.dimensions > 0 and len(emb.embeddings) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        for s in shards:
+            s.stop()
