@@ -428,7 +428,13 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
                 if context.time_remaining() is not None:
                     timeout = self.timeout(context)
                 res = await self._search(req.search, timeout)
-                return pb.SearchStreamResponse(id=req.id, status=convert.status(), hits=res.hits)
+                return pb.SearchStreamResponse(
+                    id=req.id,
+                    status=convert.status(),
+                    hits=res.hits,
+                    partial=res.partial,
+                    missing_shards=res.missing_shards,
+                )
             except Exception as exc:
                 return pb.SearchStreamResponse(id=req.id, status=_item_status(exc))
 

@@ -94,7 +94,7 @@ def _close_channels() -> Iterator[None]:
     _channels.clear()
 
 
-def ranked(resp: pb.SearchResponse) -> list[tuple[str, float]]:
+def ranked(resp: pb.SearchResponse | pb.SearchStreamResponse) -> list[tuple[str, float]]:
     return [(h.id, h.score) for h in resp.hits]
 
 
@@ -428,6 +428,24 @@ def test_a_shard_killed_mid_query_is_unavailable_within_the_deadline(
     assert got.missing_shards[0].status.code == grpc.StatusCode.UNAVAILABLE.value[0]
     want = fanout.merge_hits([stub(s.target).Search(query(v, top_k=10), timeout=20).hits for s in shards], 10)
     assert ranked(got) == [(h.id, h.score) for h in want]
+    streamed = list(
+        r.SearchStream(
+            iter(
+                [
+                    pb.SearchStreamRequest(id="p", search=query(v, top_k=10, allow_partial=True)),
+                    pb.SearchStreamRequest(id="q", search=query(v, top_k=10)),
+                ]
+            ),
+            timeout=20,
+        )
+    )
+    by_id = {m.id: m for m in streamed}
+    assert by_id["p"].status.code == 0 and by_id["p"].partial
+    assert [m.shard for m in by_id["p"].missing_shards] == [2] and ranked(by_id["p"]) == ranked(got)
+    assert (
+        by_id["q"].status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        and "shard 2" in by_id["q"].status.message
+    )
     # writes routed to the dead shard fail naming it; those for live shards went through
     x = unit(40, 6)
     docs = [document(f"w{i}", x[i], "t0") for i in range(40)]

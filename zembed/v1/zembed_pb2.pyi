@@ -617,11 +617,15 @@ class SearchStreamRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., search: _Optional[_Union[SearchRequest, _Mapping]] = ...) -> None: ...
 
 class SearchStreamResponse(_message.Message):
-    __slots__ = ("id", "status", "hits")
+    __slots__ = ("id", "status", "hits", "partial", "missing_shards")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: Status
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+    partial: bool
+    missing_shards: _containers.RepeatedCompositeFieldContainer[ShardFailure]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[_Union[ShardFailure, _Mapping]]] = ...) -> None: ...
