@@ -46,10 +46,12 @@ BATCH = 65536
 FMT1_BATCH = 10_000
 
 
-def rss() -> int:
+def rss(kind: str = "VmRSS") -> int:
+    """Resident bytes: ``VmRSS`` (all), ``RssAnon`` (private memory), ``RssFile`` (mapped file pages:
+    page cache the kernel may drop)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -123,7 +125,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             for f in store.iterdir():
                 fsync(f)
             fsync(store)
-        elif kind == "fmt2":
+        elif kind in ("fmt2", "fmt2v"):
             with Store(store) as s:
                 s.create_collection(
                     "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
@@ -131,7 +133,12 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
                 c = s.collection("c")
                 ids = np.arange(n, dtype=np.int64)
                 for b in range(0, n, BATCH):
-                    c.upsert_arrays(ids[b : b + BATCH], x[b : b + BATCH])
+                    if kind == "fmt2":  # what faiss gets: the codes, and unit vectors (as a model gives them)
+                        c.upsert_arrays(
+                            ids[b : b + BATCH], x[b : b + BATCH], codes=codes[b : b + BATCH], normalized=True
+                        )
+                    else:  # the vectors only: codes computed, every norm checked
+                        c.upsert_arrays(ids[b : b + BATCH], x[b : b + BATCH])
         else:  # fmt1: its list path (ids as strings, float32 batches)
             with Store(store) as s:
                 s.create_collection(
@@ -159,7 +166,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             index = faiss.read_index_binary(str(store / "codes.faissb"))
             vecs = np.memmap(store / "x16.f16", dtype=np.float16, mode="r").reshape(-1, DIMS)
             secs = time.perf_counter() - t
-            after = rss()
+            after, anon, mapped = rss(), rss("RssAnon"), rss("RssFile")
             _, hit = index.search(np.packbits(q > 0)[None, :], 100)
             top = int(hit[0][np.argmax(vecs[hit[0]].astype(np.float32) @ q)])
             count = index.ntotal
@@ -167,7 +174,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             s = Store(store)
             c = s.collection("c")
             secs = time.perf_counter() - t
-            after = rss()
+            after, anon, mapped = rss(), rss("RssAnon"), rss("RssFile")
             top = int(c.search(q, top_k=1)[0][0].id)
             count = c.count()
             s.close()
@@ -175,6 +182,8 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             "seconds": secs,
             "rss_after_open": after,
             "rss_delta": after - base,
+            "rss_anon": anon,
+            "rss_file": mapped,
             "top": top,
             "count": count,
         }
@@ -205,6 +214,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fmt1-rounds", type=int, default=1, help="rounds of format 1 (slow)")
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -220,7 +230,8 @@ def main() -> None:
     data = base / "data"
     data.mkdir(parents=True)
     fmt1 = args.fmt1 if (args.fmt1 / "zembed" / "store" / "layout.py").exists() else None
-    kinds = ["fmt2", "faiss"] + (["fmt1"] if fmt1 else [])
+    kinds = ["fmt2", "faiss", "fmt2v"] + (["fmt1"] if fmt1 else [])
+    cols = [k for k in kinds if k != "fmt2v"]  # fmt2v: the same store as fmt2, only its ingest differs
     results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"ingest": [], "reopen": []} for k in kinds}
     disk: dict[str, dict[str, Any]] = {}
     try:
@@ -229,13 +240,19 @@ def main() -> None:
         print(f"data: {args.rows} x {DIMS} float16 + codes in {time.perf_counter() - t:.1f} s", flush=True)
         for r in range(args.rounds):
             for kind in kinds:
+                if kind == "fmt1" and r >= args.fmt1_rounds:
+                    continue
                 store = base / f"{kind}-store"
                 shutil.rmtree(store, ignore_errors=True)
                 res = run_child(kind, "ingest", data, store, fmt1)
                 results[kind]["ingest"].append(res)
+                if kind == "fmt2v":
+                    shutil.rmtree(store, ignore_errors=True)
+                    print(f"round {r} {kind}: ingest {res['seconds']:.2f} s", flush=True)
+                    continue
                 for _ in range(2):
                     results[kind]["reopen"].append(run_child(kind, "reopen", data, store, fmt1))
-                if r == args.rounds - 1:
+                if r == args.rounds - 1 or (kind == "fmt1" and r == args.fmt1_rounds - 1):
                     disk[kind] = run_child(kind, "disk", data, store, fmt1)
                 print(
                     f"round {r} {kind}: ingest {res['seconds']:.2f} s, reopen "
@@ -245,7 +262,7 @@ def main() -> None:
                 if kind == "fmt1" or r < args.rounds - 1:
                     shutil.rmtree(store, ignore_errors=True)  # bounded disk: one store of each at most
         raw = args.rows * (DIMS // 8 + DIMS * 2 + 8)
-        rows = []
+        rows: list[list[Any]] = []
 
         def med(kind: str, action: str, key: str) -> float:
             return float(np.median([x[key] for x in results[kind][action]]))
@@ -254,27 +271,42 @@ def main() -> None:
             vals = [x[key] * scale for x in results[kind][action]]
             return f"{fmt.format(min(vals))}-{fmt.format(max(vals))}"
 
-        for kind in kinds:
+        for kind in cols:
             assert all(x["count"] == args.rows for x in results[kind]["reopen"]), kind
+        ingest = ["durable ingest (docs/s)"] + [
+            spread(k, "ingest", "docs_per_s", 1.0, "{:,.0f}") for k in cols
+        ]
+        rows.append(
+            [*ingest, f"{med('fmt2', 'ingest', 'docs_per_s') / med('faiss', 'ingest', 'docs_per_s'):.2f}"]
+        )
+        checked = [
+            "  vectors only (codes computed, norms checked)",
+            spread("fmt2v", "ingest", "docs_per_s", 1.0, "{:,.0f}"),
+        ]
+        checked += [""] * (len(cols) - 1)
+        rows.append(
+            [*checked, f"{med('fmt2v', 'ingest', 'docs_per_s') / med('faiss', 'ingest', 'docs_per_s'):.2f}"]
+        )
         for label, action, key, scale, fmt in (
-            ("durable ingest (docs/s)", "ingest", "docs_per_s", 1.0, "{:,.0f}"),
             ("reopen (s)", "reopen", "seconds", 1.0, "{:.3f}"),
             ("RSS right after open (MB)", "reopen", "rss_after_open", 1e-6, "{:.0f}"),
+            ("  private (RssAnon, MB)", "reopen", "rss_anon", 1e-6, "{:.0f}"),
+            ("  mapped file pages (RssFile, MB)", "reopen", "rss_file", 1e-6, "{:.0f}"),
         ):
-            row: list[Any] = [label] + [spread(k, action, key, scale, fmt) for k in kinds]
-            ratio = med("fmt2", action, key) / med("faiss", action, key)
+            row: list[Any] = [label] + [spread(k, action, key, scale, fmt) for k in cols]
+            ratio = med("fmt2", action, key) / (med("faiss", action, key) or 1.0)
             row.append(f"{ratio:.2f}")
             rows.append(row)
         rows.append(
             ["bytes in use / raw"]
-            + [f"{disk[k]['used'] / 1e9:.3f} GB ({disk[k]['used'] / raw:.3f}x)" for k in kinds]
+            + [f"{disk[k]['used'] / 1e9:.3f} GB ({disk[k]['used'] / raw:.3f}x)" for k in cols]
             + [f"{disk['fmt2']['used'] / disk['faiss']['used']:.2f}"]
         )
         rows.append(
             ["allocated / in use"]
             + [
                 f"{disk[k]['allocated'] / 1e9:.3f} GB ({disk[k]['allocated'] / disk[k]['used']:.3f}x)"
-                for k in kinds
+                for k in cols
             ]
             + [f"{disk['fmt2']['allocated'] / disk['faiss']['allocated']:.2f}"]
         )

@@ -131,6 +131,7 @@ def append(
     out_starts: list[int] = []
     out_lengths: list[int] = []
     from_row = first
+    puts: list[tuple[bytes, U8, U8]] = []
     pos = 0
     while pos < n:
         row = first + pos
@@ -152,16 +153,20 @@ def append(
             txn.delete(run_key(cid, p_start), db=cdb)
             txn.delete(run_key(cid, p_start), db=vdb)
             start, length = p_start, length + p_len
-        key = run_key(cid, start)
         c_val = c_parts[0] if len(c_parts) == 1 else np.concatenate(c_parts)
         v_val = v_parts[0] if len(v_parts) == 1 else np.concatenate(v_parts)
-        txn.put(key, np.ascontiguousarray(c_val).data, db=cdb)
-        txn.put(key, np.ascontiguousarray(v_val).data, db=vdb)
+        puts.append((run_key(cid, start), c_val, v_val))
         if not out_starts:
             from_row = start
         out_starts.append(start)
         out_lengths.append(length)
         pos += take
+    # all code runs first, then all vector runs: the codes of a batch get neighbouring pages, so a
+    # reopen that maps them (large page-cache folios included) maps little of the vectors
+    for key, c_val, _ in puts:
+        txn.put(key, np.ascontiguousarray(c_val).data, db=cdb)
+    for key, _, v_val in puts:
+        txn.put(key, np.ascontiguousarray(v_val).data, db=vdb)
     return from_row, out_starts, out_lengths
 
 

@@ -38,9 +38,6 @@ class View:
     n: int  # positions [0, n) are visible (subject to masks)
     live: int  # number of live rows
 
-    def rowid(self, pos: int) -> int:
-        return int(self.rowids[pos // CHUNK_ROWS][pos % CHUNK_ROWS])
-
     def rowids_of(self, positions: I64) -> I64:
         """Row ids of many positions (a shortlist), gathered in C."""
         out = np.empty(len(positions), dtype=np.int64)

@@ -137,10 +137,6 @@ class CollectionRecord:
             cal is Calibration.AUTO and not self.final
         )
 
-    @property
-    def pending_calibration(self) -> bool:
-        return self.collecting
-
     def due(self) -> bool:
         """Whether the collection's size calls for a calibration now (see :class:`Calibration`)."""
         cap = self.config.calibration_sample
