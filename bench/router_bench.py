@@ -34,9 +34,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, start_server, table, write_json
 
-from bench.common import ROOT, start_server, table, write_json
 from zembed.store import CollectionConfig, RescoreDtype, Store
 from zembed.store.config import Calibration
 from zembed.store.sharding import shards_of
@@ -86,9 +87,9 @@ def build(root: Path, per_shard: int) -> None:
         x = chunk_vectors(start, n).astype(np.float16)
         colls[SHARDS].upsert_arrays(ids, x)
         where = shards_of(ids.tolist(), SHARDS)
-        for s in range(SHARDS):
-            sel = where == s
-            colls[s].upsert_arrays(ids[sel], x[sel])
+        for shard in range(SHARDS):
+            sel = where == shard
+            colls[shard].upsert_arrays(ids[sel], x[sel])
         if start // CHUNK % 10 == 0:
             rate = (start + n) / (time.perf_counter() - t)
             print(f"  {start + n:,} / {total:,} documents ({rate:,.0f}/s, written twice)", flush=True)

@@ -33,7 +33,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -131,7 +131,10 @@ class ShardSet:
         self._resolved: dict[int, tuple[float, list[str]]] = {}
         self._seen: dict[int, list[str]] = {}  # the replica set each balanced channel last saw
         self._retired: set[asyncio.Task[None]] = set()
-        self.getaddrinfo = asyncio.get_running_loop().getaddrinfo  # tests put a fake resolver here
+        # host, port, type= -> [(family, type, proto, canonname, sockaddr)]; tests put a fake here
+        self.getaddrinfo: Callable[..., Awaitable[list[tuple[Any, ...]]]] = (
+            asyncio.get_running_loop().getaddrinfo
+        )
 
     def _channel(self, target: str, extra: list[tuple[str, Any]], server_name: str = "") -> grpc.aio.Channel:
         options = [*self._options, *extra]
