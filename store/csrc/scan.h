@@ -93,11 +93,13 @@ static inline unsigned zs_lanes(const uint8_t *mask, zs_size b, zs_size n) {
 }
 
 /* Software prefetch this many bytes ahead of the block being scored, by the first query of a tile
- * (the others find the tile in L1). The kernels that spend a few ns of compute per row (AVX2,
- * scalar, NEON) otherwise fall behind the hardware prefetcher: measured on one core, 1M 640-bit
- * rows, AVX2 went from 1.66x to 1.15-1.2x the read-only floor with 2.5-20 KB ahead; AVX-512
- * VPOPCNTDQ is at the floor without it and does not prefetch. */
+ * (the others find the tile in L1). Without it the kernels fall behind the hardware prefetcher on a
+ * single-query scan: measured on one core of a shared 2-core Xeon, 1M 640-bit rows, AVX2 went from
+ * 1.66x to 1.1-1.2x the read-only pass and scalar popcnt from 2.2x to 1.2-1.3x (2.5 to 20 KB ahead
+ * all alike); AVX-512 from 1.09x to 0.91-0.94x (CPU-time medians). */
+#ifndef ZS_PREFETCH_BYTES
 #define ZS_PREFETCH_BYTES 6144
+#endif
 #define ZS_PREFETCH_BLOCK(blk, W)                                                                 \
     for (int pw_ = 0; pw_ < (W); pw_++) __builtin_prefetch((const char *)(blk) + ZS_PREFETCH_BYTES + pw_ * 64, 0, 3)
 

@@ -23,6 +23,7 @@
             __m512i thr = _mm512_set1_epi64(zs_threshold(h, q));                                  \
             for (zs_size b = b0; b < b1; b++) {                                                   \
                 const uint64_t *blk = codes + b * (W) * 8;                                        \
+                if (q == 0) ZS_PREFETCH_BLOCK(blk, W);                                            \
                 __m512i acc = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(blk), qw[0])); \
                 for (int w = 1; w < (W); w++)                                                     \
                     acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(             \
@@ -60,6 +61,7 @@ AVX512 static void scan_rowlanes(ZS_SCAN_ARGS) {
             __m512i tv = _mm512_loadu_si512(thr);                                                 \
             for (zs_size b = b0; b < b1; b++) {                                                   \
                 const uint64_t *blk = codes + b * (W) * 8;                                        \
+                if (g == 0) ZS_PREFETCH_BLOCK(blk, W);                                            \
                 unsigned rows_ok = zs_lanes(mask, b, n);                                          \
                 while (rows_ok) {                                                                 \
                     int r = __builtin_ctz(rows_ok);                                               \
