@@ -251,6 +251,8 @@ class Collection:
             used,
             allocated,
             used // rec.count if rec.count else 0,
+            rec.measured_at or rec.calibrated_at,
+            rec.measured_with_samples,
         )
 
     def _disk_usage(self) -> tuple[int, int]:
@@ -529,9 +531,17 @@ class Collection:
                 self._install(built)
             return freed
 
-    def calibrate(self) -> tuple[float, ...]:
+    def calibrate(self, sample_queries: npt.ArrayLike | None = None) -> tuple[float, ...]:
         """Calibrate now from the documents held (thresholds, refine model, measured recall) and
-        rebuild every code; for ``auto`` the next calibration comes when the count doubles again."""
+        rebuild every code; for ``auto`` the next calibration comes when the count doubles again.
+        ``sample_queries`` (code vectors of real queries, at most 128 used) are what the recall
+        table is measured with instead of stored rows. A final calibration is refused: see
+        :meth:`measure` to measure it again."""
+        samples = None
+        if sample_queries is not None:
+            arr = np.asarray(sample_queries, dtype=np.float32)
+            nq = 1 if arr.ndim == 1 else int(arr.shape[0])
+            samples = validate.vectors(arr, "sample_queries", nq, self.bits).unit()
         with self.env.write_lock:
             self._check_open()
             if self.config.calibration is Calibration.NONE:
@@ -554,13 +564,109 @@ class Collection:
 
             def txn_fn(txn: lmdb.Transaction) -> _Built:
                 rec = self._record_in(txn)
-                new = _calibrate_in_txn(txn, self.env.dbs, replace(rec, gen=rec.gen + 1), self.bits)
+                new = _calibrate_in_txn(
+                    txn, self.env.dbs, replace(rec, gen=rec.gen + 1), self.bits, queries=samples
+                )
                 self._write_record(txn, new)
                 return self._build(txn, new)
 
             self._install(self.env.write(txn_fn))
             assert self._rec.thresholds is not None
             return self._rec.thresholds
+
+    def measure(
+        self, code_queries: npt.ArrayLike | None = None, rescore_queries: npt.ArrayLike | None = None
+    ) -> CollectionInfo:
+        """Measure the recall table again on the collection as it is now, by running its own search
+        at every setting of the calibration grid against exact search (which reads every rescore
+        vector once per call), and keep it for ``recall_target`` and GetCollection. A calibration
+        measures the rows it fits (at most ``calibration_sample``); a collection that has grown past
+        that reaches less recall with the same sizes, and real queries (e.g. in another language)
+        sit farther from the documents than stored rows do. Sample queries: ``code_queries`` (and
+        ``rescore_queries`` where the rescore vectors differ; at most 128 used), else 128 stored
+        rows, each searched leave-one-out (only where code and rescore vectors are the same).
+        Writers are not blocked while it measures; if the codes are recalibrated meanwhile the
+        call is refused (WouldBlock) and can be repeated."""
+        self._check_open()
+        k = calibration.K
+        if code_queries is not None:
+            cq, rq = self._queries(code_queries, rescore_queries, need_rescore=True)
+            cq, rq = (
+                cq[: calibration.SAMPLE_QUERIES],
+                rq[: calibration.SAMPLE_QUERIES] if rq is not None else None,
+            )
+            own: list[str] | None = None
+        else:
+            if self.config.rescore_dims != self.bits:
+                raise InvalidArgument(
+                    "sample_queries",
+                    f"are required for collection {self.name!r}: its code vectors ({self.bits} dims) are "
+                    f"not its rescore vectors ({self.config.rescore_dims} dims), so stored rows cannot "
+                    "stand for queries",
+                )
+            ids = self._sample_ids(calibration.SAMPLE_QUERIES)
+            if len(ids) < 2:
+                raise InvalidArgument(
+                    "sample_queries", f"stored rows as queries need at least 2 documents; given {len(ids)}"
+                )
+            vecs = [(r.id, r.rescore) for r in self.get(ids, with_vectors=True) if r is not None]
+            own = [i for i, v in vecs if v is not None]
+            cq = np.stack([v for _, v in vecs if v is not None]).astype(np.float32)
+            rq = cq
+        before = self._rec
+        extra = 0 if own is None else 1
+        exact = self.exact_search(rq, top_k=k + extra)
+        truth = [[h.id for h in hs] for hs in exact]
+
+        def run(p: SearchParams) -> list[list[str]]:
+            if extra:
+                p = replace(p, top_k=k + 1, float_reads=p.float_reads + 1, shortlist=p.shortlist + 1)
+            return [[h.id for h in hs] for hs in self.search(cq, rq, p)]
+
+        if own is not None:
+            truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
+            search = run
+
+            def run_loo(p: SearchParams) -> list[list[str]]:
+                got = search(p)
+                return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
+
+            tuning = calibration.measure_by_search(run_loo, truth)
+        else:
+            tuning = calibration.measure_by_search(run, truth)
+        with self.env.write_lock:
+            self._check_open()
+
+            def txn_fn(txn: lmdb.Transaction) -> _Built:
+                rec = self._record_in(txn)
+                if rec.thresholds != before.thresholds or rec.centre != before.centre:
+                    raise WouldBlock(
+                        f"collection {self.name!r} was recalibrated while it was measured; call again"
+                    )
+                new = replace(
+                    rec,
+                    gen=rec.gen + 1,
+                    tuning=tuning,
+                    measured_at=rec.count,
+                    measured_with_samples=own is None,
+                )
+                self._write_record(txn, new)
+                return self._build(txn, new)
+
+            self._install(self.env.write(txn_fn))
+        return self.info()
+
+    def _sample_ids(self, n: int) -> list[str]:
+        """Up to ``n`` stored ids spread over the collection (a fixed stride over the live rows)."""
+        with self.env.reader(buffers=True) as txn:
+            ids = [
+                str(k[len(cid_prefix(self._rec.cid)) :], "utf-8")
+                for k, _ in iter_prefix(txn, self.env.dbs["ids"], cid_prefix(self._rec.cid))
+            ]
+        if len(ids) <= n:
+            return ids
+        step = len(ids) / n
+        return [ids[int(i * step)] for i in range(n)]
 
     def add_filterable(self, fields: Sequence[str]) -> CollectionInfo:
         """Declare more metadata fields filterable, indexing the values the stored documents already
@@ -988,6 +1094,7 @@ def _calibrate_in_txn(
     bits: int,
     new_keys: Sequence[bytes] = (),
     new_vecs: F32 | None = None,
+    queries: F32 | None = None,
 ) -> CollectionRecord:
     """Calibrate from the kept code vectors plus this batch's (``new_keys`` / ``new_vecs``, not yet
     kept), rewrite all those rows' codes in their blocks, and keep the batch's vectors, or, when the
@@ -1003,7 +1110,7 @@ def _calibrate_in_txn(
     batch = new_vecs if new_vecs is not None else np.zeros((0, bits), np.float32)
     x = np.concatenate([kept, batch]) if len(batch) else kept
     cap = rec.config.calibration_sample
-    model, tuning = calibration.calibrate(x, measure_rows=cap)
+    model, tuning = calibration.calibrate(x, measure_rows=cap, queries=queries)
     final = rec.count >= cap or rec.config.calibration is Calibration.MEDIAN  # median: one calibration
     new_codes = quantize.binarize(x, model.thresholds)
     runs, codes = blocks.read_all(txn, dbs, rec.cid, quantize.code_bytes(bits), "cblocks")
@@ -1025,6 +1132,8 @@ def _calibrate_in_txn(
         calibrated_at=rec.count,
         final=final,
         tuning=tuning,
+        measured_at=0,
+        measured_with_samples=queries is not None,
     )
 
 

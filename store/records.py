@@ -66,6 +66,10 @@ class CollectionInfo:
     bytes_in_use: int = 0
     bytes_allocated: int = 0
     bytes_per_document: int = 0
+    #: documents held when ``tuning`` was measured (the calibration's count, or a later
+    #: :meth:`Collection.measure`), and whether workload sample queries (not stored rows) were used
+    measured_at: int = 0
+    measured_with_samples: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class CollectionRecord:
     calibrated_at: int = 0
     final: bool = False
     tuning: Tuning = field(default_factory=Tuning)
+    #: documents held when ``tuning`` was last measured (0: at the calibration), sample queries used
+    measured_at: int = 0
+    measured_with_samples: bool = False
     #: rows deleted or replaced whose slots in the blocks await compaction (format 2)
     dead: int = 0
 
@@ -103,6 +110,8 @@ class CollectionRecord:
                 "calibrated_at": self.calibrated_at,
                 "final": self.final,
                 "tuning": self.tuning.to_json(),
+                "measured_at": self.measured_at,
+                "measured_with_samples": self.measured_with_samples,
                 "dead": self.dead,
             }
         ).encode()
@@ -126,6 +135,8 @@ class CollectionRecord:
             # a median calibration written by the earlier version was final once it existed
             final=bool(d.get("final", config.calibration is Calibration.MEDIAN and t is not None)),
             tuning=Tuning.from_json(d.get("tuning")),
+            measured_at=int(d.get("measured_at", 0)),
+            measured_with_samples=bool(d.get("measured_with_samples", False)),
             dead=int(d.get("dead", 0)),
         )
 

@@ -5,13 +5,17 @@ refused with the shape expected."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from zembed.store import CollectionConfig, RescoreDtype, Store, quantize
+from zembed.store import Collection, CollectionConfig, InvalidArgument, RescoreDtype, Store, quantize
+from zembed.store import calibrate as calibration
 from zembed.store.calibrate import GRID, K, calibrate, measure_by_search
+from zembed.store.errors import WouldBlock
+from zembed.store.params import SearchParams
 
 F32 = npt.NDArray[np.float32]
 
@@ -84,3 +88,97 @@ def test_measuring_by_search_equals_the_simulation_on_a_real_collection(tmp_path
     for (_, _, a), (_, _, b) in zip(measured.points, simulated.points, strict=True):
         assert a == pytest.approx(b, abs=1e-9)
     assert any(v < 1.0 for *_, v in measured.points)  # the grid is not trivially perfect here
+
+
+def _grown_final_collection(s: Store, x: F32) -> Collection:
+    """Final calibration at 200 rows, then grown to len(x)."""
+    s.create_collection(
+        "g",
+        CollectionConfig(
+            code_bits=x.shape[1],
+            rescore_dims=x.shape[1],
+            rescore_dtype=RescoreDtype.FLOAT32,
+            calibration_sample=200,
+        ),
+    )
+    c = s.collection("g")
+    for i in range(0, len(x), 100):
+        c.upsert([f"d{j}" for j in range(i, min(i + 100, len(x)))], x[i : i + 100])
+    return c
+
+
+def _recall_at_defaults(c: Collection, q: F32) -> float:
+    got = c.search(q, q, SearchParams(top_k=K))
+    truth = c.exact_search(q, top_k=K)
+    return float(
+        np.mean([len({h.id for h in g} & {h.id for h in t}) / K for g, t in zip(got, truth, strict=True)])
+    )
+
+
+def test_measure_again_when_the_collection_has_outgrown_its_calibration(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    x = unit(rng.normal(size=(3000, 32)).astype(np.float32) / 4 + 1.0)
+    with Store(tmp_path / "s", map_size=256 << 20) as s:
+        c = _grown_final_collection(s, x)
+        before = c.info()
+        assert before.calibration_final and before.calibrated_at == 200 and before.measured_at == 200
+        with pytest.raises(InvalidArgument, match="already calibrated"):
+            c.calibrate()
+        after = c.measure()  # stored rows, leave-one-out, on all 3,000
+        assert after.measured_at == 3000 and not after.measured_with_samples
+        assert after.tuning.points != before.tuning.points
+        assert after.thresholds == before.thresholds  # codes untouched
+        # workload queries from outside: the recall kept at the defaults is the one the search gets
+        q = unit(x[rng.choice(3000, 60, replace=False)] + rng.normal(size=(60, 32)).astype(np.float32) / 6)
+        sampled = c.measure(q)
+        assert sampled.measured_with_samples
+        assert sampled.measured_recall == pytest.approx(_recall_at_defaults(c, q[:128]), abs=1e-9)
+        # recall_target now resolves against the new table, and it survives a reopen
+        want = sampled.tuning.choose(0.97)
+        assert want is not None
+        plan = c.plan(SearchParams(top_k=K, recall_target=0.97))
+        assert (plan.float_reads, plan.shortlist) == (K * want[0], min(K * want[0] * want[1], 3000))
+    with Store(tmp_path / "s", map_size=256 << 20) as s:
+        assert s.collection("g").info().tuning == sampled.tuning
+
+
+def test_measure_needs_samples_where_code_and_rescore_vectors_differ(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x = unit(rng.normal(size=(50, 16)).astype(np.float32))
+    with Store(tmp_path / "s", map_size=64 << 20) as s:
+        s.create_collection(
+            "d", CollectionConfig(code_bits=8, rescore_dims=16, rescore_dtype=RescoreDtype.FLOAT32)
+        )
+        c = s.collection("d")
+        c.upsert([f"d{i}" for i in range(50)], x[:, :8], x)
+        with pytest.raises(InvalidArgument, match=r"sample_queries.*8 dims.*16 dims"):
+            c.measure()
+        info = c.measure(unit(x[:5, :8] + 0.1), unit(x[:5] + 0.1))
+        assert info.measured_with_samples and info.measured_at == 50
+
+
+def test_a_recalibration_during_measure_refuses_it_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(4)
+    x = unit(rng.normal(size=(300, 16)).astype(np.float32) + 0.5)
+    with Store(tmp_path / "s", map_size=64 << 20) as s:
+        s.create_collection(
+            "r", CollectionConfig(code_bits=16, rescore_dims=16, rescore_dtype=RescoreDtype.FLOAT32)
+        )
+        c = s.collection("r")
+        c.upsert([f"d{i}" for i in range(300)], x)
+        real = calibration.measure_by_search
+
+        def racing(search: Any, truth: Any) -> Any:
+            out = real(search, truth)
+            # a writer adds different documents and recalibrates meanwhile (new thresholds)
+            c.upsert([f"e{i}" for i in range(100)], unit(x[:100] - 1.0))
+            c.calibrate(x[:20] + 0.05)
+            return out
+
+        monkeypatch.setattr(calibration, "measure_by_search", racing)
+        with pytest.raises(WouldBlock, match="recalibrated while it was measured"):
+            c.measure()
+        info = c.info()
+        assert info.measured_with_samples and info.measured_at == 400  # the calibration's, kept
