@@ -21,6 +21,7 @@ Format 1 is the code of commit 1885117 run from a git worktree (``--fmt1 /tmp/fm
 deleted at the end.
 
     .venv/bin/python bench/store_format.py [--rows 1000000] [--rounds 3] [--fmt1 /tmp/fmt1]
+    .venv/bin/python bench/store_format.py --standin 10000000   # the 10M figures (see standin())
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
         if kind == "faiss":
             import faiss
         else:
-            from zembed.store import CollectionConfig, Store
+            from zembed.store import Calibration, CollectionConfig, Store
         t = time.perf_counter()
         if kind == "faiss":
             store.mkdir(parents=True)
@@ -128,7 +129,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
         elif kind in ("fmt2", "fmt2v"):
             with Store(store) as s:
                 s.create_collection(
-                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
+                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
                 )
                 c = s.collection("c")
                 ids = np.arange(n, dtype=np.int64)
@@ -142,7 +143,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
         else:  # fmt1: its list path (ids as strings, float32 batches)
             with Store(store) as s:
                 s.create_collection(
-                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
+                    "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
                 )
                 c = s.collection("c")
                 for b in range(0, n, FMT1_BATCH):
@@ -163,13 +164,13 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
         base = rss()
         t = time.perf_counter()
         if kind == "faiss":
-            index = faiss.read_index_binary(str(store / "codes.faissb"))
+            loaded: Any = faiss.read_index_binary(str(store / "codes.faissb"))
             vecs = np.memmap(store / "x16.f16", dtype=np.float16, mode="r").reshape(-1, DIMS)
             secs = time.perf_counter() - t
             after, anon, mapped = rss(), rss("RssAnon"), rss("RssFile")
-            _, hit = index.search(np.packbits(q > 0)[None, :], 100)
+            _, hit = loaded.search(np.packbits(q > 0)[None, :], 100)
             top = int(hit[0][np.argmax(vecs[hit[0]].astype(np.float32) @ q)])
-            count = index.ntotal
+            count = loaded.ntotal
         else:
             s = Store(store)
             c = s.collection("c")
@@ -191,6 +192,57 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
         used = sum(f.stat().st_size for f in store.iterdir()) if kind == "faiss" else lmdb_used(store)
         return {"used": used, "allocated": du(store)}
     raise ValueError(action)
+
+
+def standin(base: Path, rows: int) -> dict[str, Any]:
+    """The 10M figures without 26 GB of disk: ``rows`` documents with 640-bit codes and 16-dim
+    float16 vectors measure what grows per document (the id trees), exactly as at full size; the
+    blocks of 1280-dim float16 vectors are whole LMDB values whose pages are known in advance (one
+    run of 4,096 rows = ceil((4096 x 2560 + 16) / 4096) overflow pages). Used and allocated at 10M x
+    1280 dims = measured trees + exact blocks (+ the preallocation policy's ahead)."""
+    from zembed.store import Calibration, CollectionConfig, Store
+    from zembed.store.blocks import BLOCK_ROWS
+    from zembed.store.layout import PREALLOCATE_MAX, PREALLOCATE_MIN
+
+    small = 16
+    store = base / "standin"
+    rng = np.random.default_rng(1)
+    t = time.perf_counter()
+    with Store(store) as s:
+        s.create_collection(
+            "c", CollectionConfig(code_bits=DIMS, rescore_dims=small, calibration=Calibration.NONE)
+        )
+        c = s.collection("c")
+        for b in range(0, rows, BATCH):
+            m = min(BATCH, rows - b)
+            x = rng.standard_normal((m, small), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            codes = rng.integers(0, 256, (m, DIMS // 8), dtype=np.uint8)
+            c.upsert_arrays(np.arange(b, b + m), x.astype(np.float16), codes=codes, normalized=True)
+        usage = s.env.usage()
+    secs = time.perf_counter() - t
+    psize = 4096
+    trees = usage["bytes_in_use"] - usage["block_bytes"]
+    nblocks = -(-rows // BLOCK_ROWS)
+
+    def block_pages(width: int) -> int:
+        return nblocks * (-(-(BLOCK_ROWS * width + 16) // psize)) * psize
+
+    used = trees + block_pages(DIMS // 8) + block_pages(1280 * 2) + nblocks * 2 * 24
+    allocated = used + min(max(used // 8, PREALLOCATE_MIN), PREALLOCATE_MAX)
+    raw = rows * (DIMS // 8 + 1280 * 2 + 8)
+    out = {
+        "rows": rows,
+        "ingest_s": secs,
+        "measured": usage,
+        "measured_allocated_over_used": usage["bytes_allocated"] / usage["bytes_in_use"],
+        "tree_bytes_per_doc": trees / rows,
+        "used_1280": used,
+        "allocated_1280_at_most": allocated,
+        "raw_1280": raw,
+    }
+    shutil.rmtree(store, ignore_errors=True)
+    return out
 
 
 def run_child(kind: str, action: str, data: Path, store: Path, fmt1: Path | None) -> dict[str, Any]:
@@ -218,7 +270,26 @@ def main() -> None:
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--standin", type=int, default=0, help="only the 10M stand-in, at this many rows")
     args = ap.parse_args()
+    if args.standin:
+        from common import write_json
+
+        args.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            res = standin(args.dir, args.standin)
+        finally:
+            shutil.rmtree(args.dir, ignore_errors=True)
+        used, alloc, raw = res["used_1280"], res["allocated_1280_at_most"], res["raw_1280"]
+        print(
+            f"stand-in {res['rows']:,} rows (640-bit codes, 16-dim float16; {res['ingest_s']:.0f} s): "
+            f"trees {res['tree_bytes_per_doc']:.1f} B/doc, measured allocated/used "
+            f"{res['measured_allocated_over_used']:.3f}; at 1280 dims: used {used / 1e9:.2f} GB = "
+            f"{used / raw:.3f}x raw ({raw / 1e9:.2f} GB), allocated at most {alloc / 1e9:.2f} GB = "
+            f"{alloc / used:.3f}x used"
+        )
+        write_json(f"store_format_standin_{args.standin}", res)
+        return
     if args.child:
         kind, action, data, store = args.child
         print(json.dumps(child(kind, action, Path(data), Path(store))))
@@ -332,7 +403,7 @@ def main() -> None:
 
 
 def _cpu() -> dict[str, Any]:
-    model, flags = "", []
+    model, flags = "", list[str]()
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name") and not model:

@@ -103,7 +103,10 @@ def migrate(old: str | Path, new: str | Path, progress: Callable[[str], None] | 
             counts: dict[str, int] = {}
             with Store(tmp) as dst:
                 for name in names:
-                    old_rec = CollectionRecord.from_bytes(bytes(txn.get(meta_key(name), db=dbs["meta"])))
+                    raw_rec = txn.get(meta_key(name), db=dbs["meta"])
+                    if raw_rec is None:
+                        raise Damaged(str(old / DATA_FILE), f"collection {name!r} has no record")
+                    old_rec = CollectionRecord.from_bytes(bytes(raw_rec))
                     counts[name] = _collection(txn, dbs, old_rec, dst, name, say)
             with Store(tmp, readonly=True) as check:  # the real open path checks every count
                 for name, n in counts.items():

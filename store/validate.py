@@ -316,12 +316,11 @@ def float_array(
 
 def _finite_nonzero_bits(arr: npt.NDArray[np.floating], field: str) -> None:
     """Refuse a row holding a NaN or infinity (all exponent bits set) or only zeros, from the bits."""
-    if arr.dtype == np.float16:
-        bits, magnitude, inf = arr.view(np.uint16), np.uint16(0x7FFF), 0x7C00
-    else:
-        bits, magnitude, inf = arr.view(np.uint32), np.uint32(0x7FFFFFFF), 0x7F800000
+    half = arr.dtype == np.float16
+    bits: npt.NDArray[np.unsignedinteger[Any]] = arr.view(np.uint16 if half else np.uint32)
+    magnitude, inf = (0x7FFF, 0x7C00) if half else (0x7FFFFFFF, 0x7F800000)
     for s in range(0, len(arr), _BULK_ROWS):
-        top = (bits[s : s + _BULK_ROWS] & magnitude).max(axis=1)
+        top = (bits[s : s + _BULK_ROWS] & bits.dtype.type(magnitude)).max(axis=1)
         bad = np.flatnonzero((top >= inf) | (top == 0))
         if len(bad):
             i = s + int(bad[0])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from zembed.store import CollectionConfig, InvalidArgument, Store, blocks, quantize
+from zembed.store import Calibration, CollectionConfig, InvalidArgument, Store, blocks, quantize
 from zembed.store.collection import COMPACT_MIN_DEAD, Collection
 
 
@@ -274,7 +274,9 @@ def test_arrays_out_and_the_shortlist_call(store: Store) -> None:
 
 def test_disk_figures_and_a_small_store_takes_little(tmp_path: Path) -> None:
     with Store(tmp_path / "d") as s:
-        s.create_collection("c", CollectionConfig(code_bits=640, rescore_dims=640, calibration="none"))
+        s.create_collection(
+            "c", CollectionConfig(code_bits=640, rescore_dims=640, calibration=Calibration.NONE)
+        )
         c = s.collection("c")
         c.upsert(["one"], data(1, 7, 640))
         stats = s.stats()
