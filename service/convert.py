@@ -225,6 +225,26 @@ def vector(values: Iterable[float], field: str, packed: bytes = b"") -> F32:
     return arr
 
 
+def sample_vectors(items: Sequence[pb.Vectors]) -> tuple[F32 | None, F32 | None]:
+    """Calibrate's sample query vectors as (code, rescore) matrices; rescore None when none is given
+    (the collection's code and rescore vectors are then the same)."""
+    if not items:
+        return None, None
+    codes = [vector(v.code, f"sample_vectors[{i}].code", v.code_f32le) for i, v in enumerate(items)]
+    rescores = [
+        vector(v.rescore, f"sample_vectors[{i}].rescore", v.rescore_f32le) for i, v in enumerate(items)
+    ]
+    for name, rows in (("code", codes), ("rescore", rescores)):
+        for i, r in enumerate(rows):
+            if len(r) != len(rows[0]):
+                raise InvalidArgument(
+                    f"sample_vectors[{i}].{name}",
+                    f"must have the length of sample_vectors[0].{name} ({len(rows[0])}); given {len(r)}",
+                )
+    code = np.stack(codes)
+    return code, (np.stack(rescores) if len(rescores[0]) else None)
+
+
 @dataclass
 class Docs:
     """An Upsert's documents, converted and checked: ``code`` is one matrix when every document has
@@ -336,6 +356,8 @@ def collection_to_proto(info: CollectionInfo) -> pb.Collection:
         bytes_in_use=info.bytes_in_use,
         bytes_allocated=info.bytes_allocated,
         bytes_per_document=info.bytes_per_document,
+        measured_at=info.measured_at,
+        measured_with_samples=info.measured_with_samples,
     )
 
 

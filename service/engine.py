@@ -22,7 +22,8 @@ from zembed.service.errors import InvalidArgument
 from zembed.service.runtime.manifest import Manifest
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.searcher import SearchScheduler
-from zembed.store import CollectionConfig, Hit, RescoreDtype, Store
+from zembed.store import CollectionConfig, CollectionInfo, Hit, RescoreDtype, Store
+from zembed.store.calibrate import SAMPLE_QUERIES
 from zembed.store.config import Calibration
 from zembed.store.params import DEFAULT_TOP_K, SearchParams
 
@@ -365,6 +366,35 @@ class Engine:
             params,
         )
         return hits, tokens, nbytes
+
+    async def calibrate_collection(
+        self,
+        name: str,
+        texts: Sequence[str],
+        code: F32 | None,
+        rescore: F32 | None,
+        measure_only: bool,
+    ) -> CollectionInfo:
+        """Calibrate a collection still collecting, or measure its recall table again (final ones,
+        and ``measure_only``), with workload sample queries when given (texts embedded as queries,
+        or vectors; not both)."""
+        coll = self.store.collection(name)
+        given = len(texts) or (0 if code is None else len(code))
+        if given > SAMPLE_QUERIES:
+            field = "sample_texts" if texts else "sample_vectors"
+            raise InvalidArgument(field, f"at most {SAMPLE_QUERIES} sample queries; given {given}")
+        if texts:
+            if code is not None:
+                raise InvalidArgument("sample_vectors", "give sample_texts or sample_vectors, not both")
+            names = [f"sample_texts[{i}]" for i in range(len(texts))]
+            emb = await self.embed(
+                texts, "query", 0, wait=True, field="sample_texts", names=names, latency=Latency.SLOW
+            )
+            code, rescore = self.vectors_from_embedding(coll.config, emb.vectors, "sample_texts")
+        if measure_only or coll.info().calibration_final:
+            return await asyncio.to_thread(coll.measure, code, rescore)
+        await asyncio.to_thread(coll.calibrate, code)
+        return coll.info()
 
 
 def _stack(rows: Sequence[F32 | None], dims: int, field: str) -> F32:

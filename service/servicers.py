@@ -186,9 +186,11 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
 
     @guarded
     async def Calibrate(self, request: pb.CalibrateRequest, context: Ctx) -> pb.CalibrateResponse:
-        coll = self.engine.store.collection(request.name)
-        await asyncio.to_thread(coll.calibrate)
-        return pb.CalibrateResponse(collection=convert.collection_to_proto(coll.info()))
+        code, rescore = convert.sample_vectors(request.sample_vectors)
+        info = await self.engine.calibrate_collection(
+            request.name, list(request.sample_texts), code, rescore, request.measure_only
+        )
+        return pb.CalibrateResponse(collection=convert.collection_to_proto(info))
 
     @guarded
     async def ListCollections(

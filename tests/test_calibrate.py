@@ -7,15 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.fakes import FakeServer
 from zembed.store import Collection, CollectionConfig, InvalidArgument, RescoreDtype, Store, quantize
 from zembed.store import calibrate as calibration
 from zembed.store.calibrate import GRID, K, calibrate, measure_by_search
 from zembed.store.errors import WouldBlock
 from zembed.store.params import SearchParams
+from zembed.v1 import zembed_pb2 as pb
+from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
 F32 = npt.NDArray[np.float32]
 
@@ -182,3 +186,50 @@ def test_a_recalibration_during_measure_refuses_it_and_changes_nothing(
             c.measure()
         info = c.info()
         assert info.measured_with_samples and info.measured_at == 400  # the calibration's, kept
+
+
+def test_calibrate_rpc_measures_again_with_workload_samples_over_grpc(tmp_path: Path) -> None:
+    """A final collection over gRPC: Calibrate measures again (before: refused), with sample texts or
+    vectors; GetCollection shows when and how; bad samples are INVALID_ARGUMENT naming the field."""
+    with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
+        search = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        cfg = pb.CollectionConfig(code_bits=64, rescore_dims=64, calibration_sample=100)
+        search.CreateCollection(pb.CreateCollectionRequest(name="c", config=cfg))
+        docs = [pb.Document(id=f"t{i}", text=f"text number {i} about {i % 7}") for i in range(300)]
+        for i in range(0, 300, 100):
+            search.Upsert(pb.UpsertRequest(collection="c", documents=docs[i : i + 100]), timeout=60)
+        got = search.GetCollection(pb.GetCollectionRequest(name="c")).collection
+        assert got.calibration_final and got.calibrated_at == 100 and got.measured_at == 100
+        again = search.Calibrate(pb.CalibrateRequest(name="c"), timeout=60).collection
+        assert again.measured_at == 300 and not again.measured_with_samples
+        assert list(again.config.filterable) == list(got.config.filterable) and again.calibrated_at == 100
+        texts = [f"a question about {i}" for i in range(20)]
+        by_text = search.Calibrate(pb.CalibrateRequest(name="c", sample_texts=texts), timeout=60).collection
+        assert by_text.measured_with_samples and by_text.HasField("measured_recall")
+        # the same queries as vectors (what the server embedded) measure the same
+        embed = pb_grpc.EmbeddingServiceStub(ch)  # type: ignore[no-untyped-call]
+        emb = embed.Embed(
+            pb.EmbedRequest(
+                inputs=texts, input_type=pb.INPUT_TYPE_QUERY, dimensions=64, encoding=pb.ENCODING_FLOAT_LIST
+            )
+        )
+        vecs = [pb.Vectors(code=list(e.values)) for e in emb.embeddings]
+        by_vec = search.Calibrate(pb.CalibrateRequest(name="c", sample_vectors=vecs), timeout=60).collection
+        assert by_vec.measured_recall == pytest.approx(by_text.measured_recall, abs=1e-6)
+        assert search.GetCollection(pb.GetCollectionRequest(name="c")).collection.measured_with_samples
+        bad = (
+            (pb.CalibrateRequest(name="c", sample_texts=["x"] * 129), "sample_texts"),
+            (pb.CalibrateRequest(name="c", sample_texts=["x"], sample_vectors=vecs[:1]), "sample_vectors"),
+            (
+                pb.CalibrateRequest(name="c", sample_vectors=[vecs[0], pb.Vectors(code=[1.0] * 8)]),
+                "sample_vectors[1]",
+            ),
+            (pb.CalibrateRequest(name="c", sample_vectors=[pb.Vectors(code=[1.0] * 8)]), "code_queries"),
+        )
+        for req, field in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                search.Calibrate(req, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert field in str(err.value.details())
+        after = search.GetCollection(pb.GetCollectionRequest(name="c")).collection
+        assert after.measured_recall == by_vec.measured_recall  # refused calls changed nothing

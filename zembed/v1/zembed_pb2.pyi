@@ -195,7 +195,7 @@ class CollectionConfig(_message.Message):
     def __init__(self, code_bits: _Optional[int] = ..., rescore_dims: _Optional[int] = ..., rescore_dtype: _Optional[str] = ..., calibration: _Optional[str] = ..., calibration_sample: _Optional[int] = ..., filterable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id", "calibrated_at", "calibration_final", "measured_recall", "recall_points", "bytes_in_use", "bytes_allocated", "bytes_per_document")
+    __slots__ = ("name", "config", "count", "calibrated", "index_bytes", "model_id", "calibrated_at", "calibration_final", "measured_recall", "recall_points", "bytes_in_use", "bytes_allocated", "bytes_per_document", "measured_at", "measured_with_samples")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,8 @@ class Collection(_message.Message):
     BYTES_IN_USE_FIELD_NUMBER: _ClassVar[int]
     BYTES_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     BYTES_PER_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_WITH_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     count: int
@@ -222,7 +224,9 @@ class Collection(_message.Message):
     bytes_in_use: int
     bytes_allocated: int
     bytes_per_document: int
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., calibrated_at: _Optional[int] = ..., calibration_final: _Optional[bool] = ..., measured_recall: _Optional[float] = ..., recall_points: _Optional[_Iterable[_Union[RecallPoint, _Mapping]]] = ..., bytes_in_use: _Optional[int] = ..., bytes_allocated: _Optional[int] = ..., bytes_per_document: _Optional[int] = ...) -> None: ...
+    measured_at: int
+    measured_with_samples: bool
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ..., calibrated: _Optional[bool] = ..., index_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., calibrated_at: _Optional[int] = ..., calibration_final: _Optional[bool] = ..., measured_recall: _Optional[float] = ..., recall_points: _Optional[_Iterable[_Union[RecallPoint, _Mapping]]] = ..., bytes_in_use: _Optional[int] = ..., bytes_allocated: _Optional[int] = ..., bytes_per_document: _Optional[int] = ..., measured_at: _Optional[int] = ..., measured_with_samples: _Optional[bool] = ...) -> None: ...
 
 class RecallPoint(_message.Message):
     __slots__ = ("float_reads_per_result", "shortlist_per_read", "recall")
@@ -520,10 +524,16 @@ class Condition(_message.Message):
     def __init__(self, field: _Optional[str] = ..., any_of: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ..., negate: _Optional[bool] = ...) -> None: ...
 
 class CalibrateRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "sample_texts", "sample_vectors", "measure_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    sample_texts: _containers.RepeatedScalarFieldContainer[str]
+    sample_vectors: _containers.RepeatedCompositeFieldContainer[Vectors]
+    measure_only: bool
+    def __init__(self, name: _Optional[str] = ..., sample_texts: _Optional[_Iterable[str]] = ..., sample_vectors: _Optional[_Iterable[_Union[Vectors, _Mapping]]] = ..., measure_only: _Optional[bool] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
     __slots__ = ("collection",)
