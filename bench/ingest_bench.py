@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +53,7 @@ from zembed.v1 import zembed_pb2 as pb  # noqa: E402
 from zembed.v1 import zembed_pb2_grpc as pb_grpc  # noqa: E402
 
 LANGS = ["de", "en", "fr", "ja"]
+STORE_CPU: list[float] = []  # CPU seconds of each store bulk run
 
 
 def serve_fake(dim: int, data: Path) -> None:
@@ -103,6 +105,7 @@ def store_bulk(tmp: Path, vecs: np.ndarray[Any, np.dtype[np.float32]], dim: int)
             ),
         )
         coll = store.collection("bulk")
+        c0 = time.process_time()
         t = time.perf_counter()
         for i in range(0, len(vecs), 10_000):
             chunk = range(i, min(i + 10_000, len(vecs)))
@@ -112,7 +115,9 @@ def store_bulk(tmp: Path, vecs: np.ndarray[Any, np.dtype[np.float32]], dim: int)
                 None,
                 [{"lang": LANGS[j % 4], "n": j} for j in chunk],
             )
-        return len(vecs) / (time.perf_counter() - t)
+        rate = len(vecs) / (time.perf_counter() - t)
+        STORE_CPU.append(time.process_time() - c0)
+        return rate
     finally:
         store.close()
         shutil.rmtree(tmp / "baseline", ignore_errors=True)
@@ -124,7 +129,19 @@ def create(stub: Any, name: str) -> None:
     stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a running process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def cli_ingest(address: str, path: Path, collection: str, *extra: str) -> dict[str, Any]:
+    c0 = children_cpu()  # the ingest subprocess's CPU once it has exited (the server has not)
     t = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "zembed.service.cli", "ingest", str(path), collection,
@@ -136,6 +153,7 @@ def cli_ingest(address: str, path: Path, collection: str, *extra: str) -> dict[s
         raise SystemExit(f"zembed ingest failed ({out.returncode}): {out.stderr[-2000:]}")
     summary: dict[str, Any] = json.loads(out.stdout)
     summary["wall_s"] = wall
+    summary["client_cpu_s"] = children_cpu() - c0
     return summary
 
 
@@ -216,6 +234,7 @@ def vector_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     single = docs[: args.single_docs]
     rates: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {"store": []}  # (client, server) CPU us per document
     proc, address = start_server(dim, tmp / "srv")
     try:
         with grpc.insecure_channel(address) as ch:
@@ -232,15 +251,19 @@ def vector_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
             for rnd in range(args.rounds):
                 got: dict[str, float] = {"store": store_bulk(tmp, vecs, dim)}
+                cpu["store"].append((STORE_CPU[-1] * 1e6 / n, 0.0))
                 for kind, extra in (
                     ("ingest", ()),
                     ("ingest-overwrite", ("--overwrite",)),
                     ("ingest-unary", ("--method", "unary")),
                 ):
                     create(stub, "ing")
+                    s0 = proc_cpu(proc.pid)
                     summary = cli_ingest(address, path, "ing", *extra)
+                    server_s = proc_cpu(proc.pid) - s0
                     assert summary["stored"] == n, summary
                     got[kind] = summary["stored_per_s"]
+                    cpu.setdefault(kind, []).append((summary["client_cpu_s"] * 1e6 / n, server_s * 1e6 / n))
                     if kind == "ingest" and rnd == 0:
                         rerun = cli_ingest(address, path, "ing")
                         assert rerun["skipped"] == n, rerun
@@ -252,7 +275,12 @@ def vector_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     ("stream-1", stream_1),
                 ):
                     create(stub, "pre")
+                    s0, c0 = proc_cpu(proc.pid), time.process_time()
                     got[kind] = fn("pre")
+                    m = args.single_docs if kind == "stream-1" else n
+                    cpu.setdefault(kind, []).append(
+                        ((time.process_time() - c0) * 1e6 / m, (proc_cpu(proc.pid) - s0) * 1e6 / m)
+                    )
                     drop(stub, "pre")
                 for k, v in got.items():
                     rates.setdefault(k, []).append(v)
@@ -270,13 +298,40 @@ def vector_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(60)
-    return {"docs": n, "dim": dim, "jsonl_mb": size_mb, "rates": rates, "ratios": ratios}
+    return {"docs": n, "dim": dim, "jsonl_mb": size_mb, "rates": rates, "ratios": ratios, "cpu_us": cpu}
+
+
+def stdlib_passages(n: int) -> list[str]:
+    """``n`` distinct docstring paragraphs of the standard library (bench/passages.py's kind of text,
+    without scanning every installed package), in a seeded order."""
+    import ast
+    import random
+    import sysconfig
+
+    found: dict[str, None] = {}
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if len(found) >= 3 * n:
+            break
+        if "test" in path.parts or "tests" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                for para in (ast.get_docstring(node) or "").split("\n\n"):
+                    text = " ".join(para.split())
+                    if 80 <= len(text) <= 1200 and "    " not in para:
+                        found[text] = None
+    out = list(found)
+    random.Random(3).shuffle(out)
+    return out[:n]
 
 
 def text_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """`zembed ingest` of texts into the MiniLM server vs the runtime's own rate, interleaved."""
     from common import start_server as serve
-    from passages import passages
 
     from zembed.service.runtime.model import EmbeddingModel
 
@@ -285,7 +340,7 @@ def text_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         raise SystemExit(
             f"no MiniLM export at {model_dir}: make .cache/models/all-minilm-l6-v2/manifest.json"
         )
-    texts = passages(args.texts, seed=3)[: args.texts]
+    texts = stdlib_passages(args.texts)
     path = tmp / "texts.jsonl"
     path.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     model = EmbeddingModel(model_dir)
@@ -322,6 +377,22 @@ def text_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         proc.wait(60)
     ratios = [i / r for i, r in zip(rates["ingest-text"], rates["runtime"], strict=True)]
     return {"texts": len(texts), "rates": rates, "ratios": {"ingest-text/runtime": ratios}}
+
+
+def cpu_table(cpu: dict[str, list[tuple[float, float]]]) -> str:
+    """CPU per document (medians over rounds), a measure the other processes' load does not move:
+    `all` = client + server against the store's own; `2 cores` = the busier side against the store's
+    (the rate ratio a machine with two free cores would give when client and server overlap)."""
+    store = median([c for c, _ in cpu["store"]])
+    rows = []
+    for kind, vals in cpu.items():
+        client, server = median([c for c, _ in vals]), median([s for _, s in vals])
+        total = client + server
+        rows.append([kind, client, server, total, store / total, store / max(client, server)])
+    head = ["path", "client CPU us/doc", "server CPU us/doc", "all", "store/all", "store/busier side"]
+    return "\nCPU per document (median over rounds; the store row is the baseline, in process)\n" + table(
+        head, rows
+    )
 
 
 def main() -> None:
@@ -368,8 +439,10 @@ def main() -> None:
              median(q["ingest-text/runtime"]), "(reported)"],
         ]  # fmt: skip
     print()
-    print(f"median of {args.rounds} interleaved rounds; machine {machine()}")
+    print(f"median of {args.rounds} interleaved rounds; machine {machine()}; load {os.getloadavg()}")
     print(table(["path", "docs/s", "against", "ratio", "bar"], rows))
+    if vec is not None:
+        print(cpu_table(vec["cpu_us"]))
     out = write_json(
         "ingest", {"machine_info": machine(), "rounds": args.rounds, "vectors": vec, "text": txt}
     )

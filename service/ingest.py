@@ -698,7 +698,11 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                 with st.lock:
                     sent = pending.popleft()
                 room.release()
-                if len(resp.statuses) == len(sent):
+                if resp.stored == len(sent) == len(resp.statuses):  # all stored: counted at once
+                    with st.lock:
+                        st.stored += len(sent)
+                    advance(len(sent))
+                elif len(resp.statuses) == len(sent):
                     for (line, doc_id), status in zip(sent, resp.statuses, strict=True):
                         acked(line, doc_id, status.code, status.message)
                 else:  # a server older than the bulk form read none of the message's documents

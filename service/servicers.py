@@ -299,8 +299,8 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         async def handle(
             group: list[tuple[pb.UpsertStreamRequest, convert.Docs | None]],
         ) -> list[pb.UpsertStreamResponse]:
-            if len(group) == 1 and group[0][1] is not None:
-                req, batch = group[0]
+            req, batch = group[0]
+            if len(group) == 1 and batch is not None:
                 try:
                     n, _, _ = await self.engine.upsert(
                         req.collection, batch.ids, batch.texts, batch.code, batch.rescore, batch.metadata
