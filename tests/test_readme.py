@@ -188,6 +188,7 @@ def test_readme_blocks_run_as_written(tmp_path: Path, session: Session) -> None:
         stdout=serve_log,
         stderr=subprocess.STDOUT,
     )
+    serve_log.close()  # the server writes through its own descriptor
     with Client(f"127.0.0.1:{port}", timeout=5) as c:
         deadline = time.monotonic() + 300
         while True:
