@@ -201,6 +201,61 @@ def run_hard(label: str, docs: F32, queries: dict[str, F32], units: int, sizes: 
     return out
 
 
+def run_target(label: str, docs: F32, queries: dict[str, F32], sizes: list[int]) -> dict[str, Any]:
+    """recall_target against what it delivers, before and after Collection.measure with workload
+    sample queries: the collection is measured with the queries of three languages (ar, ru, de) and
+    the target is checked on the others (recall@10 vs exact, mean over the in-model languages)."""
+    sample_langs = ("ar", "ru", "de")
+    test_langs = [lg for lg in queries if lg not in sample_langs and lg not in ("hi", "sw")]
+    samples = np.concatenate([queries[lg] for lg in sample_langs])
+    out: dict[str, Any] = {}
+    root = Path(tempfile.mkdtemp(prefix="zembed-recall-target-"))
+    try:
+        with Store(root / "s", map_size=8 << 30) as s:
+            for n in sizes:
+                c = build(s, f"t{n}", Calibration.AUTO, docs[:n])
+                rows = []
+                for when in ("at calibration (stored rows)", "after measure (sample queries)"):
+                    if when.startswith("after"):
+                        c.measure(samples)
+                    info = c.info()
+                    for target in (0.9, 0.95, 0.99):
+                        got = []
+                        for lg in test_langs:
+                            q = queries[lg]
+                            truth = [{h.id for h in hs} for hs in c.exact_search(q, top_k=K)]
+                            hits = c.search(q, q, SearchParams(top_k=K, recall_target=target))
+                            got.append(
+                                np.mean(
+                                    [
+                                        len({h.id for h in hs} & t) / K
+                                        for hs, t in zip(hits, truth, strict=True)
+                                    ]
+                                )
+                            )
+                        plan = c.plan(SearchParams(top_k=K, recall_target=target))
+                        rows.append(
+                            [
+                                when,
+                                info.measured_at,
+                                target,
+                                plan.float_reads,
+                                plan.shortlist,
+                                float(np.mean(got)),
+                                float(np.min(got)),
+                            ]
+                        )
+                s.drop_collection(c.name)
+                out[str(n)] = rows
+                print(f"\n{label}, recall_target delivered, {n:,} documents (test languages {test_langs}):")
+                print(
+                    table(["measured", "at docs", "target", "float reads", "shortlist", "mean", "min"], rows)
+                )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def _print(label: str, n: int, res: dict[str, Any]) -> None:
     langs = list(res["langs"])
     names = list(res["langs"][langs[0]])
@@ -257,6 +312,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="300,2400,19200")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--hard-only", action="store_true", help="only the hard recall@1 task (sizes >= 2,400)")
+    ap.add_argument("--target-only", action="store_true", help="only recall_target before/after measure")
     args = ap.parse_args()
     sizes = [int(v) for v in args.sizes.split(",")]
     docs, queries, units = dataset(max(19_200, max(sizes)))
@@ -265,6 +321,12 @@ def main() -> None:
         f"{units} aligned passages x {len(LANGS)} query languages"
     )
     payload: dict[str, Any] = {"k": K, "units": units, "sizes": sizes}
+    if args.target_only:
+        payload["target_use_m3"] = run_target("USE-m3", docs, queries, sizes)
+        aq = {k: anisotropic(v) for k, v in queries.items()}
+        payload["target_use_m3_anisotropic"] = run_target("USE-m3 anisotropic", anisotropic(docs), aq, sizes)
+        print(f"wrote {write_json('recall_multilingual_target', payload)}")
+        return
     hard_sizes = [n for n in sizes if n >= units * len(LANGS)]
     aniso_q = {k: anisotropic(v) for k, v in queries.items()}
     payload["hard_use_m3"] = run_hard("USE-m3", docs, queries, units, hard_sizes)
