@@ -51,6 +51,7 @@ class Settings:
     max_message_mb: int = 64
     default_collection: str = ""  # created at start with model-aware defaults when set
     default_filterable: tuple[str, ...] = ()  # filterable fields of the default collection
+    remeasure_growth: float = 2.0  # re-measure a final collection's recall table each time it doubles
     prefetch: bool = False  # touch every stored vector at start (see Collection.prefetch)
     grace_s: float = 10.0  # SIGTERM: time in-flight calls get to finish
     drain_delay_s: float = 1.0  # SIGTERM: NOT_SERVING this long before refusing new calls
@@ -91,6 +92,7 @@ class Settings:
             ("max_queue_s", 0),
             ("stream_idle_s", 0),
             ("http_port", -1),
+            ("remeasure_growth", 0),
         ):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}; given {getattr(self, name)}")
@@ -175,6 +177,9 @@ _HELP = {
     "default_collection": "create this collection at start with model-aware defaults",
     "default_filterable": "comma-separated metadata fields the default collection can filter on "
     "(added to an existing one, its stored documents indexed; e.g. lang,tags)",
+    "remeasure_growth": "measure a collection's recall table again (what recall_target and GetCollection "
+    "use) in the background each time it grows this many times past the size it was measured at, "
+    "once its calibration is final (0: never; Calibrate with measure_only does it on request)",
     "prefetch": "touch every stored vector at start so first searches skip page faults",
     "grace_s": "seconds in-flight calls get to finish after SIGTERM",
     "drain_delay_s": "seconds health reports NOT_SERVING after SIGTERM before new calls are refused",

@@ -8,6 +8,7 @@ scans) runs in worker threads so the event loop keeps serving; searches are sche
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from zembed.service.errors import InvalidArgument
 from zembed.service.runtime.manifest import Manifest
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.searcher import SearchScheduler
-from zembed.store import CollectionConfig, CollectionInfo, Hit, RescoreDtype, Store
+from zembed.store import Collection, CollectionConfig, CollectionInfo, Hit, RescoreDtype, Store
 from zembed.store.calibrate import SAMPLE_QUERIES
 from zembed.store.config import Calibration
 from zembed.store.params import DEFAULT_TOP_K, SearchParams
@@ -30,6 +31,8 @@ from zembed.store.params import DEFAULT_TOP_K, SearchParams
 F32 = npt.NDArray[np.float32]
 HOSTED_BYTES_PER_INPUT = 150  # the hosted zembed API's byte count: 150 + UTF-8 length per input
 INLINE_TOKENIZE_CHARS = 4096  # calls up to this many characters tokenize on the loop (< ~0.2 ms)
+
+log = logging.getLogger(__name__)
 
 
 class Tokenizer(Protocol):
@@ -115,6 +118,7 @@ class Engine:
             on_idle=self.release_memory,
         )
         self.search_sizes = SearchSizes()
+        self._measuring: dict[str, asyncio.Task[None]] = {}  # background re-measurements by collection
 
     def release_memory(self) -> None:
         """Called by the inference thread once idle after a burst. ONNX Runtime keeps its CPU arena at
@@ -283,7 +287,9 @@ class Engine:
                 if cfg.rescore_dims == cfg.code_bits
                 else _stack(rescore, cfg.rescore_dims, "documents[{i}].vectors.rescore")
             )
-            return await asyncio.to_thread(coll.upsert, ids, code, resc, metadata), 0, 0
+            written = await asyncio.to_thread(coll.upsert, ids, code, resc, metadata)
+            self.remeasure_if_due(name, coll)
+            return written, 0, 0
         code_rows: list[F32 | None] = list(code)
         resc_rows: list[F32 | None] = list(rescore)
         text_idx = [i for i, t in enumerate(texts) if t is not None]
@@ -310,7 +316,33 @@ class Engine:
         same = cfg.rescore_dims == cfg.code_bits and all(r is None or len(r) == 0 for r in resc_rows)
         resc_m = None if same else _stack(resc_rows, cfg.rescore_dims, "documents[{i}].vectors.rescore")
         written = await asyncio.to_thread(coll.upsert, ids, code_m, resc_m, metadata)
+        self.remeasure_if_due(name, coll)
         return written, tokens, nbytes
+
+    def remeasure_if_due(self, name: str, coll: Collection) -> asyncio.Task[None] | None:
+        """Start measuring the collection's recall table again in the background when it has grown
+        ``--remeasure-growth`` times past the size it was measured at (one at a time per collection;
+        writers are not blocked; a failure is logged and retried at the next write)."""
+        if name in self._measuring or not coll.measure_due(self.settings.remeasure_growth):
+            return None
+
+        async def run() -> None:
+            try:
+                info = await asyncio.to_thread(coll.measure)
+                log.info(
+                    "collection %s: recall table measured again at %d documents (defaults: recall@10 %s)",
+                    name,
+                    info.measured_at,
+                    info.measured_recall,
+                )
+            except Exception as exc:  # a drop, a recalibration or a close meanwhile: next write retries
+                log.warning("collection %s: measuring its recall table again failed: %s", name, exc)
+            finally:
+                self._measuring.pop(name, None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._measuring[name] = task
+        return task
 
     async def search(
         self,

@@ -656,6 +656,14 @@ class Collection:
             self._install(self.env.write(txn_fn))
         return self.info()
 
+    def measure_due(self, growth: float) -> bool:
+        """Whether the collection, its calibration final, has grown ``growth`` times past the
+        document count its recall table was measured at (the caller then runs :meth:`measure`)."""
+        rec = self._rec
+        if growth <= 0 or not rec.final or rec.thresholds is None:
+            return False
+        return rec.count >= growth * max(rec.measured_at or rec.calibrated_at, 1)
+
     def _sample_ids(self, n: int) -> list[str]:
         """Up to ``n`` stored ids spread over the collection (a fixed stride over the live rows)."""
         with self.env.reader(buffers=True) as txn:

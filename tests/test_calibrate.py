@@ -4,6 +4,7 @@ refused with the shape expected."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,38 @@ def test_calibrate_rpc_measures_again_with_workload_samples_over_grpc(tmp_path: 
             assert field in str(err.value.details())
         after = search.GetCollection(pb.GetCollectionRequest(name="c")).collection
         assert after.measured_recall == by_vec.measured_recall  # refused calls changed nothing
+
+
+def _measured_at_after_growth(tmp_path: Path, **settings: Any) -> list[int]:
+    """measured_at as GetCollection reports it after each of three batches of 100 (final at 100),
+    waiting up to 60 s for a background measurement to land."""
+    seen = []
+    with FakeServer(tmp_path, **settings) as server, grpc.insecure_channel(server.target) as ch:
+        search = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        cfg = pb.CollectionConfig(code_bits=64, rescore_dims=64, calibration_sample=100)
+        search.CreateCollection(pb.CreateCollectionRequest(name="c", config=cfg))
+        for b in range(3):
+            docs = [
+                pb.Document(id=f"t{b}-{i}", text=f"text {i} of batch {b} about {i % 7}") for i in range(100)
+            ]
+            search.Upsert(pb.UpsertRequest(collection="c", documents=docs), timeout=60)
+            deadline = time.monotonic() + 60
+            while True:
+                got = search.GetCollection(pb.GetCollectionRequest(name="c")).collection
+                if (
+                    got.measured_at == got.count
+                    or time.monotonic() > deadline
+                    or not settings.get("remeasure_growth", 2.0)
+                ):
+                    break
+                if got.count < 2 * got.measured_at:
+                    break  # not due
+                time.sleep(0.05)
+            seen.append(got.measured_at)
+    return seen
+
+
+def test_a_grown_collection_is_measured_again_in_the_background(tmp_path: Path) -> None:
+    # final at 100; 200 is twice that: measured again at 200; 300 < 2 x 200: not yet
+    assert _measured_at_after_growth(tmp_path / "on") == [100, 200, 200]
+    assert _measured_at_after_growth(tmp_path / "off", remeasure_growth=0.0) == [100, 100, 100]
