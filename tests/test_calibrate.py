@@ -16,6 +16,7 @@ import pytest
 from tests.fakes import FakeServer
 from zembed.store import Collection, CollectionConfig, InvalidArgument, RescoreDtype, Store, quantize
 from zembed.store import calibrate as calibration
+from zembed.store import search as search_stages
 from zembed.store.calibrate import GRID, K, calibrate, measure_by_search
 from zembed.store.errors import WouldBlock
 from zembed.store.params import SearchParams
@@ -269,3 +270,29 @@ def test_a_grown_collection_is_measured_again_in_the_background(tmp_path: Path) 
     # final at 100; 200 is twice that: measured again at 200; 300 < 2 x 200: not yet
     assert _measured_at_after_growth(tmp_path / "on") == [100, 200, 200]
     assert _measured_at_after_growth(tmp_path / "off", remeasure_growth=0.0) == [100, 100, 100]
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 65_536])
+def test_exact_search_in_chunks_equals_a_full_sort_ties_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Exact search (the ground truth of every recall measurement) keeps a running top-k over
+    chunks of rows; any chunk size gives the full sort's answer, ties by position."""
+    monkeypatch.setattr(search_stages, "EXACT_CHUNK", chunk)
+    rng = np.random.default_rng(8)
+    x = unit(rng.normal(size=(300, 16)).astype(np.float32))
+    x[100:140] = x[5]  # 41 identical rows: ties across chunk boundaries
+    q = np.concatenate([x[5:6], unit(rng.normal(size=(9, 16)).astype(np.float32))])
+    with Store(tmp_path / "s", map_size=64 << 20) as s:
+        s.create_collection(
+            "e", CollectionConfig(code_bits=16, rescore_dims=16, rescore_dtype=RescoreDtype.FLOAT32)
+        )
+        c = s.collection("e")
+        c.upsert([f"d{i:03d}" for i in range(300)], x)
+        c.delete(["d007", "d120"])
+        got = c.exact_search(q, top_k=50)
+    live = [i for i in range(300) if i not in (7, 120)]
+    scores = q @ x[live].T
+    for qi, hits in enumerate(got):
+        want = sorted(range(len(live)), key=lambda j: (-scores[qi, j], j))[:50]
+        assert [h.id for h in hits] == [f"d{live[j]:03d}" for j in want]
