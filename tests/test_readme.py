@@ -267,3 +267,16 @@ def test_command_table_lists_every_command() -> None:
     section = README.read_text().split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `zembed ([\w-]+)", section, re.M))
     assert sorted(set(m.group(1).split(",")) - listed) == [], "add the command to README's command table"
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_inside_the_readme_resolve() -> None:
+    text = README.read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.*)$", text, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert {"python-client", "configuration", "deployment"} <= links
+    assert sorted(links - anchors) == []
