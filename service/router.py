@@ -340,14 +340,27 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         hit = self._configs.get(name)
         if hit is not None and time.monotonic() - hit[0] < CONFIG_TTL_S:
             return hit[1]
-        ok, failures = split(
-            await self.shards.all("GetCollection", pb.GetCollectionRequest(name=name), timeout)
-        )
-        if not ok:
-            raise failure_error(failures, len(self.shards))
-        cfg: pb.CollectionConfig = ok[min(ok)].collection.config
-        self._configs[name] = (time.monotonic(), cfg)
-        return cfg
+        # the first shard to answer is enough (every shard has the same config): a hung shard must
+        # not cost a write to the other shards, or a partial search, the caller's whole deadline
+        request = pb.GetCollectionRequest(name=name)
+        calls = [
+            asyncio.ensure_future(self.shards.call(s, "GetCollection", request, timeout))
+            for s in range(len(self.shards))
+        ]
+        failures: list[Failure] = []
+        try:
+            for done in asyncio.as_completed(calls):
+                answer = await done
+                if isinstance(answer, Failure):
+                    failures.append(answer)
+                    continue
+                cfg: pb.CollectionConfig = answer.collection.config
+                self._configs[name] = (time.monotonic(), cfg)
+                return cfg
+        finally:
+            for call in calls:
+                call.cancel()
+        raise failure_error(sorted(failures, key=lambda f: f.shard), len(self.shards))
 
     def forget(self, name: str) -> None:
         self._configs.pop(name, None)
