@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -325,6 +325,8 @@ class Engine:
         writers are not blocked; a failure is logged and retried at the next write)."""
         if name in self._measuring or not coll.measure_due(self.settings.remeasure_growth):
             return None
+        if coll.config.rescore_dims != coll.bits:  # stored rows cannot be queries: only Calibrate
+            return None  # with sample queries measures it (measure() would fail at every write)
 
         async def run() -> None:
             try:
@@ -423,10 +425,20 @@ class Engine:
                 texts, "query", 0, wait=True, field="sample_texts", names=names, latency=Latency.SLOW
             )
             code, rescore = self.vectors_from_embedding(coll.config, emb.vectors, "sample_texts")
-        if measure_only or coll.info().calibration_final:
-            return await asyncio.to_thread(coll.measure, code, rescore)
-        await asyncio.to_thread(coll.calibrate, code)
-        return coll.info()
+        # one measurement at a time per collection: a background one in flight finishes first (else
+        # it would write its stored-row table over this call's when it ends), none starts meanwhile
+        while (busy := self._measuring.get(name)) is not None:
+            await asyncio.wait([busy])
+        me = cast("asyncio.Task[None]", asyncio.current_task())
+        self._measuring[name] = me
+        try:
+            if measure_only or coll.info().calibration_final:
+                return await asyncio.to_thread(coll.measure, code, rescore)
+            await asyncio.to_thread(coll.calibrate, code)
+            return coll.info()
+        finally:
+            if self._measuring.get(name) is me:
+                del self._measuring[name]
 
 
 def _stack(rows: Sequence[F32 | None], dims: int, field: str) -> F32:
