@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -44,9 +45,10 @@ def stdlib_paragraphs(n: int) -> list[str]:
     """The first ``n`` distinct docstring paragraphs of the standard library (80 to 1,200 characters,
     files in sorted order; bench/passages.py's rule without the site-packages scan), cached."""
     cache = CACHE / f"index_bench_paragraphs_{n}.json"
-    if cache.is_file():
-        texts: list[str] = json.loads(cache.read_text(encoding="utf-8"))
-        return texts
+    for old in sorted(CACHE.glob("index_bench_paragraphs_*.json")):
+        if int(old.stem.rsplit("_", 1)[1]) >= n:  # a larger earlier draw: its first n
+            texts: list[str] = json.loads(old.read_text(encoding="utf-8"))
+            return texts[:n]
     from passages import _docstrings
 
     seen: set[str] = set()
@@ -111,6 +113,8 @@ def main() -> None:
     import ray
 
     from zembed.indexer import IndexOptions, index
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still removes its data
 
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="index-bench-", dir=CACHE))

@@ -127,6 +127,15 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"zembed index needs the 'ray' extra (pip install 'zembed-serve[ray]'): {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except Exception as exc:  # a writer or an actor failed (disk full, a server down): the run stops
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        why = lines[-1] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        print(
+            f"zembed index: stopped: {type(exc).__name__}: {why[:800]}\nfinished units are recorded: re-run "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        return FAILED
     if args.json:
         print(json.dumps(report.to_json()))
     else:

@@ -234,6 +234,7 @@ def _run(
         raise IndexError_("gpus requested but the Ray cluster has no GPU")
     cpus = int(resources.get("CPU", 1))
     actors = opts.actors or (gpus if use_gpu else max(1, cpus // opts.threads_per_actor))
+    actors = min(actors, len(todo))  # a unit is read as one block: one actor per unit at most
     budget = opts.batch_tokens or (DEFAULT_GPU_BATCH_TOKENS if use_gpu else DEFAULT_CPU_BATCH_TOKENS)
     rows = opts.batch_rows or max(16, min(4096, 4 * budget // max(1, min(manifest.max_length, 512))))
     # an actor takes its threads' CPUs, less a little so the read tasks always find room

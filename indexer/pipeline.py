@@ -36,6 +36,9 @@ from zembed.service.ingest import FieldMap
 F32 = npt.NDArray[np.float32]
 SEP = "\x1f"  # passage n > 0 of document ID is stored as ID + SEP + n (the Chunking contract)
 MAX_FAILURES_KEPT = 1000
+# the error of a unit that could not be read at all: reported, and the unit is not recorded as done
+# (a re-run tries it again)
+UNREADABLE = "unit unreadable, not recorded (a re-run retries it): "
 
 
 def passage_id(doc_id: str, n: int) -> str:
@@ -51,8 +54,8 @@ def read_batch(batch: dict[str, Any], fm: FieldMap) -> dict[str, Any]:
         unit = Unit.from_dict(json.loads(raw))
         try:
             rows = read_unit(unit, fm)
-        except Exception as exc:  # an unreadable unit: every row of it is one failure
-            rows = [{"id": "", "text": "", "meta": "", "error": f"unreadable: {exc}", "where": unit.key}]
+        except Exception as exc:  # unreadable now (a network filesystem?): one failure, not recorded
+            rows = [{"id": "", "text": "", "meta": "", "error": f"{UNREADABLE}{exc}", "where": unit.key}]
         n = len(rows)
         if not rows:
             rows = [{"id": "", "text": "", "meta": "", "error": "", "where": ""}]
@@ -138,7 +141,16 @@ class EmbedStage:
         per_unit: dict[str, dict[str, Any]] = {}
         for u, n in zip(units, batch["unit_rows"], strict=True):
             per_unit.setdefault(
-                u, {"unit_rows": int(n), "docs": 0, "stored": 0, "rows": 0, "tokens": 0, "failures": []}
+                u,
+                {
+                    "unit_rows": int(n),
+                    "docs": 0,
+                    "stored": 0,
+                    "rows": 0,
+                    "tokens": 0,
+                    "failures": [],
+                    "retry": False,
+                },
             )
         # rows to embed: (doc index, row id, text, meta)
         rows: list[tuple[int, str, str, str]] = []
@@ -149,6 +161,8 @@ class EmbedStage:
             if not doc_id and not err:  # an empty unit's placeholder
                 continue
             u["docs"] += 1
+            if err.startswith(UNREADABLE):
+                u["retry"] = True
             if err:
                 u["failures"].append(f"{where}: {err}")
                 continue
@@ -170,6 +184,7 @@ class EmbedStage:
             "rows": np.asarray([per_unit[k]["rows"] for k in keys], dtype=np.int64),
             "tokens": np.asarray([per_unit[k]["tokens"] for k in keys], dtype=np.int64),
             "failures": np.asarray([json.dumps(per_unit[k]["failures"]) for k in keys], dtype=object),
+            "retry": np.asarray([per_unit[k]["retry"] for k in keys], dtype=bool),
         }
 
     def _embed_and_write(
@@ -313,6 +328,7 @@ def run_pipeline(
         total=len(todo), unit="unit", disable=not progress, dynamic_ncols=True, file=sys.stderr, smoothing=0.1
     )
     seen: dict[str, int] = defaultdict(int)
+    retry: set[str] = set()
     acc: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     t0 = time.perf_counter()
     for out in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -334,7 +350,9 @@ def run_pipeline(
             room = MAX_FAILURES_KEPT - len(report.failures)
             if room > 0:
                 report.failures += fails[:room]
-            if seen[key] == int(out["unit_rows"][j]):
+            if bool(out["retry"][j]):
+                retry.add(key)
+            if seen[key] == int(out["unit_rows"][j]) and key not in retry:
                 finished.append(key)
         if finished:
             recs = {s: [{"unit": k, **dict(acc[k])} for k in finished] for s in range(shards)}

@@ -31,6 +31,7 @@ JSONL_EXT = (".jsonl", ".ndjson", ".json")
 PARQUET_EXT = (".parquet", ".pq")
 DEFAULT_UNIT_BYTES = 32 << 20
 DEFAULT_FILES_PER_UNIT = 256
+MIN_PARTS = 16
 _BLOCK = 1 << 20
 
 
@@ -143,7 +144,9 @@ def plan_units(
                 units.extend(Unit("parquet", _uri(uri, f.path, root), g) for g in range(groups))
             elif kind == "jsonl":
                 size = int(f.size or 0)
-                parts = max(1, math.ceil(size / max(1, unit_bytes)))
+                # at least MIN_PARTS units per file of over MIN_PARTS x 64 KiB, so that a small corpus
+                # still spreads over the actors (a unit is read as one block, embedded by one actor)
+                parts = max(1, math.ceil(size / max(1, unit_bytes)), min(MIN_PARTS, size // (64 << 10)))
                 step = math.ceil(size / parts) if size else 0
                 for p in range(parts):
                     units.append(Unit("jsonl", _uri(uri, f.path, root), p * step, min(size, (p + 1) * step)))

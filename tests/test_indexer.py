@@ -339,7 +339,7 @@ def test_shard_stores_search_like_one_ingested_store(
 
 def test_killed_run_resumes_without_duplicates(ray_address: str, minilm: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
-    ids = write_corpus(corpus, 240, bad=False, seed=11)
+    ids = write_corpus(corpus, 160, bad=False, seed=11)
     out = tmp_path / "shards"
     cmd = [
         sys.executable, "-m", "zembed.service.cli", "index", str(corpus), "--model", str(minilm),
@@ -387,3 +387,51 @@ def test_killed_run_resumes_without_duplicates(ray_address: str, minilm: Path, t
                 for r, i in zip(st.collection("docs").get(mine), mine, strict=True)
             )
         assert set(ShardProgress(progress_path(out, s)).load()) == {u.key for u in units}
+
+
+def test_long_documents_split_into_passages_on_their_documents_shard(
+    ray_address: str, minilm: Path, tmp_path: Path
+) -> None:
+    from zembed.service.runtime.model import EmbeddingModel
+
+    rng = random.Random(3)
+    docs = {f"long-{i}": " ".join(_text(rng) for _ in range(30)) for i in range(4)}
+    docs["short"] = "a short note about the harbor"
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text("".join(json.dumps({"id": k, "text": v, "src": "t"}) + "\n" for k, v in docs.items()))
+    out = tmp_path / "shards"
+    report = index(
+        IndexOptions(
+            inputs=[str(corpus)],
+            model=str(minilm),
+            collection="docs",
+            out=str(out),
+            shards=2,
+            chunk=True,
+            chunk_tokens=64,
+        )
+    )
+    assert report.stored == 5 and report.failed == 0 and report.rows > 5 + 4
+    count = EmbeddingModel(minilm).text.count
+    rows = 0
+    for doc_id, text in docs.items():
+        with Store(out / shard_name(shard_of(doc_id, 2))) as st:
+            coll = st.collection("docs")
+            n = 0
+            while True:
+                rid = doc_id if n == 0 else f"{doc_id}\x1f{n}"
+                rec = coll.get([rid])[0]
+                if rec is None:
+                    break
+                m = rec.metadata
+                assert m["src"] == "t"
+                if doc_id == "short":
+                    assert "passage_index" not in m  # one passage: stored as the document itself
+                else:
+                    assert m["passage_index"] == n
+                    piece = text[m["passage_start"] : m["passage_end"]]
+                    assert piece.strip() and count([piece], "document")[0] <= 64
+                n += 1
+            assert n >= (1 if doc_id == "short" else 2)
+            rows += n
+    assert rows == report.rows == sum(report.shard_counts.values())
