@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -129,7 +130,7 @@ def main() -> None:
             print(f"ingest: {base}", flush=True)
 
         t = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         ray_start = time.perf_counter() - t
         try:
             rep = index(
