@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zembed.store import quantize
+from zembed.store.errors import InvalidArgument
 from zembed.store.params import DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ, SearchParams, Tuning
 
 F32 = npt.NDArray[np.float32]
@@ -78,7 +79,12 @@ def measure_by_search(
     far larger than the rows a calibration kept (a final calibration measures 10,000 rows; a
     collection may hold millions, where the same sizes reach less recall), or for sample queries
     whose code-side vectors are not the stored ones. Queries without truth (an empty collection) are
-    skipped."""
+    skipped; with none left (no document to measure against) the call is refused (InvalidArgument),
+    so an all-zero table never replaces a real one."""
+    if not any(truth):
+        raise InvalidArgument(
+            "sample_queries", "cannot be measured: the collection has no document to find (recall needs some)"
+        )
     points = []
     for reads, per in GRID:
         got = search(SearchParams(top_k=K, float_reads=K * reads, shortlist=K * reads * per))

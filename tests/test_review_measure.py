@@ -155,3 +155,31 @@ def test_stopping_the_server_during_a_background_measurement_does_not_crash(tmp_
         timeout=120,
     )
     assert proc.returncode == 0 and "stopped cleanly" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_measuring_an_empty_collection_is_refused_and_keeps_the_table(tmp_path: Path) -> None:
+    """Sample queries against a collection with no documents left: there is nothing to measure
+    recall against. Before the fix an all-zero recall table was stored (GetCollection's
+    measured_recall 0.0, measured_at 0) over the real one, and recall_target chose the smallest
+    sizes."""
+    import numpy as np
+
+    from zembed.store import CollectionConfig, InvalidArgument, RescoreDtype, Store
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with Store(tmp_path / "s", map_size=64 << 20) as s:
+        s.create_collection(
+            "e", CollectionConfig(code_bits=16, rescore_dims=16, rescore_dtype=RescoreDtype.FLOAT32)
+        )
+        c = s.collection("e")
+        ids = [f"d{i}" for i in range(300)]
+        c.upsert(ids, x)
+        before = c.measure(x[:20] + 0.01)
+        assert before.measured_recall is not None and before.measured_recall > 0
+        c.delete(ids)
+        with pytest.raises(InvalidArgument, match=r"sample_queries.*no document"):
+            c.measure(x[:20] + 0.01)
+        after = c.info()
+        assert after.tuning == before.tuning and after.measured_at == before.measured_at
