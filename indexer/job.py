@@ -106,6 +106,11 @@ def _check(opts: IndexOptions) -> None:
             raise IndexError_("servers: give at least one address")
         if not opts.progress_dir:
             raise IndexError_("writing to servers needs progress_dir (--progress-dir): where the records go")
+        if opts.chunk:
+            raise IndexError_(
+                "chunk with servers: a passage's record is reserved to the server's own splitting; "
+                "write shard stores (out) or send text with `zembed ingest --chunk`"
+            )
     if not 1 <= opts.shards <= 4096:
         raise IndexError_(f"shards must be in [1, 4096]; given {opts.shards}")
     if opts.format is not None and opts.format not in ("jsonl", "parquet", "text"):

@@ -34,15 +34,10 @@ from zembed.indexer.sources import ROW_COLUMNS, Unit, read_unit
 from zembed.service.ingest import FieldMap
 
 F32 = npt.NDArray[np.float32]
-SEP = "\x1f"  # passage n > 0 of document ID is stored as ID + SEP + n (the Chunking contract)
 MAX_FAILURES_KEPT = 1000
 # the error of a unit that could not be read at all: reported, and the unit is not recorded as done
 # (a re-run tries it again)
 UNREADABLE = "unit unreadable, not recorded (a re-run retries it): "
-
-
-def passage_id(doc_id: str, n: int) -> str:
-    return doc_id if n == 0 else f"{doc_id}{SEP}{n}"
 
 
 # ---------------------------------------------------------------- stage 1: read
@@ -119,21 +114,34 @@ class EmbedStage:
         self.chunk_overlap = self.chunk_tokens // 8 if overlap < 0 else overlap
 
     def _passages(self, doc_id: str, text: str, meta: str) -> list[tuple[str, str, str]]:
+        """Rows of a split document exactly as the server's chunking stores them (service/passages.py):
+        passage 0 under the document's id, n > 0 under ``<id>\\x1f<n>``, each with the document's
+        metadata and its passage under the reserved key (document id, index, offsets, text; the
+        first row also the passage count), so a server mounting the shard answers ``Hit.passage``
+        and replaces the passages when the document is upserted again."""
         from zembed.service import chunking
+        from zembed.service.convert import PASSAGE_KEY
+        from zembed.service.passages import MAX_CHUNKED_ID_BYTES, row_id
+
+        size = len(doc_id.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_CHUNKED_ID_BYTES:
+            raise ValueError(
+                f"must be at most {MAX_CHUNKED_ID_BYTES} UTF-8 bytes with --chunk (passage ids add a "
+                f"suffix); given {size}"
+            )
 
         def count(texts: Sequence[str]) -> list[int]:
             return self.model.text.count(texts, self.s.input_type)
 
-        parts = chunking.chunk_text(text, count, self.chunk_tokens, self.chunk_overlap)
-        if len(parts) <= 1:
-            return [(doc_id, text, meta)]
+        parts = chunking.chunk_document(text, None, count, self.chunk_tokens, self.chunk_overlap).passages
         base = json.loads(meta) if meta else {}
         out = []
         for n, p in enumerate(parts):
-            m = {**base, "passage_index": n, "passage_start": p.start, "passage_end": p.end}
-            out.append(
-                (passage_id(doc_id, n), p.text, json.dumps(m, separators=(",", ":"), ensure_ascii=False))
-            )
+            d: dict[str, Any] = {"doc": doc_id, "i": n, "s": p.start, "e": p.end, "t": p.text}
+            if n == 0:
+                d["n"] = len(parts)
+            m = json.dumps({**base, PASSAGE_KEY: d}, separators=(",", ":"), ensure_ascii=False)
+            out.append((row_id(doc_id, n), p.text, m))
         return out
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +178,7 @@ class EmbedStage:
                 try:
                     rows += [(i, rid, t, m) for rid, t, m in self._passages(doc_id, text, meta)]
                 except Exception as exc:
-                    u["failures"].append(f"{where}: id {doc_id!r}: splitting failed: {exc}")
+                    u["failures"].append(f"{where}: id {doc_id!r}: {exc}")
             else:
                 rows.append((i, doc_id, text, meta))
         if rows:

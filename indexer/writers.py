@@ -132,7 +132,12 @@ class StoreWriter(ShardWriter):
 
     def _write(self, shard: int, ids: list[str], code: F32, rescore: F32 | None, metas: list[str]) -> None:
         meta = [json.loads(m) if m else None for m in metas]
-        self.colls[shard].upsert(ids, code, rescore, meta)
+        # the store's bulk path: one durable batch from the arrays (code vectors default to the
+        # rescore vectors when the dims agree)
+        if rescore is None:
+            self.colls[shard].upsert_arrays(np.asarray(ids), code, metadata=meta)
+        else:
+            self.colls[shard].upsert_arrays(np.asarray(ids), rescore, code, metadata=meta)
 
     def _retry_rows(self, exc: Exception) -> bool:
         from zembed.store.errors import InvalidArgument

@@ -22,6 +22,7 @@ import pytest
 from zembed.indexer.job import IndexError_, IndexOptions, index
 from zembed.indexer.progress import JobMismatch, ShardProgress, progress_path, shard_name
 from zembed.indexer.sources import Unit, plan_units, read_unit
+from zembed.service.convert import PASSAGE_KEY
 from zembed.service.ingest import FieldMap
 from zembed.store import Hit, Store
 from zembed.store.sharding import shard_of
@@ -233,6 +234,8 @@ def test_options_are_checked_before_anything_runs(tmp_path: Path, minilm: Path) 
         index(IndexOptions(**base))
     with pytest.raises(IndexError_, match="progress_dir"):
         index(IndexOptions(**base, servers=["127.0.0.1:1"]))
+    with pytest.raises(IndexError_, match="chunk with servers"):
+        index(IndexOptions(**base, servers=["127.0.0.1:1"], progress_dir=str(tmp_path / "p"), chunk=True))
     with pytest.raises(IndexError_, match="shards must be in"):
         index(IndexOptions(**base, out=str(tmp_path / "o"), shards=0))
     with pytest.raises(IndexError_, match="code_bits 100 is not one of"):
@@ -417,21 +420,16 @@ def test_long_documents_split_into_passages_on_their_documents_shard(
     for doc_id, text in docs.items():
         with Store(out / shard_name(shard_of(doc_id, 2))) as st:
             coll = st.collection("docs")
-            n = 0
-            while True:
-                rid = doc_id if n == 0 else f"{doc_id}\x1f{n}"
-                rec = coll.get([rid])[0]
-                if rec is None:
-                    break
-                m = rec.metadata
-                assert m["src"] == "t"
-                if doc_id == "short":
-                    assert "passage_index" not in m  # one passage: stored as the document itself
-                else:
-                    assert m["passage_index"] == n
-                    piece = text[m["passage_start"] : m["passage_end"]]
-                    assert piece.strip() and count([piece], "document")[0] <= 64
-                n += 1
-            assert n >= (1 if doc_id == "short" else 2)
-            rows += n
+            first = coll.get([doc_id])[0]
+            assert first is not None
+            total = first.metadata[PASSAGE_KEY]["n"]
+            assert total == 1 if doc_id == "short" else total >= 2
+            recs = coll.get([doc_id if n == 0 else f"{doc_id}\x1f{n}" for n in range(total + 1)])
+            assert recs[-1] is None  # no passage past the count
+            for n, rec in enumerate(recs[:-1]):
+                assert rec is not None and rec.metadata["src"] == "t"
+                p = rec.metadata[PASSAGE_KEY]  # as the server's own chunking stores it
+                assert (p["doc"], p["i"]) == (doc_id, n) and text[p["s"] : p["e"]] == p["t"]
+                assert p["t"].strip() and count([p["t"]], "document")[0] <= 64
+            rows += total
     assert rows == report.rows == sum(report.shard_counts.values())
