@@ -126,8 +126,10 @@ def ranked(
     return Ranked(out_pos, rowids, out_score, out_ham)
 
 
-#: rows exact search decodes at a time (65,536 x 1,280 float32 dims: 320 MiB)
+#: rows exact search decodes at a time, at most, and the float32 bytes they may take (64 MiB: 65,536
+#: rows of 256 dims; 13,107 rows of 1,280 dims, not 320 MiB)
 EXACT_CHUNK = 65_536
+EXACT_CHUNK_BYTES = 64 << 20
 
 
 def exact(
@@ -140,8 +142,9 @@ def exact(
     conditions: Sequence[Condition] = (),
 ) -> Ranked:
     """Exact float search over every visible row's rescore vector (reads them all: for evaluation
-    and for measuring recall). Rows are decoded ``EXACT_CHUNK`` at a time and each query keeps a
-    running top-k, so memory stays bounded at any collection size; ties go to the lower position."""
+    and for measuring recall). Rows are decoded ``EXACT_CHUNK`` (and ``EXACT_CHUNK_BYTES`` of float32)
+    at a time and each query keeps a running top-k, so memory stays bounded at any collection size
+    and width; ties go to the lower position."""
     view = snap.view
     visible = view.live_mask()
     fmask = snap.filters.mask(list(conditions), view.n)
@@ -152,8 +155,9 @@ def exact(
     m = min(top_k, len(positions))
     best_pos = np.empty((nq, 0), np.int64)
     best_score = np.empty((nq, 0), np.float32)
-    for start in range(0, len(positions), EXACT_CHUNK):
-        pos = positions[start : start + EXACT_CHUNK]
+    rows = max(1, min(EXACT_CHUNK, EXACT_CHUNK_BYTES // (4 * dims)))
+    for start in range(0, len(positions), rows):
+        pos = positions[start : start + rows]
         vecs = quantize.decode_rescore(records(view.rowids_of(pos)), dims, dtype)
         cand_pos = np.concatenate([best_pos, np.broadcast_to(pos, (nq, len(pos)))], axis=1)
         cand_score = np.concatenate([best_score, rq @ vecs.T], axis=1)

@@ -183,3 +183,40 @@ def test_measuring_an_empty_collection_is_refused_and_keeps_the_table(tmp_path: 
             c.measure(x[:20] + 0.01)
         after = c.info()
         assert after.tuning == before.tuning and after.measured_at == before.measured_at
+
+
+def test_exact_search_decodes_a_bounded_number_of_bytes_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ground truth of every measurement reads every rescore vector: the rows decoded at once
+    are bounded in bytes (EXACT_CHUNK_BYTES of float32), not only in rows. Before the fix 65,536
+    rows of a 1280-dim collection were 335 MB of float32 at once in a background task."""
+    import numpy as np
+
+    from zembed.store import CollectionConfig, RescoreDtype, Store, quantize
+    from zembed.store import search as stages
+
+    monkeypatch.setattr(stages, "EXACT_CHUNK_BYTES", 64 * 512 * 4)  # 64 rows of 512 float32
+    seen: list[int] = []
+    real = quantize.decode_rescore
+
+    def counted(bufs: Any, dims: int, dtype: Any) -> Any:
+        out = real(bufs, dims, dtype)
+        seen.append(int(out.shape[0]) * dims * 4)
+        return out
+
+    monkeypatch.setattr(quantize, "decode_rescore", counted)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1000, 512)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with Store(tmp_path / "s", map_size=256 << 20) as s:
+        s.create_collection(
+            "b", CollectionConfig(code_bits=64, rescore_dims=512, rescore_dtype=RescoreDtype.FLOAT32)
+        )
+        c = s.collection("b")
+        c.upsert([f"d{i:04d}" for i in range(1000)], x[:, :64], x)
+        seen.clear()
+        got = c.exact_search(x[:3], top_k=5)
+    assert seen and max(seen) <= 64 * 512 * 4 and sum(seen) == 1000 * 512 * 4
+    want = np.argsort(-(x[:3] @ x.T), axis=1, kind="stable")[:, :5]
+    assert [[h.id for h in hs] for hs in got] == [[f"d{j:04d}" for j in row] for row in want]
