@@ -340,7 +340,9 @@ def main() -> None:
     ap.add_argument("--skip-search", action="store_true")
     args = ap.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs")
-    payload: dict[str, Any] = {"args": vars(args)}
+    payload: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    }
     if not args.skip_search:
         payload["search"] = search_part([int(v) for v in args.search_sizes.split(",")], args.search_queries)
     if not args.skip_queue:

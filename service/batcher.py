@@ -13,8 +13,9 @@ Two lanes (:class:`Latency`, the hosted API's ``latency`` fast/slow):
   has waited ``max_wait_s`` (low latency; it holds FAST items only).
 - **SLOW** items batch for throughput: a SLOW batch waits up to ``slow_wait_s`` (from its oldest
   item) to fill, and gives way to FAST items that arrive meanwhile. Between the sub-batches of a SLOW
-  take, waiting FAST items go first (the rest of the SLOW take goes back to the front of its lane), so
-  a FAST item waits for at most one running sub-batch.
+  take, waiting FAST items go first (the rest of the SLOW take goes back to the front of its lane), and
+  SLOW sub-batches hold at most ``slow_batch_tokens`` padded tokens, so a FAST item waits for at most
+  one short running sub-batch.
 - No starvation: at most ``max_overtake`` FAST batches in a row are taken while SLOW items wait; then
   a SLOW batch is taken (``stats.forced``). A SLOW item is overtaken by at most that many FAST
   batches between two SLOW batches.
@@ -163,10 +164,14 @@ class Batcher:
         on_idle: Callable[[], None] | None = None,
         slow_wait_s: float | None = None,
         max_overtake: int = 4,
+        slow_batch_tokens: int | None = None,
     ) -> None:
         """``max_wait_s``: how long a FAST batch waits to fill (from its oldest item);
         ``slow_wait_s``: the same for a SLOW batch (default 10 x ``max_wait_s``, at least 20 ms);
-        ``max_overtake``: FAST batches taken in a row while SLOW items wait (then a SLOW batch)."""
+        ``max_overtake``: FAST batches taken in a row while SLOW items wait (then a SLOW batch);
+        ``slow_batch_tokens``: the padded-token budget of a SLOW sub-batch (default ``max_tokens`` / 8,
+        at least 1), so that a FAST item waits for a short sub-batch at most (on a CPU, throughput
+        hardly grows past a few thousand tokens per batch)."""
         self._run = run
         self._on_idle = on_idle
         self.max_batch = max_batch
@@ -179,6 +184,7 @@ class Batcher:
         if max_overtake < 1:
             raise ValueError(f"max_overtake must be at least 1; given {max_overtake}")
         self.max_overtake = max_overtake
+        self.slow_batch_tokens = max(max_tokens // 8, 1) if slow_batch_tokens is None else slow_batch_tokens
         self.rate = rate  # padded tokens per second of inference (None until measured)
         self._on_batch = on_batch
         self._lanes: dict[Latency, collections.deque[_Item]] = {
@@ -408,7 +414,8 @@ class Batcher:
                 else:
                     live.append(i)
             live.sort(key=lambda i: len(i.ids))
-            batches = self._split(live)
+            slow = bool(live) and live[0].lane is Latency.SLOW
+            batches = self._split(live, self.slow_batch_tokens if slow else self.max_tokens)
             for k, batch in enumerate(batches):
                 if k and batch[0].lane is Latency.SLOW:
                     rest = [i for b in batches[k:] for i in b]
@@ -426,16 +433,14 @@ class Batcher:
             log.exception("releasing memory after a burst failed")
         self._trim()
 
-    def _split(self, items: list[_Item]) -> list[list[_Item]]:
+    def _split(self, items: list[_Item], budget: int) -> list[list[_Item]]:
         """Consecutive runs (sorted by length) whose rows x longest stays within the token budget and
         whose longest is at most ``max_pad_ratio`` x their shortest (padding is wasted compute)."""
         out: list[list[_Item]] = []
         cur: list[_Item] = []
         for it in items:
             n = max(len(it.ids), 1)
-            if cur and (
-                (len(cur) + 1) * n > self.max_tokens or n > self.max_pad_ratio * max(len(cur[0].ids), 1)
-            ):
+            if cur and ((len(cur) + 1) * n > budget or n > self.max_pad_ratio * max(len(cur[0].ids), 1)):
                 out.append(cur)
                 cur = []
             cur.append(it)
@@ -456,7 +461,7 @@ class Batcher:
         took = time.perf_counter() - t
         tokens = sum(len(i.ids) for i in batch)
         padded = len(batch) * max(len(i.ids) for i in batch)
-        if took > 0 and padded >= min(2048, self.max_tokens // 4):
+        if took > 0 and padded >= min(1024, self.max_tokens // 4):
             # only batches big enough to show throughput (a lone short input is mostly fixed overhead)
             rate = padded / took
             self.rate = rate if self.rate is None else 0.7 * self.rate + 0.3 * rate

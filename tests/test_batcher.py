@@ -345,3 +345,23 @@ def test_latency_words() -> None:
     ]
     with pytest.raises(InvalidArgument, match=r"latency.*must be one of"):
         Latency.parse("medium", "latency")
+
+
+def test_slow_sub_batches_hold_at_most_slow_batch_tokens() -> None:
+    """A FAST item waits at most for one short SLOW sub-batch: SLOW takes are split at
+    ``slow_batch_tokens`` padded tokens, FAST ones at ``max_tokens``."""
+    model = Held()
+    model.gate.set()
+    b = Batcher(model, max_batch=8, max_tokens=100, max_wait_s=30.0, slow_wait_s=30.0, slow_batch_tokens=20)
+    b.start()
+
+    async def go() -> None:
+        slow = [b.submit([[i] * 5], lane=SLOW) for i in range(10, 18)]  # a full SLOW batch of 8 x 5
+        await asyncio.wait_for(asyncio.gather(*slow), 10)
+        fast = [b.submit([[i] * 5]) for i in range(20, 28)]
+        await asyncio.wait_for(asyncio.gather(*fast), 10)
+
+    asyncio.run(go())
+    b.stop()
+    assert [len(x) for x in model.batches] == [4, 4, 8]  # 4 x 5 = 20 tokens; 8 x 5 = 40 <= 100
+    assert Batcher(model, max_tokens=16384).slow_batch_tokens == 2048
