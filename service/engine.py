@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from zembed.service.runtime.manifest import Manifest
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.searcher import SearchScheduler
 from zembed.store import Collection, CollectionConfig, CollectionInfo, Hit, RescoreDtype, Store
-from zembed.store.calibrate import SAMPLE_QUERIES
+from zembed.store.calibrate import SAMPLE_QUERIES, MeasureStopped
 from zembed.store.config import Calibration
 from zembed.store.params import DEFAULT_TOP_K, SearchParams
 
@@ -119,6 +120,7 @@ class Engine:
         )
         self.search_sizes = SearchSizes()
         self._measuring: dict[str, asyncio.Task[None]] = {}  # background re-measurements by collection
+        self._stopping = threading.Event()  # set at shutdown: measurements stop at their next setting
 
     def release_memory(self) -> None:
         """Called by the inference thread once idle after a burst. ONNX Runtime keeps its CPU arena at
@@ -319,6 +321,14 @@ class Engine:
         self.remeasure_if_due(name, coll)
         return written, tokens, nbytes
 
+    async def stop_background(self) -> None:
+        """At shutdown, before the store closes: measurements stop at their next setting and are
+        awaited (their worker threads read the store)."""
+        self._stopping.set()
+        tasks = [t for t in self._measuring.values() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks)
+
     def remeasure_if_due(self, name: str, coll: Collection) -> asyncio.Task[None] | None:
         """Start measuring the collection's recall table again in the background when it has grown
         ``--remeasure-growth`` times past the size it was measured at (one at a time per collection;
@@ -330,13 +340,15 @@ class Engine:
 
         async def run() -> None:
             try:
-                info = await asyncio.to_thread(coll.measure)
+                info = await asyncio.to_thread(coll.measure, stop=self._stopping.is_set)
                 log.info(
                     "collection %s: recall table measured again at %d documents (defaults: recall@10 %s)",
                     name,
                     info.measured_at,
                     info.measured_recall,
                 )
+            except MeasureStopped:
+                log.info("collection %s: measuring its recall table stopped (shutting down)", name)
             except Exception as exc:  # a drop, a recalibration or a close meanwhile: next write retries
                 log.warning("collection %s: measuring its recall table again failed: %s", name, exc)
             finally:
@@ -433,7 +445,7 @@ class Engine:
         self._measuring[name] = me
         try:
             if measure_only or coll.info().calibration_final:
-                return await asyncio.to_thread(coll.measure, code, rescore)
+                return await asyncio.to_thread(coll.measure, code, rescore, stop=self._stopping.is_set)
             await asyncio.to_thread(coll.calibrate, code)
             return coll.info()
         finally:

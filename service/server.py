@@ -79,6 +79,7 @@ class Running:
         else:
             await self.server.stop(grace_s)
         self.engine.batcher.stop()
+        await self.engine.stop_background()
         self.engine.store.close()
 
 

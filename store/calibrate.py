@@ -71,8 +71,14 @@ def calibrate(
     return model, Tuning(tuple(points))
 
 
+class MeasureStopped(Exception):
+    """A measurement was asked to stop (the server is shutting down); nothing was kept."""
+
+
 def measure_by_search(
-    search: Callable[[SearchParams], Sequence[Sequence[str]]], truth: Sequence[Sequence[str]]
+    search: Callable[[SearchParams], Sequence[Sequence[str]]],
+    truth: Sequence[Sequence[str]],
+    stop: Callable[[], bool] | None = None,
 ) -> Tuning:
     """Measure :data:`GRID` by running the real search: ``search(params)`` answers every sample query
     (ids of each query's hits) and ``truth`` holds exact search's top ids per query. For a collection
@@ -80,13 +86,16 @@ def measure_by_search(
     collection may hold millions, where the same sizes reach less recall), or for sample queries
     whose code-side vectors are not the stored ones. Queries without truth (an empty collection) are
     skipped; with none left (no document to measure against) the call is refused (InvalidArgument),
-    so an all-zero table never replaces a real one."""
+    so an all-zero table never replaces a real one. ``stop`` is asked before each setting; when it
+    answers True, :class:`MeasureStopped`."""
     if not any(truth):
         raise InvalidArgument(
             "sample_queries", "cannot be measured: the collection has no document to find (recall needs some)"
         )
     points = []
     for reads, per in GRID:
+        if stop is not None and stop():
+            raise MeasureStopped("the measurement was stopped")
         got = search(SearchParams(top_k=K, float_reads=K * reads, shortlist=K * reads * per))
         found = [len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True) if t]
         points.append((reads, per, float(np.mean(found)) if found else 0.0))

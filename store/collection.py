@@ -24,7 +24,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -575,7 +575,11 @@ class Collection:
             return self._rec.thresholds
 
     def measure(
-        self, code_queries: npt.ArrayLike | None = None, rescore_queries: npt.ArrayLike | None = None
+        self,
+        code_queries: npt.ArrayLike | None = None,
+        rescore_queries: npt.ArrayLike | None = None,
+        *,
+        stop: Callable[[], bool] | None = None,
     ) -> CollectionInfo:
         """Measure the recall table again on the collection as it is now, by running its own search
         at every setting of the calibration grid against exact search (which reads every rescore
@@ -631,9 +635,9 @@ class Collection:
                 got = search(p)
                 return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
 
-            tuning = calibration.measure_by_search(run_loo, truth)
+            tuning = calibration.measure_by_search(run_loo, truth, stop)
         else:
-            tuning = calibration.measure_by_search(run, truth)
+            tuning = calibration.measure_by_search(run, truth, stop)
         with self.env.write_lock:
             self._check_open()
 

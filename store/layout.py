@@ -411,7 +411,11 @@ class Env:
                 raise
 
     def close(self) -> None:
-        self.env.close()
+        """Close once every transaction in flight has ended (a search or measurement still reading
+        the map in a worker thread would otherwise fault on unmapped pages); later ones then fail
+        with lmdb's "closed" error instead."""
+        with self.gate.exclusive():
+            self.env.close()
         self._unlock()
 
     def _unlock(self) -> None:

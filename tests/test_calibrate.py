@@ -176,8 +176,8 @@ def test_a_recalibration_during_measure_refuses_it_and_changes_nothing(
         c.upsert([f"d{i}" for i in range(300)], x)
         real = calibration.measure_by_search
 
-        def racing(search: Any, truth: Any) -> Any:
-            out = real(search, truth)
+        def racing(search: Any, truth: Any, stop: Any = None) -> Any:
+            out = real(search, truth, stop)
             # a writer adds different documents and recalibrates meanwhile (new thresholds)
             c.upsert([f"e{i}" for i in range(100)], unit(x[:100] - 1.0))
             c.calibrate(x[:20] + 0.05)
