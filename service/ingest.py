@@ -10,7 +10,8 @@ A bad record (unparseable line, missing id, a vector that is not numbers, a docu
 refuses) is reported as ``FILE:LINE: why`` and skipped; the run goes on. The summary at the end
 counts every record once: stored, skipped (already stored), bad (here or refused by the server).
 
-Repeated ids within one file: later lines win (every line with an id sent in this run is sent
+A collection that is empty when the run starts needs no check (nothing in it came from an earlier
+run). Repeated ids within one file: later lines win (every line with an id sent in this run is sent
 again), as upserts do.
 """
 
@@ -482,9 +483,11 @@ def _vector_fields(fm: FieldMap) -> frozenset[str]:
     return frozenset({fm.vector} | ({fm.rescore} if fm.rescore else set()))
 
 
-def _check_collection(conn: Connection, args: argparse.Namespace) -> None:
+def _check_collection(conn: Connection, args: argparse.Namespace) -> int:
+    """The collection's document count (0 when created here)."""
     try:
-        conn.call(conn.search.GetCollection, pb.GetCollectionRequest(name=args.collection))
+        resp = conn.call(conn.search.GetCollection, pb.GetCollectionRequest(name=args.collection))
+        return int(resp.collection.count)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise
@@ -499,6 +502,7 @@ def _check_collection(conn: Connection, args: argparse.Namespace) -> None:
                 name=args.collection, config=pb.CollectionConfig(filterable=_split_names(args.filterable))
             ),
         )
+        return 0
 
 
 def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
@@ -517,7 +521,10 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
     )
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"{args.file}: no such file")
-    _check_collection(conn, args)
+    # a collection empty at the start holds nothing from an earlier run: no resume checks needed
+    # (ids sent by this run are tracked in sent_ids either way)
+    stored_before = _check_collection(conn, args)
+    resume = not args.overwrite and stored_before > 0
     rows, total, files = _open_rows(args, fmt, fm)
 
     from tqdm import tqdm
@@ -576,7 +583,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
         docs = msg.documents
         ids = [d.id for d in docs]
         skip: set[str] = set()
-        if not args.overwrite:
+        if resume:
             check_ids = list(dict.fromkeys(i for i in ids if i not in sent_ids))
             skip = stored_ids(check_ids) if check_ids else set()
         keep = list(range(len(ids)))
