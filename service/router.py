@@ -65,7 +65,7 @@ from zembed.service.fanout import (
 )
 from zembed.service.metrics import Metrics
 from zembed.service.server import SERVER_OPTIONS, SERVICES, Running, check_tls
-from zembed.service.servicers import Ctx, EmbeddingServicer, item_status
+from zembed.service.servicers import MAX_UPSERT, Ctx, EmbeddingServicer, item_status
 from zembed.service.status import status_of
 from zembed.store import Store, validate
 from zembed.v1 import zembed_pb2 as pb
@@ -461,7 +461,9 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             yield res
 
     # ------------------------------------------------------------------ writes
-    async def check_documents(self, collection: str, docs: list[pb.Document], timeout: float) -> None:
+    async def check_documents(
+        self, collection: str, docs: list[pb.Document], timeout: float, first: int = 0
+    ) -> None:
         """Everything a shard would refuse in the documents' shape, refused here before any shard
         writes (writes are atomic per shard only)."""
         if not docs:
@@ -470,7 +472,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             raise InvalidArgument("documents", f"must hold at most 10000 documents; given {len(docs)}")
         cfg = await self.config(collection, timeout)
         settings = self.settings
-        for i, d in enumerate(docs):
+        for i, d in enumerate(docs, start=first):  # i: the position named in errors
             kind = d.WhichOneof("content")
             if kind is None:
                 raise InvalidArgument(f"documents[{i}]", "must have text or vectors")
@@ -553,9 +555,21 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
                 return pb.UpsertStreamResponse(
                     status=item_status(InvalidArgument("documents", "must not be empty (or set `document`)"))
                 )
-            statuses = await self._stream_message(req.collection, docs, req.chunking, single, context)
+            refused: InvalidArgument | None = None  # refused whole, as a single server does
+            if single and req.documents:
+                single, docs = False, list(req.documents)
+                refused = InvalidArgument("document", "and `documents` are both set; send one or the other")
+            elif len(docs) > MAX_UPSERT:
+                refused = InvalidArgument(
+                    "documents", f"must hold at most {MAX_UPSERT} documents; given {len(docs)}"
+                )
+            if refused is not None:
+                statuses = [item_status(refused)] * len(docs)
+            else:
+                statuses = await self._stream_message(req.collection, docs, req.chunking, single, context)
             if single:
-                return pb.UpsertStreamResponse(id=req.document.id, status=statuses[0])
+                stored = int(statuses[0].code == 0)
+                return pb.UpsertStreamResponse(id=req.document.id, status=statuses[0], stored=stored)
             bad = [s for s in statuses if s.code != 0]
             head = convert.status()
             if bad:
@@ -574,27 +588,40 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         timeout = shard_timeout(None, self.settings.shard_timeout_s)
         if context.time_remaining() is not None:
             timeout = self.timeout(context)
+        out = [convert.status()] * len(docs)
+        at = list(range(len(docs)))  # the documents to write, by position in the message
         try:
             await self.check_documents(collection, docs, timeout)
-        except Exception:  # some document is refused: each gets its own status
-            return [await self._one(collection, d, chunking, timeout) for d in docs]
-        _, failures, where = await self._write(collection, docs, chunking, timeout)
-        out = [convert.status()] * len(docs)
+        except Exception:  # some document is refused: each gets its own status, the rest are written
+            try:
+                await self.config(collection, timeout)
+            except Exception as exc:  # the collection itself (missing, or no shard answers)
+                return [_item_status(exc)] * len(docs)
+            at = []
+            for i, d in enumerate(docs):  # checked here, one at a time (the config is cached now)
+                try:
+                    await self.check_documents(collection, [d], timeout, first=i)
+                    at.append(i)
+                except Exception as exc:
+                    out[i] = _item_status(exc)
+            if not at:
+                return out
+        _, failures, where = await self._write(collection, [docs[i] for i in at], chunking, timeout)
         for f in failures:
             if f.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                for i in where[f.shard]:
-                    out[i] = await self._one(collection, docs[i], chunking, timeout)
+                for j in where[f.shard]:
+                    out[at[j]] = await self._one(collection, docs[at[j]], chunking, timeout, at[j])
             else:
                 st = convert.status(f.code.value[0], f.describe())
-                for i in where[f.shard]:
-                    out[i] = st
+                for j in where[f.shard]:
+                    out[at[j]] = st
         return out
 
     async def _one(
-        self, collection: str, doc: pb.Document, chunking: pb.Chunking, timeout: float
+        self, collection: str, doc: pb.Document, chunking: pb.Chunking, timeout: float, at: int = 0
     ) -> pb.Status:
         try:
-            await self.check_documents(collection, [doc], timeout)
+            await self.check_documents(collection, [doc], timeout, first=at)
             _, failures, _ = await self._write(collection, [doc], chunking, timeout)
             if failures:
                 raise failure_error(failures, 1)
@@ -654,8 +681,39 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: Ctx
     ) -> pb.CreateCollectionResponse:
+        """A retry finishes a partial create: shards that already hold the collection with the same
+        config count as done (not when every shard had it: ALREADY_EXISTS, as from one server)."""
         self.forget(request.name)
-        ok = await self._admin("CreateCollection", request, context)
+        timeout = self.timeout(context)
+        ok, failures = split(await self.shards.all("CreateCollection", request, timeout, write=True))
+        had = [f for f in failures if f.code == grpc.StatusCode.ALREADY_EXISTS]
+        rest = [f for f in failures if f.code != grpc.StatusCode.ALREADY_EXISTS]
+        where = f"shards {sorted(ok)} created it" if ok else ""
+        if had:
+            where += f"{'; ' if where else ''}shards {[f.shard for f in had]} already had it"
+        if rest:
+            raise failure_error(rest, len(self.shards), what=where)
+        if not ok:
+            raise failure_error(had, len(self.shards))
+        if had:  # the shards that had it must hold what was asked for
+            want = ok[min(ok)].collection.config
+            got, down = split(
+                await self.shards.each(
+                    "GetCollection",
+                    {f.shard: pb.GetCollectionRequest(name=request.name) for f in had},
+                    timeout,
+                )
+            )
+            if down:
+                raise failure_error(down, len(self.shards), what=where)
+            for s in sorted(got):
+                if got[s].collection.config != want:
+                    raise ShardError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"shard {s} ({self.shards.addresses[s]}) already holds collection {request.name!r} "
+                        f"with another config ({got[s].collection.config}); {where}",
+                    )
+            ok.update(got)
         return pb.CreateCollectionResponse(
             collection=merge_collections([ok[s].collection for s in sorted(ok)])
         )

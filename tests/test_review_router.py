@@ -31,7 +31,7 @@ class Hung(pb_grpc.SearchServiceServicer):
         time.sleep(HANG_S)
         context.abort(grpc.StatusCode.UNAVAILABLE, "hung")
 
-    GetCollection = Search = Upsert = GetDocuments = DeleteDocuments = _hang
+    GetCollection = Search = Upsert = GetDocuments = DeleteDocuments = CreateCollection = _hang
 
 
 def vec_doc(doc_id: str, v: np.ndarray) -> pb.Document:
@@ -110,3 +110,125 @@ async def _forget(router: ServerThread, name: str) -> None:
     search = getattr(router.running, "router", None)
     assert search is not None
     search.forget(name)
+
+
+@pytest.fixture()
+def three(tmp_path: Path) -> Iterator[tuple[ServerThread, FakeServer]]:
+    """A router over three FakeServer shards, and one FakeServer alone (what the router must match)."""
+    live = [FakeServer(tmp_path / f"s{i}") for i in range(3)]
+    single = FakeServer(tmp_path / "single")
+    settings = Settings(
+        model=model_dir(tmp_path / "router-model"),
+        data=Path(""),
+        host="127.0.0.1",
+        port=0,
+        shards=tuple(s.target for s in live),
+    ).validate()
+    router = ServerThread(settings, model=FakeEmbedder())
+    try:
+        for target in (router.target, single.target):
+            with grpc.insecure_channel(target) as ch:
+                pb_grpc.SearchServiceStub(ch).CreateCollection(  # type: ignore[no-untyped-call]
+                    pb.CreateCollectionRequest(name="docs", config=CONFIG), timeout=30
+                )
+        yield router, single
+    finally:
+        router.stop()
+        single.stop()
+        for s in live:
+            s.stop()
+
+
+def _stream(target: str, reqs: list[pb.UpsertStreamRequest]) -> list[pb.UpsertStreamResponse]:
+    with grpc.insecure_channel(target) as ch:
+        s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        return list(s.UpsertStream(iter(reqs), timeout=120))
+
+
+def _count(target: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        return int(s.GetCollection(pb.GetCollectionRequest(name="docs"), timeout=30).collection.count)
+
+
+def test_upsert_stream_bad_messages_are_answered_as_a_single_server_does(
+    three: tuple[ServerThread, FakeServer],
+) -> None:
+    """Bulk-form messages that a single server refuses whole (``document`` and ``documents`` both
+    set; more than 10,000 documents) are refused whole by the router too, writing nothing; before the
+    fix the router wrote the lone ``document`` and dropped the list, and wrote an oversized message's
+    10,001 documents one call at a time. A single-form ack says ``stored`` like a server's; a bulk
+    message with one bad document stores the others and answers a status per document, in order."""
+    router, single = three
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10_001, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    docs = [vec_doc(f"d{i}", x[i]) for i in range(10_001)]
+    short = pb.Document(id="short", vectors=pb.Vectors(code=[1.0] * 8))
+    reqs = [
+        pb.UpsertStreamRequest(collection="docs", document=docs[0], documents=docs[1:4]),
+        pb.UpsertStreamRequest(collection="docs", documents=docs),
+        pb.UpsertStreamRequest(collection="docs", document=docs[5]),
+        pb.UpsertStreamRequest(collection="docs", documents=[*docs[10:13], short, *docs[13:16]]),
+    ]
+    want = _stream(single.target, reqs)
+    t = time.monotonic()
+    got = _stream(router.target, reqs)
+    took = time.monotonic() - t
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want, strict=True):
+        assert [s.code for s in g.statuses] == [s.code for s in w.statuses]
+        assert (g.id, g.status.code, g.stored) == (w.id, w.status.code, w.stored), (g.status, w.status)
+    assert got[0].statuses[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "document" in got[0].statuses[0].message
+    assert "10000" in got[1].status.message or "10,000" in got[1].status.message, got[1].status.message
+    assert "documents[3].vectors.code" in got[3].statuses[3].message, got[3].statuses[3].message
+    assert _count(router.target) == _count(single.target) == 7
+    assert took < 30  # not 10,001 writes one at a time
+
+
+def test_create_collection_after_a_partial_create(
+    hung_cluster: tuple[list[FakeServer], ServerThread],
+) -> None:
+    """A CreateCollection that reached some shards only: the retry must not answer ALREADY_EXISTS
+    while a shard still lacks the collection (before the fix it did: the shards that had it won over
+    the one that was down), and it names what is where."""
+    _, router = hung_cluster
+    with grpc.insecure_channel(router.target) as ch:
+        r = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        req = pb.CreateCollectionRequest(name="new", config=CONFIG)
+        for attempt in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                r.CreateCollection(req, timeout=3.0)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (attempt, err.value.details())
+            assert "shard 2" in str(err.value.details())
+
+
+def test_a_retried_create_finishes_the_job_when_configs_agree(three: tuple[ServerThread, FakeServer]) -> None:
+    """Shards 0 and 1 got the collection, shard 2 did not (a partial create): a retry creates it on
+    shard 2 and succeeds, as a retried DeleteCollection does; a shard holding it with another config
+    is FAILED_PRECONDITION naming that shard (and the shards this call created it on)."""
+    router, _ = three
+    with grpc.insecure_channel(router.target) as ch:
+        r = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        shards = router.settings.shard_addresses()
+        for i, cfg in ((0, CONFIG), (1, CONFIG)):
+            with grpc.insecure_channel(shards[i]) as sch:
+                pb_grpc.SearchServiceStub(sch).CreateCollection(  # type: ignore[no-untyped-call]
+                    pb.CreateCollectionRequest(name="half", config=cfg), timeout=30
+                )
+        got = r.CreateCollection(pb.CreateCollectionRequest(name="half", config=CONFIG), timeout=30)
+        assert got.collection.name == "half" and got.collection.config.code_bits == 32
+        assert r.GetCollection(pb.GetCollectionRequest(name="half"), timeout=30).collection.name == "half"
+        with pytest.raises(grpc.RpcError) as err:  # everywhere already: as a single server says
+            r.CreateCollection(pb.CreateCollectionRequest(name="half", config=CONFIG), timeout=30)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        other = pb.CollectionConfig(code_bits=16, rescore_dims=64, rescore_dtype="float16")
+        with grpc.insecure_channel(shards[1]) as sch:
+            pb_grpc.SearchServiceStub(sch).CreateCollection(  # type: ignore[no-untyped-call]
+                pb.CreateCollectionRequest(name="odd", config=other), timeout=30
+            )
+        with pytest.raises(grpc.RpcError) as err:
+            r.CreateCollection(pb.CreateCollectionRequest(name="odd", config=CONFIG), timeout=30)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+        assert "shard 1" in str(err.value.details())
