@@ -2,7 +2,9 @@
 step, and the read transactions that searches pair with a published snapshot.
 
 What is stored where is in ``store.layout`` (the table) and ``store.blocks`` (codes and vectors in
-runs); the search itself is ``store.search`` (pure functions); calibration is ``store.calibrate``.
+runs); the search itself is ``store.search`` (pure functions); calibration is ``store.calibrate``;
+the transaction bodies that rewrite stored rows (compaction, the calibration rewrite of every code)
+are ``store.rewrites``.
 
 Writes:
 
@@ -10,10 +12,10 @@ Writes:
   or int64 array, float16 or float32 vectors, or pre-packed sign codes) share one transaction body;
 - a replaced or deleted row becomes a tombstone (``dead``): its entries in ``rows``, ``docs``,
   ``fkeys``, ``calib`` are deleted at once, its slot in the blocks stays until **compaction**, which
-  rewrites the live rows under new row ids in one transaction. It runs inside the write that makes
-  the tombstones at least :data:`COMPACT_MIN_DEAD` and at least as many as the live rows (so its cost,
-  proportional to the live rows, is paid at most once per as many deletes), or on request
-  (``compact``);
+  rewrites the live rows under new row ids in one transaction (``store.rewrites``). It runs inside
+  the write that makes the tombstones at least ``rewrites.COMPACT_MIN_DEAD`` (4,096) and at least as
+  many as the live rows (so its cost, proportional to the live rows, is paid at most once per as many
+  deletes), or on request (``compact``);
 - writers that rebuild the index (a recalibration, new filterable fields, a compaction) build it
   inside their transaction and install it right after the commit.
 """
@@ -24,7 +26,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +34,7 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from zembed.store import blocks, quantize, validate
+from zembed.store import blocks, quantize, rewrites, validate
 from zembed.store import calibrate as calibration
 from zembed.store import search as stages
 from zembed.store.blocks import Runs
@@ -41,7 +43,6 @@ from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, Would
 from zembed.store.filters import FilterIndex, doc_keys, parse_filter
 from zembed.store.index import CHUNK_ROWS, CodeIndex
 from zembed.store.layout import (
-    ROW_SUBDBS,
     Env,
     cid_prefix,
     get,
@@ -71,6 +72,7 @@ from zembed.store.records import (
     gen_key,
     meta_key,
 )
+from zembed.store.rewrites import putmulti as _putmulti
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -81,10 +83,7 @@ MAX_REFINE = 100
 #: rows one ``upsert_arrays`` call may carry (one transaction); multiples of ``blocks.BLOCK_ROWS``
 #: write each block once
 MAX_BULK_ROWS = 1 << 20
-#: tombstones that make a compaction due (together with: at least as many as the live rows)
-COMPACT_MIN_DEAD = blocks.BLOCK_ROWS
 _KEEP_GENERATIONS = 3
-_KEY_DTYPE = np.dtype([("cid", ">u4"), ("row", ">u8")])
 _PUBLISH_TIMEOUT_S = 10.0
 
 
@@ -419,7 +418,7 @@ class Collection:
             row = rec.next_row
             old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(batch.id_keys)]
             for r in old:
-                _kill_row(txn, dbs, cid, r)
+                rewrites.kill_row(txn, dbs, cid, r)
             rowids = np.arange(row, row + n, dtype=np.int64)
             rks = row_keys(cid, rowids) if batch.bulk else [row_key(cid, r) for r in range(row, row + n)]
             _putmulti(txn, dbs["ids"], zip(batch.id_keys, pack_rowids(rowids), strict=True))
@@ -439,12 +438,12 @@ class Collection:
             rebuild = False
             if rec.collecting and batch.unit is not None:
                 if new.due():
-                    new = _calibrate_in_txn(txn, dbs, new, self.bits, rks, batch.unit)
+                    new = rewrites.recalibrate(txn, dbs, new, self.bits, rks, batch.unit)
                     rebuild = True
                 else:
                     _putmulti(txn, dbs["calib"], zip(rks, quantize.split_rows(batch.unit), strict=True))
-            if _compaction_due(new):
-                new = _compact_in_txn(txn, dbs, new, self.code_bytes, self.record_bytes)
+            if rewrites.compaction_due(new):
+                new = rewrites.compact(txn, dbs, new, self.code_bytes, self.record_bytes)
                 rebuild = True
             self._write_record(txn, new)
             return new, old, (self._build(txn, new) if rebuild else None), runs
@@ -487,14 +486,14 @@ class Collection:
                         continue
                     txn.delete(ik, db=dbs["ids"])
                     old.append(unpack_rowid(prev))
-                    _kill_row(txn, dbs, cid, unpack_rowid(prev))
+                    rewrites.kill_row(txn, dbs, cid, unpack_rowid(prev))
                 rec = self._record_in(txn)
                 if not old:
                     return rec, old, None
                 new = replace(rec, count=rec.count - len(old), dead=rec.dead + len(old), gen=rec.gen + 1)
                 built = None
-                if _compaction_due(new):
-                    new = _compact_in_txn(txn, dbs, new, self.code_bytes, self.record_bytes)
+                if rewrites.compaction_due(new):
+                    new = rewrites.compact(txn, dbs, new, self.code_bytes, self.record_bytes)
                     built = self._build(txn, new)
                 self._write_record(txn, new)
                 return new, old, built
@@ -520,7 +519,7 @@ class Collection:
                 rec = self._record_in(txn)
                 if not rec.dead:
                     return 0, None
-                new = _compact_in_txn(
+                new = rewrites.compact(
                     txn, dbs, replace(rec, gen=rec.gen + 1), self.code_bytes, self.record_bytes
                 )
                 self._write_record(txn, new)
@@ -564,7 +563,7 @@ class Collection:
 
             def txn_fn(txn: lmdb.Transaction) -> _Built:
                 rec = self._record_in(txn)
-                new = _calibrate_in_txn(
+                new = rewrites.recalibrate(
                     txn, self.env.dbs, replace(rec, gen=rec.gen + 1), self.bits, queries=samples
                 )
                 self._write_record(txn, new)
@@ -1040,113 +1039,6 @@ def _unit(x: npt.NDArray[np.floating], inv: F32) -> F32:
     for i in range(0, len(x), 4096):
         out[i : i + 4096] = x[i : i + 4096].astype(np.float32) * inv[i : i + 4096, None]
     return out
-
-
-def _putmulti(txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, quantize.Buffer]]) -> None:
-    """Put many items in one C-level loop (overwriting)."""
-    txn.cursor(db=db).putmulti(items, dupdata=False, overwrite=True)
-
-
-def _kill_row(txn: lmdb.Transaction, dbs: Mapping[str, Any], cid: int, rowid: int) -> None:
-    """Drop a row's per-row entries and leave a tombstone for its slot in the blocks."""
-    rk = row_key(cid, rowid)
-    for name in ROW_SUBDBS:
-        txn.delete(rk, db=dbs[name])
-    txn.put(rk, b"", db=dbs["dead"])
-
-
-def _compaction_due(rec: CollectionRecord) -> bool:
-    return rec.dead >= COMPACT_MIN_DEAD and rec.dead >= rec.count
-
-
-def _compact_in_txn(
-    txn: lmdb.Transaction, dbs: Mapping[str, Any], rec: CollectionRecord, code_bytes: int, record_bytes: int
-) -> CollectionRecord:
-    """Rewrite the live rows under new row ids from ``rec.next_row`` on, in row order, dropping the
-    tombstoned slots: blocks, ``ids``, and the per-row entries move with their rows."""
-    cid = rec.cid
-    prefix = cid_prefix(cid)
-    runs, codes = blocks.read_all(txn, dbs, cid, code_bytes, "cblocks")
-    _, records = blocks.read_all(txn, dbs, cid, record_bytes, "vblocks")
-    first = int(runs.starts[0]) if len(runs.starts) else rec.next_row
-    live = np.ones(len(codes), dtype=bool)
-    dead = np.asarray([rowid_of(k) for k, _ in iter_prefix(txn, dbs["dead"], prefix)], np.int64)
-    live[dead - first] = False
-    old_rows = first + np.flatnonzero(live)
-    new_first = rec.next_row
-    for name in ROW_SUBDBS:
-        entries = list(iter_prefix(txn, dbs[name], prefix))
-        if not entries:
-            continue
-        old = np.frombuffer(b"".join(k for k, _ in entries), dtype=_KEY_DTYPE)["row"].astype(np.int64)
-        new = new_first + np.searchsorted(old_rows, old).astype(np.int64)
-        values = [v for _, v in entries]
-        _delete_prefix(txn, dbs[name], prefix)
-        _putmulti(txn, dbs[name], zip(row_keys(cid, new), values, strict=True))
-        if name == "rows":
-            _putmulti(txn, dbs["ids"], zip((prefix + v for v in values), pack_rowids(new), strict=True))
-    _delete_prefix(txn, dbs["dead"], prefix)
-    blocks.delete_all(txn, dbs, cid)
-    n = len(old_rows)
-    if n:
-        blocks.append(txn, dbs, cid, new_first, codes[live], records[live])
-    return replace(rec, next_row=new_first + n, dead=0)
-
-
-def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
-    cur = txn.cursor(db=db)
-    while cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
-        cur.delete()
-
-
-def _calibrate_in_txn(
-    txn: lmdb.Transaction,
-    dbs: Mapping[str, Any],
-    rec: CollectionRecord,
-    bits: int,
-    new_keys: Sequence[bytes] = (),
-    new_vecs: F32 | None = None,
-    queries: F32 | None = None,
-) -> CollectionRecord:
-    """Calibrate from the kept code vectors plus this batch's (``new_keys`` / ``new_vecs``, not yet
-    kept), rewrite all those rows' codes in their blocks, and keep the batch's vectors, or, when the
-    calibration is final (the collection reached ``calibration_sample``), drop them all. The model is
-    fitted on at most ``calibration_sample`` vectors (kept ones first)."""
-    prefix = cid_prefix(rec.cid)
-    keys: list[bytes] = []
-    vals: list[bytes] = []
-    for k, v in iter_prefix(txn, dbs["calib"], prefix):
-        keys.append(k)
-        vals.append(v)
-    kept = np.frombuffer(b"".join(vals), dtype=np.float32).reshape(len(vals), bits)
-    batch = new_vecs if new_vecs is not None else np.zeros((0, bits), np.float32)
-    x = np.concatenate([kept, batch]) if len(batch) else kept
-    cap = rec.config.calibration_sample
-    model, tuning = calibration.calibrate(x, measure_rows=cap, queries=queries)
-    final = rec.count >= cap or rec.config.calibration is Calibration.MEDIAN  # median: one calibration
-    new_codes = quantize.binarize(x, model.thresholds)
-    runs, codes = blocks.read_all(txn, dbs, rec.cid, quantize.code_bytes(bits), "cblocks")
-    if len(runs.starts):
-        rowids = np.asarray([rowid_of(k) for k in [*keys, *new_keys]], dtype=np.int64)
-        codes = codes.copy()
-        codes[rowids - int(runs.starts[0])] = new_codes
-        blocks.rewrite_codes(txn, dbs, rec.cid, runs, codes)
-    if final:
-        for k in keys:
-            txn.delete(k, db=dbs["calib"])
-    elif len(batch):
-        _putmulti(txn, dbs["calib"], zip(new_keys, quantize.split_rows(batch), strict=True))
-    return replace(
-        rec,
-        thresholds=tuple(float(v) for v in model.thresholds),
-        scale=tuple(float(v) for v in model.scale),
-        centre=model.centre,
-        calibrated_at=rec.count,
-        final=final,
-        tuning=tuning,
-        measured_at=0,
-        measured_with_samples=queries is not None,
-    )
 
 
 def _keys_to_json(keys: Mapping[str, list[tuple[str, Any]]]) -> bytes:

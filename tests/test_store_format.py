@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import small_config
 from zembed.store import Calibration, CollectionConfig, InvalidArgument, Store, blocks, quantize
-from zembed.store.collection import COMPACT_MIN_DEAD, Collection
+from zembed.store.collection import Collection
+from zembed.store.rewrites import COMPACT_MIN_DEAD
 
 
 def data(n: int, seed: int = 0, dims: int = 96) -> np.ndarray:
