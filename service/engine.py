@@ -20,13 +20,14 @@ import numpy.typing as npt
 
 from zembed.service.batcher import Batcher, Latency, call_deadline
 from zembed.service.config import Settings
-from zembed.service.errors import InvalidArgument
+from zembed.service.errors import InvalidArgument, Unavailable
 from zembed.service.runtime.manifest import Manifest
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.searcher import SearchScheduler
 from zembed.store import Collection, CollectionConfig, CollectionInfo, Hit, RescoreDtype, Store
 from zembed.store.calibrate import SAMPLE_QUERIES, MeasureStopped
 from zembed.store.config import Calibration
+from zembed.store.errors import WouldBlock
 from zembed.store.params import DEFAULT_TOP_K, SearchParams
 
 F32 = npt.NDArray[np.float32]
@@ -448,6 +449,8 @@ class Engine:
                 return await asyncio.to_thread(coll.measure, code, rescore, stop=self._stopping.is_set)
             await asyncio.to_thread(coll.calibrate, code)
             return coll.info()
+        except WouldBlock as exc:  # recalibrated while it was measured: a retry measures again
+            raise Unavailable(str(exc)) from None
         finally:
             if self._measuring.get(name) is me:
                 del self._measuring[name]

@@ -213,3 +213,33 @@ def test_exact_search_decodes_a_bounded_number_of_bytes_at_a_time(
     assert seen and max(seen) <= 64 * 512 * 4 and sum(seen) == 1000 * 512 * 4
     want = np.argsort(-(x[:3] @ x.T), axis=1, kind="stable")[:, :5]
     assert [[h.id for h in hs] for hs in got] == [[f"d{j:04d}" for j in row] for row in want]
+
+
+def test_a_measurement_refused_by_a_concurrent_recalibration_is_retryable_over_grpc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibrate(measure_only) while the codes are recalibrated (a collecting collection recalibrates
+    as writes double it): the store refuses the measurement (WouldBlock, "call again"). Before the
+    fix that reached the client as INTERNAL "see the server log" with an ERROR traceback; it is
+    UNAVAILABLE (retry) with the reason, and the recalibration's table is kept."""
+    import numpy as np
+
+    with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
+        search = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        _grow(search, pb.CollectionConfig(code_bits=64, rescore_dims=64, calibration_sample=100_000), 2)
+        coll = server.running.engine.store.collection("c")
+        real = calibration.measure_by_search
+
+        def recalibrating(search_fn: Any, truth: Any, *rest: Any) -> Any:
+            out = real(search_fn, truth, *rest)
+            rng = np.random.default_rng(1)
+            coll.calibrate(rng.standard_normal((10, 64)).astype(np.float32) + 1.0)  # new thresholds
+            return out
+
+        monkeypatch.setattr(calibration, "measure_by_search", recalibrating)
+        with pytest.raises(grpc.RpcError) as err:
+            search.Calibrate(pb.CalibrateRequest(name="c", measure_only=True), timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "recalibrated while it was measured" in str(err.value.details())
+        got = search.GetCollection(pb.GetCollectionRequest(name="c")).collection
+        assert got.measured_with_samples  # the recalibration's (with its samples), not overwritten
