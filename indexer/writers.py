@@ -22,6 +22,7 @@ from zembed.store import CollectionConfig
 
 F32 = npt.NDArray[np.float32]
 Failure = tuple[str, str]  # (id, why)
+MESSAGE_DOCS = 1000  # documents per UpsertStream message (the bulk form takes 1 to 10,000)
 
 
 def _dedupe(
@@ -154,8 +155,8 @@ class StoreWriter(ShardWriter):
 
 
 class ServerWriter(ShardWriter):
-    """Running servers, one per shard (``addresses[shard]``), over UpsertStream with precomputed
-    vectors (the servers embed nothing); each row is acknowledged once durable."""
+    """Running servers, one per shard (``addresses[shard]``), over UpsertStream's bulk form with
+    precomputed vectors (the servers embed nothing); every document is acknowledged once durable."""
 
     def __init__(
         self,
@@ -225,7 +226,8 @@ class ServerWriter(ShardWriter):
     def write(
         self, shard: int, ids: list[str], code: F32, rescore: F32 | None, metas: list[str]
     ) -> tuple[int, list[Failure]]:
-        # the stream acknowledges each document on its own: no batch retry needed
+        # UpsertStream's bulk form: MESSAGE_DOCS documents per message, one status per document in
+        # order (the server halves a refused batch until the refused documents stand alone)
         ids, code, rescore, metas = _dedupe(ids, code, rescore, metas)
         from zembed.service.metadata import metadata_to_proto
 
@@ -233,29 +235,39 @@ class ServerWriter(ShardWriter):
         code = np.ascontiguousarray(code, dtype="<f4")
         resc = None if rescore is None else np.ascontiguousarray(rescore, dtype="<f4")
 
+        def doc(i: int) -> Any:
+            vec = pb.Vectors(code_f32le=code[i].tobytes())
+            if resc is not None and not self.same_dims:
+                vec.rescore_f32le = resc[i].tobytes()
+            d = pb.Document(id=ids[i], vectors=vec)
+            if metas[i]:
+                for k, v in metadata_to_proto(json.loads(metas[i])).items():
+                    d.metadata[k].CopyFrom(v)
+            return d
+
+        starts = list(range(0, len(ids), MESSAGE_DOCS))
+
         def requests() -> Any:
-            for i, doc_id in enumerate(ids):
-                vec = pb.Vectors(code_f32le=code[i].tobytes())
-                if resc is not None and not self.same_dims:
-                    vec.rescore_f32le = resc[i].tobytes()
-                doc = pb.Document(id=doc_id, vectors=vec)
-                if metas[i]:
-                    for k, v in metadata_to_proto(json.loads(metas[i])).items():
-                        doc.metadata[k].CopyFrom(v)
-                yield pb.UpsertStreamRequest(collection=self.collection, document=doc)
+            for a in starts:
+                docs = [doc(i) for i in range(a, min(a + MESSAGE_DOCS, len(ids)))]
+                yield pb.UpsertStreamRequest(collection=self.collection, documents=docs)
 
         stored = 0
         failures: list[Failure] = []
+        answered = 0
         call = self.stubs[shard].UpsertStream(requests(), metadata=self.metadata, timeout=self.timeout_s)
-        for i, resp in enumerate(call):
-            if resp.status.code == 0:
-                stored += 1
-            else:
-                failures.append((ids[i], f"refused by {self.addresses[shard]}: {resp.status.message}"))
-        if stored + len(failures) != len(ids):
+        for m, resp in enumerate(call):
+            a = starts[m]
+            for j, st in enumerate(resp.statuses):
+                answered += 1
+                if st.code == 0:
+                    stored += 1
+                else:
+                    failures.append((ids[a + j], f"refused by {self.addresses[shard]}: {st.message}"))
+        if answered != len(ids):
             raise RuntimeError(
-                f"shard {shard} at {self.addresses[shard]}: the stream ended after "
-                f"{stored + len(failures)} of {len(ids)} acknowledgements"
+                f"shard {shard} at {self.addresses[shard]}: the stream ended after {answered} of "
+                f"{len(ids)} acknowledgements"
             )
         return stored, failures
 
