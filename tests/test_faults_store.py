@@ -183,7 +183,14 @@ def test_sigkill_during_snapshot_never_leaves_a_store_that_crashes_its_opener(tm
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rnd.uniform(0.3, 2.2))  # start-up ~0.5 s, the copy ~1.2 s (fsync included)
+        # kill inside the copy whatever the start-up takes (0.5 s idle, several seconds on a loaded
+        # machine): wait until the copy has begun (its partial directory exists), then a random moment
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None and not out.exists():
+            if any((tmp_path / "snaps").glob(f".s{k}.partial-*")):
+                break
+            time.sleep(0.005)
+        time.sleep(rnd.uniform(0, 0.08))  # the copy of 16 MB and its fsyncs: tens of ms
         child.send_signal(signal.SIGKILL)
         child.wait()
         if out.exists():
