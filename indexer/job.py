@@ -139,6 +139,14 @@ def index(opts: IndexOptions) -> Report:
     config = collection_config(opts, manifest)
     shards = len(opts.servers) if opts.servers is not None else opts.shards
     folder = Path(opts.out if opts.out is not None else str(opts.progress_dir))
+    units, skipped_files = plan_units(
+        opts.inputs, opts.format, unit_bytes=opts.unit_bytes, files_per_unit=opts.files_per_unit
+    )
+    if not units:
+        raise InputError(
+            f"nothing to index in {', '.join(opts.inputs)}"
+            + (f" ({len(skipped_files)} files of unknown format; give --format)" if skipped_files else "")
+        )
     check_job(
         folder,
         {
@@ -151,14 +159,6 @@ def index(opts: IndexOptions) -> Report:
             "chunk": opts.chunk,
         },
     )
-    units, skipped_files = plan_units(
-        opts.inputs, opts.format, unit_bytes=opts.unit_bytes, files_per_unit=opts.files_per_unit
-    )
-    if not units:
-        raise InputError(
-            f"nothing to index in {', '.join(opts.inputs)}"
-            + (f" ({len(skipped_files)} files of unknown format; give --format)" if skipped_files else "")
-        )
     done: set[str] | None = None
     for s in range(shards):
         have = set(ShardProgress(progress_path(folder, s)).load())
@@ -218,7 +218,12 @@ def _start_writers(
                 mine, list(opts.servers), str(folder), opts.collection, config.to_json(), opts.token
             )
         out.append(actor)
-    ray.get([a.counts.remote() for a in out])  # opened (stores locked, collections checked)
+    try:
+        ray.get([a.counts.remote() for a in out])  # opened (stores locked, collections checked)
+    except BaseException:
+        for a in out:
+            ray.kill(a)
+        raise
     return out
 
 

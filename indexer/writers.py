@@ -127,8 +127,12 @@ class StoreWriter(ShardWriter):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-            store.ensure_collection(collection, cfg)
             self.stores[s] = store
+            try:
+                store.ensure_collection(collection, cfg)
+            except BaseException:
+                self.close()  # refused: release every lock taken here
+                raise
             self.colls[s] = store.collection(collection)
 
     def _write(self, shard: int, ids: list[str], code: F32, rescore: F32 | None, metas: list[str]) -> None:

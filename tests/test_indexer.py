@@ -433,3 +433,30 @@ def test_long_documents_split_into_passages_on_their_documents_shard(
                 assert p["t"].strip() and count([p["t"]], "document")[0] <= 64
             rows += total
     assert rows == report.rows == sum(report.shard_counts.values())
+
+
+def test_command_line_refusals_change_nothing(
+    ray_address: str, minilm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zembed.service.cli import main as cli
+    from zembed.store import CollectionConfig
+
+    out = tmp_path / "out"
+    base = ["index", "--model", str(minilm), "--collection", "docs", "--out", str(out)]
+    assert cli([*base[:1], str(tmp_path / "missing.jsonl"), *base[1:]]) == 2
+    assert "missing.jsonl: no such file or directory" in capsys.readouterr().err
+    assert not out.exists()
+
+    # a shard store holding the collection with another configuration: the writer refuses at open,
+    # the run stops with one line (exit 1), the store is untouched
+    corpus = tmp_path / "c.jsonl"
+    write_corpus(corpus, 5, bad=False)
+    with Store(out / shard_name(0)) as st:
+        st.create_collection("docs", CollectionConfig(code_bits=64, rescore_dims=64))
+    assert cli([*base[:1], str(corpus), *base[1:]]) == 1
+    err = capsys.readouterr().err
+    assert "zembed index: stopped:" in err and "was created with" in err and "re-run" in err
+    with Store(out / shard_name(0)) as st:
+        info = st.collection("docs").info()
+        assert (info.count, info.config.code_bits) == (0, 64)
+    assert not progress_path(out, 0).exists()
