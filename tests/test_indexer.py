@@ -434,6 +434,29 @@ def test_long_documents_split_into_passages_on_their_documents_shard(
             rows += total
     assert rows == report.rows == sum(report.shard_counts.values())
 
+    # a shard store is ready to serve: `zembed serve --data <shard>` answers text searches with passages
+    import grpc
+
+    from tests.fakes import ServerThread
+    from zembed.service.config import Settings
+    from zembed.v1 import zembed_pb2 as pb
+    from zembed.v1 import zembed_pb2_grpc as pb_grpc
+
+    shard = shard_of("long-0", 2)
+    settings = Settings(model=minilm, data=out / shard_name(shard), port=0, intra_op_threads=1).validate()
+    server = ServerThread(settings)
+    try:
+        with grpc.insecure_channel(server.target) as ch:
+            stub = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+            query = docs["long-0"][:200]
+            resp = stub.Search(pb.SearchRequest(collection="docs", text=query, top_k=3), timeout=60)
+    finally:
+        server.stop()
+    top = resp.hits[0]
+    assert top.id == "long-0" and top.HasField("passage")
+    assert docs["long-0"][top.passage.start : top.passage.end] == top.passage.text
+    assert PASSAGE_KEY not in top.metadata and top.metadata["src"].string_value == "t"
+
 
 def test_command_line_refusals_change_nothing(
     ray_address: str, minilm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
