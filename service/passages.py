@@ -24,6 +24,7 @@ from zembed.service import chunking
 from zembed.service.convert import PASSAGE_KEY, Docs
 from zembed.service.engine import Engine, usage_bytes
 from zembed.service.errors import InvalidArgument
+from zembed.store import Collection
 from zembed.v1 import zembed_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
@@ -168,3 +169,16 @@ async def upsert(
     if stale:
         await asyncio.to_thread(coll.delete, stale)
     return n, tokens, usage_bytes(texts), written
+
+
+def delete_documents(coll: Collection, ids: Sequence[str]) -> int:
+    """Delete documents by id, a chunked one with every passage row it has (the first row's passage
+    record counts them); the number of documents deleted."""
+    recs = coll.get(list(ids))
+    rows = list(ids)
+    for doc_id, rec in zip(ids, recs, strict=True):
+        head = rec.metadata.get(PASSAGE_KEY) if rec is not None else None
+        if isinstance(head, dict) and head.get("i") == 0:
+            rows.extend(row_id(doc_id, j) for j in range(1, int(head.get("n", 1))))
+    coll.delete(rows)
+    return len({doc_id for doc_id, rec in zip(ids, recs, strict=True) if rec is not None})

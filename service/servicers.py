@@ -428,7 +428,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
     ) -> pb.DeleteDocumentsResponse:
         validate.count(len(request.ids), "ids", validate.MAX_DELETE_IDS, "ids")
         coll = self.engine.store.collection(request.collection)
-        n = await asyncio.to_thread(coll.delete, list(request.ids))
+        n = await asyncio.to_thread(passages.delete_documents, coll, list(request.ids))
         return pb.DeleteDocumentsResponse(deleted=n)
 
     @guarded

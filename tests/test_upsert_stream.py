@@ -194,6 +194,21 @@ def test_chunking_stores_passages_and_search_answers_them(stub: Any) -> None:
     assert "\x1fpassage" not in rows[0].metadata
 
 
+def test_deleting_a_chunked_document_deletes_every_passage(stub: Any) -> None:
+    create(stub)
+    docs = [pb.Document(id="long", text=LONG), pb.Document(id="short", text="a short text")]
+    res = stub.Upsert(pb.UpsertRequest(collection="docs", documents=docs, chunking=pb.Chunking(enabled=True)))
+    n = res.passages - 1
+    assert n > 2
+    deleted = stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection="docs", ids=["long", "missing"]))
+    assert deleted.deleted == 1
+    rows = get(stub, ["long"] + [f"long\x1f{i}" for i in range(1, n)] + ["short"])
+    assert [d.found for d in rows] == [False] * n + [True]
+    assert stub.GetCollection(pb.GetCollectionRequest(name="docs")).collection.count == 1
+    hits = stub.Search(pb.SearchRequest(collection="docs", text="word123 is here.", top_k=50)).hits
+    assert {h.id for h in hits} == {"short"}
+
+
 def test_chunking_refuses_bad_sizes_and_long_ids(stub: Any) -> None:
     create(stub)
     d = pb.Document(id="x", text=LONG)
