@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from zembed.store import CollectionConfig, Store
+from zembed.store import Calibration, CollectionConfig, Store
 
 BATCH = 2000
 REPLACED = 1000  # of the previous batch's ids, per batch
 DIMS = 64
-CONFIG = CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration="none")
+CONFIG = CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
 
 
 def batch_ids(b: int) -> np.ndarray:
@@ -28,7 +28,8 @@ def batch_ids(b: int) -> np.ndarray:
 
 def batch_vectors(b: int) -> np.ndarray:
     x = np.random.default_rng(b).standard_normal((BATCH, DIMS), dtype=np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    return out
 
 
 def deleted_ids(b: int) -> np.ndarray:

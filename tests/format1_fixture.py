@@ -75,7 +75,8 @@ def write(path: str) -> None:
 
     with Store(path) as s:
         for name, cfg in COLLECTIONS.items():
-            s.create_collection(name, CollectionConfig(**{**cfg, "filterable": tuple(cfg.get("filterable", ()))}))
+            config = {**cfg, "filterable": tuple(cfg.get("filterable", ()))}
+            s.create_collection(name, CollectionConfig(**config))
             c = s.collection(name)
             for ids, x, meta in batches(name):
                 c.upsert(ids, x[:, : cfg["code_bits"]], x, meta)
