@@ -175,6 +175,9 @@ def test_jsonl_byte_ranges_cover_every_line_once(tmp_path: Path) -> None:
         units, _ = plan_units([str(path)], unit_bytes=unit_bytes)
         got = [r["id"] for u in units for r in read_unit(u, fm)]
         assert got == ids, unit_bytes
+    # a URI reads through pyarrow's filesystems like the path
+    units, _ = plan_units([path.as_uri()], unit_bytes=100)
+    assert [r["id"] for u in units for r in read_unit(u, fm)] == ids
 
 
 def test_parquet_row_groups_and_text_files_are_units(tmp_path: Path) -> None:
