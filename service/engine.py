@@ -307,6 +307,8 @@ class Engine:
                 wait=wait,
                 field="documents",
                 names=[f"documents[{i}].text" for i in text_idx],
+                # bulk writes (streams: they wait for room) batch in the SLOW lane, so queries overtake them
+                latency=Latency.SLOW if wait else Latency.FAST,
             )
             cv, rv = self.vectors_from_embedding(cfg, emb.vectors, "documents.text")
             for j, i in enumerate(text_idx):

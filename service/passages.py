@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zembed.service import chunking
+from zembed.service.batcher import Latency
 from zembed.service.convert import PASSAGE_KEY, Docs
 from zembed.service.engine import Engine, usage_bytes
 from zembed.service.errors import InvalidArgument
@@ -74,7 +75,10 @@ async def embed(engine: Engine, texts: Sequence[str], *, wait: bool, field: str)
     vecs: list[F32] = []
     tokens = 0
     for s in range(0, len(texts), step):
-        emb = await engine.embed(list(texts[s : s + step]), "document", 0, wait=wait, field=field)
+        lane = Latency.SLOW if wait else Latency.FAST  # bulk (waiting) writes: the SLOW lane
+        emb = await engine.embed(
+            list(texts[s : s + step]), "document", 0, wait=wait, field=field, latency=lane
+        )
         vecs.append(emb.vectors)
         tokens += emb.total_tokens
     return np.concatenate(vecs), tokens

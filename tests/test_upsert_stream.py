@@ -231,3 +231,25 @@ def test_chunking_refuses_bad_sizes_and_long_ids(stub: Any) -> None:
     assert (res.upserted, res.passages) == (1, 1)
     (hit,) = stub.Search(pb.SearchRequest(collection="docs", text="word1", top_k=1)).hits
     assert hit.id == "x" and not hit.HasField("passage")
+
+
+def test_stream_writes_embed_in_the_slow_lane_and_unary_ones_in_the_fast_lane(
+    server: FakeServer, stub: Any
+) -> None:
+    """Bulk text writes (UpsertStream, chunked or not) queue in the SLOW lane, so queries overtake
+    them; a unary Upsert keeps the FAST lane."""
+    create(stub)
+    stats = server.running.engine.batcher.stats
+    fast0, slow0 = stats.fast_items, stats.slow_items
+    docs = [pb.Document(id=f"s{i}", text=f"stream text {i}") for i in range(20)]
+    (ack,) = stub.UpsertStream(iter([pb.UpsertStreamRequest(collection="docs", documents=docs)]))
+    assert ack.stored == 20
+    chunked = pb.UpsertStreamRequest(
+        collection="docs", documents=[pb.Document(id="long", text=LONG)], chunking=pb.Chunking(enabled=True)
+    )
+    (ack,) = stub.UpsertStream(iter([chunked]))
+    assert ack.stored == 1
+    assert stats.fast_items == fast0 and stats.slow_items > slow0 + 20
+    slow1 = stats.slow_items
+    stub.Upsert(pb.UpsertRequest(collection="docs", documents=[pb.Document(id="u", text="unary text")]))
+    assert stats.fast_items == fast0 + 1 and stats.slow_items == slow1
