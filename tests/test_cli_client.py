@@ -413,16 +413,16 @@ def test_version_and_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_client_commands_import_neither_onnxruntime_nor_torch(server: FakeServer) -> None:
     code = (
-        "import sys; from service import cli; "
+        "import sys; from zembed.service import cli; "
         f"rc = cli.main(['health', '--address', '{server.target}']); "
-        "heavy = ('onnxruntime', 'torch', 'transformers', 'pyarrow', 'store'); "
+        "heavy = ('onnxruntime', 'torch', 'transformers', 'pyarrow', 'zembed.store'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "print(rc, bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
     serve_help = (
-        "import sys, contextlib; from service import cli\n"
+        "import sys, contextlib; from zembed.service import cli\n"
         "with contextlib.suppress(SystemExit): cli.main(['serve', '--help'])\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )

@@ -530,7 +530,8 @@ def test_disk_full_is_resource_exhausted_naming_path_and_free_bytes(
 def test_domain_layers_do_not_import_grpc() -> None:
     """Structure: service/errors.py imported grpc although the engine and batcher said "no gRPC here"."""
     code = (
-        "import sys; import service.errors, service.batcher, service.engine, service.streams; "
+        "import sys; import zembed.service.errors, zembed.service.batcher, zembed.service.engine, "
+        "zembed.service.streams; "
         "print('grpc' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

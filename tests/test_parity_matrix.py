@@ -234,9 +234,9 @@ def _export_shipping_the_file(src: Path, out: Path, *flags: str) -> subprocess.C
     behaviour: a copy of the folder's tokenizer.json."""
     code = (
         "import shutil, sys\n"
-        "import export.tokens as t\n"
+        "import zembed.export.tokens as t\n"
         f"t.ship_tokenizer = lambda hf, dest: shutil.copy({str(src / 'tokenizer.json')!r}, dest)\n"
-        "from service.cli import main\n"
+        "from zembed.service.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return subprocess.run(
