@@ -39,15 +39,12 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from zembed.service import convert, streams
 from zembed.service.config import Settings
 from zembed.service.edge import Edge
 from zembed.service.engine import F32, Embedder, Engine, usage_bytes
-from zembed.service.errors import InvalidArgument, StartupError, TooLarge, Unavailable
+from zembed.service.errors import InvalidArgument, TooLarge, Unavailable
 from zembed.service.fanout import (
     Failure,
     ShardError,
@@ -64,7 +61,7 @@ from zembed.service.fanout import (
     written_note,
 )
 from zembed.service.metrics import Metrics
-from zembed.service.server import SERVER_OPTIONS, SERVICES, Running, check_tls
+from zembed.service.server import SERVER_OPTIONS, Running, check_tls, listen
 from zembed.service.servicers import MAX_UPSERT, Ctx, EmbeddingServicer, item_status
 from zembed.service.status import status_of
 from zembed.store import Store, validate
@@ -807,7 +804,6 @@ async def start_router(
     model: Embedder | None = None,
 ) -> RouterRunning:
     """Bind, load the model, and serve as the router over ``settings.shard_addresses()``."""
-    from grpc_health.v1 import health_pb2
 
     metrics = metrics or Metrics()
     tls = check_tls(settings)
@@ -823,25 +819,7 @@ async def start_router(
     )
     shards = ShardSet(addresses, settings)
     try:
-        health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        for name in ("", *SERVICES):
-            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{settings.host}:{settings.port}"
-        try:
-            if tls is not None:
-                key, cert, ca = tls
-                creds = grpc.ssl_server_credentials(
-                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-                )
-                port = server.add_secure_port(address, creds)
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
-        reflection.enable_server_reflection(
-            (*SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server
-        )
+        health, port = await listen(server, settings, tls)
         embedding = EmbeddingServicer(None, metrics)
         search = RouterSearch(None, shards, metrics)
         pb_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)

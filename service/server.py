@@ -83,6 +83,31 @@ class Running:
         self.engine.store.close()
 
 
+async def listen(
+    server: grpc.aio.Server, settings: Settings, tls: tuple[bytes, bytes, bytes | None] | None
+) -> tuple[HealthServicer, int]:
+    """The port (TLS when given), the health service answering NOT_SERVING until the caller says
+    otherwise, and reflection: what a server and a router set up alike before they start."""
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *SERVICES):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{settings.host}:{settings.port}"
+    try:
+        if tls is not None:
+            key, cert, ca = tls
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
+    reflection.enable_server_reflection((*SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+    return health, port
+
+
 # Keepalive and connection limits: a client that vanished (no FIN: a pulled cable, a frozen VM) is
 # found by pings within ~keepalive_time + keepalive_timeout and its calls are cancelled, which ends
 # its streams; clients may ping at most every 10 s; idle connections are closed after 30 min.
@@ -197,23 +222,7 @@ async def _start(
     max_bytes: int,
     http: HttpServer | None = None,
 ) -> Running:
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", *SERVICES):
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    address = f"{settings.host}:{settings.port}"
-    try:
-        if tls is not None:
-            key, cert, ca = tls
-            creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-            )
-            port = server.add_secure_port(address, creds)
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
-    reflection.enable_server_reflection((*SERVICES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+    health, port = await listen(server, settings, tls)
     embedding, search = EmbeddingServicer(None, metrics), SearchServicer(None, metrics)
     pb_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
     pb_grpc.add_SearchServiceServicer_to_server(search, server)
