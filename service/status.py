@@ -39,6 +39,9 @@ TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (store_errors.Locked, grpc.StatusCode.FAILED_PRECONDITION),
     (store_errors.Damaged, grpc.StatusCode.FAILED_PRECONDITION),
     (store_errors.FormatMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    # a read asked not to wait met a map resize: the service retries these on a thread, so one
+    # escaping here is transient (retryable), not an internal error
+    (store_errors.WouldBlock, grpc.StatusCode.UNAVAILABLE),
     (ManifestError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 

@@ -300,7 +300,7 @@ def test_collections_commands(server: FakeServer, capsys: pytest.CaptureFixture[
         capsys, server, "collections", "create", "c1", "--filterable", "lang,tags", "--rescore-dtype", "int8"
     )
     assert rc == 0, err
-    assert "created collection 'c1'" in out and "filterable:         lang, tags" in out
+    assert "created collection 'c1'" in out and "filterable:             lang, tags" in out
     rc, out, err = run(capsys, server, "collections", "create", "c1")
     assert rc == 1 and "ALREADY_EXISTS" in err
     create(capsys, server, "c2")
