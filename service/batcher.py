@@ -218,6 +218,16 @@ class Batcher:
     def lane_depth(self, lane: Latency) -> int:
         return len(self._lanes[lane])
 
+    def lane_figures(self) -> dict[str, dict[str, int]]:
+        """Per lane: inputs waiting and taken so far; and how often one lane went ahead of the other
+        (for /metrics)."""
+        st = self.stats
+        return {
+            "waiting": {lane.value: len(q) for lane, q in self._lanes.items()},
+            "taken": {Latency.FAST.value: st.fast_items, Latency.SLOW.value: st.slow_items},
+            "events": {"overtake": st.overtakes, "forced": st.forced, "yielded": st.yielded},
+        }
+
     @property
     def _work(self) -> int:
         return sum(self._work_by.values())

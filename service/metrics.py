@@ -1,5 +1,5 @@
 """Prometheus metrics (text format on an HTTP port): requests and latency per RPC, batch sizes,
-queue depth and queued work, tokens, store size, free space on the data volume.
+queue depth and queued work (per latency lane too), tokens, store size, free space on the data volume.
 
 The endpoint lists every collection's name and size, so it is not public: it listens on
 ``--metrics-host`` (default 127.0.0.1), and whenever the service has a token, ``/metrics`` requires
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -85,10 +86,15 @@ class Metrics:
         *,
         free_bytes: Callable[[], int] | None = None,
         queued_seconds: Callable[[], float] | None = None,
+        lanes: Callable[[], LaneFigures] | None = None,
     ) -> None:
         """Read at scrape time: the batcher's queue, the store's collection sizes, how many searches
-        ran on the event loop or on worker threads, free space on the data volume."""
+        ran on the event loop or on worker threads, free space on the data volume, and the embedding
+        queue's latency lanes (inputs waiting and taken per lane, and how often one lane went ahead
+        of the other)."""
         self.queue_depth.set_function(queue_depth)
+        if lanes is not None:
+            self.registry.register(_LaneCollector(lanes))
         if free_bytes is not None:
             self.free_bytes.set_function(free_bytes)
         if queued_seconds is not None:
@@ -156,6 +162,43 @@ class Metrics:
             self.http.shutdown()
             self.http.server_close()
             self.http = None
+
+
+@dataclass(frozen=True)
+class LaneFigures:
+    """The embedding queue's lanes at one moment (service/batcher.py, the ``latency`` modes)."""
+
+    waiting: dict[str, int]  # lane -> inputs queued
+    taken: dict[str, int]  # lane -> inputs taken into batches since start
+    events: dict[str, int]  # overtake / forced / yielded -> count since start
+
+
+class _LaneCollector(Collector):
+    def __init__(self, figures: Callable[[], LaneFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        f = self._figures()
+        g = GaugeMetricFamily("zembed_lane_queue_depth", "inputs waiting per latency lane", labels=["lane"])
+        for lane, n in sorted(f.waiting.items()):
+            g.add_metric([lane], n)
+        yield g
+        c = CounterMetricFamily(
+            "zembed_lane_inputs", "inputs taken into inference batches per latency lane", labels=["lane"]
+        )
+        for lane, n in sorted(f.taken.items()):
+            c.add_metric([lane], n)
+        yield c
+        e = CounterMetricFamily(
+            "zembed_lane_events",
+            "overtake: a fast batch taken while slow inputs waited; forced: a slow batch taken ahead "
+            "of waiting fast inputs (the overtake bound); yielded: slow inputs put back so fast ones "
+            "ran between sub-batches",
+            labels=["event"],
+        )
+        for event, n in sorted(f.events.items()):
+            e.add_metric([event], n)
+        yield e
 
 
 class _StoreCollector(Collector):

@@ -28,7 +28,7 @@ from zembed.service.config import Settings
 from zembed.service.edge import Edge
 from zembed.service.engine import Embedder, Engine
 from zembed.service.errors import StartupError
-from zembed.service.metrics import Metrics
+from zembed.service.metrics import LaneFigures, Metrics
 from zembed.service.servicers import EmbeddingServicer, SearchServicer
 from zembed.store import Store
 
@@ -258,6 +258,7 @@ async def _start(
         lambda: dict(engine.searcher.paths),
         free_bytes=lambda: _free_bytes(store),
         queued_seconds=engine.batcher.estimated_wait_s,
+        lanes=lambda: LaneFigures(**engine.batcher.lane_figures()),
     )
     if settings.default_collection:
         name, fields = settings.default_collection, list(settings.default_filterable)

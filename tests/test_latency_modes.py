@@ -9,8 +9,10 @@ Sizes are read from the engine's ``search_sizes`` (what each search was planned 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
@@ -94,6 +96,11 @@ def test_grpc_fast_embeds_overtake_a_queue_of_slow_ones(held: tuple[FakeServer, 
         for i, (t, lat) in enumerate(fast.items(), 1):
             calls.append(embed(t, lat))
             wait_for(lambda i=i: batcher.lane_depth(Latency.FAST) == i, f"{i} fast inputs queued")  # type: ignore[misc]
+        port = free_port()
+        srv.running.metrics.serve(port, "127.0.0.1")
+        queued = scrape(port)  # the lanes as /metrics shows them while the worker is held
+        assert 'zembed_lane_queue_depth{lane="slow"} 5.0' in queued
+        assert 'zembed_lane_queue_depth{lane="fast"} 2.0' in queued
         assert model.hold is not None
         model.hold.set()
         for c in calls:
@@ -102,6 +109,25 @@ def test_grpc_fast_embeds_overtake_a_queue_of_slow_ones(held: tuple[FakeServer, 
     # queued last, computed first (right after the held batch), in their order; the slow ones after
     assert fast_pos == [1, 2] and slow_pos == [3, 4, 5, 6, 7], (fast_pos, slow_pos)
     assert batcher.stats.overtakes == 2 and batcher.stats.forced == 0
+    after = scrape(port)
+    assert 'zembed_lane_queue_depth{lane="slow"} 0.0' in after
+    assert 'zembed_lane_events_total{event="overtake"} 2.0' in after
+    assert 'zembed_lane_events_total{event="forced"} 0.0' in after
+    assert f'zembed_lane_inputs_total{{lane="fast"}} {float(batcher.stats.fast_items)}' in after
+    assert f'zembed_lane_inputs_total{{lane="slow"}} {float(batcher.stats.slow_items)}' in after
+    assert batcher.stats.slow_items >= 6  # the blocker and the five queued slow inputs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        body: bytes = resp.read()
+    return body.decode().splitlines()
 
 
 def test_grpc_latency_is_checked_and_slow_search_plans_4x(held: tuple[FakeServer, FakeEmbedder]) -> None:
