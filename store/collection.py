@@ -1,8 +1,11 @@
 """One collection: its writes (one LMDB transaction per batch), the in-memory index they keep in
-step, and the read transactions that searches pair with a published snapshot.
+step, and the snapshots they publish for readers.
 
-What is stored where is in ``store.layout`` (the table) and ``store.blocks`` (codes and vectors in
-runs); the search itself is ``store.search`` (pure functions); calibration is ``store.calibrate``;
+The reads (``get``, ``search*``, ``shortlist``, ``exact_search``, and the pairing of a read
+transaction with the published snapshot of its generation) are ``store.reader`` (a mixin of
+:class:`Collection`, with the seam that reads codes and records from either store format). What is
+stored where is in ``store.layout`` (the table) and ``store.blocks`` (codes and vectors in runs);
+the search itself is ``store.search`` (pure functions); calibration is ``store.calibrate``;
 the transaction bodies that rewrite stored rows (compaction, the calibration rewrite of every code)
 are ``store.rewrites``.
 
@@ -25,8 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,8 +41,8 @@ from zembed.store import calibrate as calibration
 from zembed.store import search as stages
 from zembed.store.blocks import Runs
 from zembed.store.config import Calibration, CollectionConfig
-from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
-from zembed.store.filters import FilterIndex, doc_keys, parse_filter
+from zembed.store.errors import InvalidArgument, NotFound, WouldBlock
+from zembed.store.filters import FilterIndex, doc_keys
 from zembed.store.index import CHUNK_ROWS, CodeIndex
 from zembed.store.layout import (
     Env,
@@ -58,11 +60,10 @@ from zembed.store.layout import (
 from zembed.store.params import (
     DEFAULT_READS_PER_K,
     DEFAULT_SHORTLIST_PER_READ,
-    MAX_SHORTLIST,
-    Plan,
     SearchParams,
 )
 from zembed.store.quantize import RescoreDtype
+from zembed.store.reader import CollectionReader, Rows, SearchArrays, Shortlist, rows_for, search_params
 from zembed.store.records import (
     GEN,
     CollectionInfo,
@@ -79,12 +80,10 @@ I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-MAX_REFINE = 100
 #: rows one ``upsert_arrays`` call may carry (one transaction); multiples of ``blocks.BLOCK_ROWS``
 #: write each block once
 MAX_BULK_ROWS = 1 << 20
 _KEEP_GENERATIONS = 3
-_PUBLISH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -115,30 +114,9 @@ class _Batch:
         return len(self.id_keys)
 
 
-@dataclass(frozen=True)
-class SearchArrays:
-    """A search's answer as arrays (``[Q, m]``, best first): positions in the snapshot searched, row
-    ids, scores, Hamming distances (-1 for exact search) and the external ids (an object array)."""
-
-    positions: I64
-    rowids: I64
-    scores: F32
-    hamming: I32
-    ids: npt.NDArray[np.object_]
-
-
-@dataclass(frozen=True)
-class Shortlist:
-    """Stage one alone: per query the nearest positions by Hamming distance (``[Q, m]``, sorted by
-    distance then position) and their row ids (stable until a compaction)."""
-
-    positions: I64
-    distances: I32
-    rowids: I64
-
-
-class Collection:
-    """Created and opened by :class:`store.Store`; all methods are thread-safe."""
+class Collection(CollectionReader):
+    """Created and opened by :class:`store.Store`; all methods are thread-safe. The reads (``get``,
+    ``search``, ``exact_search``, ``shortlist`` ...) are :class:`store.reader.CollectionReader`'s."""
 
     def __init__(self, env: Env, name: str, record: CollectionRecord) -> None:
         self.env = env
@@ -149,6 +127,7 @@ class Collection:
         self.stride = quantize.row_stride(self.bits)
         self.code_bytes = quantize.code_bytes(self.bits)
         self.record_bytes = quantize.record_bytes(self.config.rescore_dims, self.config.rescore_dtype)
+        self._rows: Rows = rows_for(env, self.code_bytes, self.record_bytes)
         self._snap: stages.Snapshot
         self._snaps: dict[int, stages.Snapshot] = {}
         self._published = threading.Condition()
@@ -169,39 +148,27 @@ class Collection:
     def _build(self, txn: lmdb.Transaction, rec: CollectionRecord) -> _Built:
         """The in-memory index of ``rec`` as ``txn`` sees it: the code runs (a handful of large
         values), the tombstones, and the filterable fields."""
-        prefix = cid_prefix(rec.cid)
-        dbs = self.env.dbs
         index = CodeIndex(self.stride)
         filters = FilterIndex(rec.config.filterable)
-        runs, values = blocks.read_runs(txn, dbs, rec.cid, self.code_bytes)
-        rows = runs.rows
-        first = int(runs.starts[0]) if rows else rec.next_row
-        dead = np.asarray([rowid_of(k) for k, _ in iter_prefix(txn, dbs["dead"], prefix)], np.int64)
-        if (rows and first + rows != rec.next_row) or rows - len(dead) != rec.count:
-            raise FormatMismatch(
-                f"collection {self.name!r}: {rows} stored rows from row {first} with {len(dead)} "
-                f"tombstones do not match its record (next row {rec.next_row}, {rec.count} documents): "
-                "the environment is damaged"
-            )
-        rowids = np.arange(first, first + rows, dtype=np.int64)
+        loaded = self._rows.load(txn, rec, self.name)  # checked against the record
+        rowids = loaded.rowids
         pos = 0
-        for v in values:
-            part = np.frombuffer(v, np.uint8).reshape(-1, self.code_bytes)
+        for part in loaded.codes:
             for s in range(0, len(part), CHUNK_ROWS):
                 chunk = part[s : s + CHUNK_ROWS]
                 index.append(rowids[pos : pos + len(chunk)], quantize.pad_rows(chunk, self.stride))
                 pos += len(chunk)
-        if len(dead):
-            index.kill((dead - first).tolist())
+        if len(loaded.dead):
+            index.kill(loaded.positions(loaded.dead).tolist())
         if rec.config.filterable:
             # rows with the same filterable values share one JSON text: parse each text once and
             # add its rows' positions in bulk
             groups: dict[bytes, list[int]] = {}
-            for k, fk in iter_prefix(txn, dbs["fkeys"], prefix):
+            for k, fk in iter_prefix(txn, self.env.dbs["fkeys"], cid_prefix(rec.cid)):
                 groups.setdefault(fk, []).append(rowid_of(k))
             for raw, rws in groups.items():
-                filters.add_many(np.asarray(rws, dtype=np.int64) - first, _keys_from_json(raw))
-        return _Built(rec, index, filters, runs)
+                filters.add_many(loaded.positions(np.asarray(rws, dtype=np.int64)), _keys_from_json(raw))
+        return _Built(rec, index, filters, loaded.runs)
 
     def _install(self, built: _Built) -> None:
         self._rec = built.rec
@@ -742,282 +709,6 @@ class Collection:
         if self.dropped:
             raise NotFound("collection", self.name)
 
-    def prefetch(self) -> int:
-        """Read every stored vector, id and metadata record once; returns the bytes touched.
-
-        LMDB serves reads from a memory map; a page's first touch in a process costs a page fault
-        (and a disk read when the page is not cached). Rescoring reads ``top_k x oversampling``
-        random vectors per query, so a freshly started server pays those faults on its first
-        queries. This pass pays them up front (the service's ``--prefetch`` option).
-        """
-        prefix = cid_prefix(self._rec.cid)
-        total = 0
-        with self.env.reader(buffers=True) as txn:
-            for name in ("vblocks", "rows", "docs"):
-                cur = txn.cursor(db=self.env.dbs[name])
-                if not cur.set_range(prefix):
-                    continue
-                for k, v in cur.iternext():
-                    if bytes(k[:4]) != prefix:
-                        break
-                    arr = np.frombuffer(v, dtype=np.uint8)
-                    total += int(arr[:: self.env.page_size].sum() >= 0) * len(arr)
-        return total
-
-    # ------------------------------------------------------------------ reads
-    @contextlib.contextmanager
-    def _consistent(self, wait: bool = True) -> Iterator[tuple[stages.Snapshot, lmdb.Transaction]]:
-        """A snapshot and a read transaction at the same generation.
-
-        A read transaction sees either the generation last published or the one committed just
-        after it (the writer publishes right after its commit, under the write lock); the last
-        snapshots are kept by generation, so the pair is found without retrying. Only in the short
-        window between a commit and its publish does a reader wait (on a condition, not a spin), and
-        with ``wait`` off it raises :class:`WouldBlock` instead (callers on an event loop retry on a
-        thread). A collection dropped meanwhile raises :class:`NotFound` at once.
-        """
-        deadline = time.monotonic() + _PUBLISH_TIMEOUT_S
-        while True:
-            with self.env.reader(buffers=True, wait=wait) as txn:
-                if self.dropped:
-                    raise NotFound("collection", self.name)
-                raw = get(txn, gen_key(self._rec.cid), self.env.dbs["meta"])
-                if raw is None:
-                    raise NotFound("collection", self.name)
-                gen = GEN.unpack(raw)[0]
-                snap = self._snaps.get(gen)
-                if snap is not None:
-                    yield snap, txn
-                    return
-            if gen < self._snap.gen:
-                continue  # several commits happened since this transaction began: take a new one
-            if not wait:
-                raise WouldBlock(f"collection {self.name!r}: a commit is being published")
-            with self._published:
-                if gen > self._snap.gen and not self.dropped:
-                    self._published.wait(0.05)
-            if time.monotonic() > deadline:
-                raise FormatMismatch(
-                    f"collection {self.name!r}: generation {gen} is committed but this process never "
-                    f"built it (in {_PUBLISH_TIMEOUT_S:.0f} s); another process wrote the data directory "
-                    "(restart this server)"
-                )
-
-    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record | None]:
-        """Documents by id, in order; None for an id that is not stored."""
-        id_list = validate.ids(ids, "ids", unique=False)
-        dbs = self.env.dbs
-        cid = self._rec.cid
-        out: list[Record | None] = []
-        with self.env.reader(buffers=True) as txn:
-            for ext in id_list:
-                prev = get(txn, id_key(cid, ext), dbs["ids"])
-                if prev is None:
-                    out.append(None)
-                    continue
-                rowid = unpack_rowid(prev)
-                doc = get(txn, row_key(cid, rowid), dbs["docs"])
-                vec = None
-                if with_vectors:
-                    blob = blocks.row_of(txn, dbs["vblocks"], cid, rowid, self.record_bytes)
-                    vec = quantize.decode_rescore(
-                        [blob], self.config.rescore_dims, self.config.rescore_dtype
-                    )[0]
-                code = bytes(blocks.row_of(txn, dbs["cblocks"], cid, rowid, self.code_bytes))
-                out.append(Record(ext, json.loads(doc) if doc else {}, code, vec))
-        return out
-
-    def ids_of(self, rowids: npt.ArrayLike) -> npt.NDArray[np.object_]:
-        """External ids of row ids (None where a row id is not stored), as an object array."""
-        rows = np.asarray(rowids, dtype=np.int64)
-        out = np.empty(rows.shape, dtype=object)
-        flat = out.reshape(-1)
-        with self.env.reader(buffers=True) as txn:
-            db = self.env.dbs["rows"]
-            for i, k in enumerate(row_keys(self._rec.cid, rows.reshape(-1))):
-                v = txn.get(k, db=db)
-                flat[i] = None if v is None else str(v, "utf-8")
-        return out
-
-    def _queries(
-        self, code_queries: Any, rescore_queries: Any | None, need_rescore: bool
-    ) -> tuple[F32, F32 | None]:
-        cq_arr = np.asarray(code_queries, dtype=np.float32)
-        nq = 1 if cq_arr.ndim == 1 else int(cq_arr.shape[0])
-        validate.int_range(nq, "queries", 1, validate.MAX_QUERIES)
-        cq = validate.vectors(cq_arr, "code_queries", nq, self.bits).unit()
-        if not need_rescore:
-            return cq, None
-        if rescore_queries is None:
-            if self.config.rescore_dims != self.bits:
-                raise InvalidArgument(
-                    "rescore_queries",
-                    f"are required with rescore on (length {self.config.rescore_dims}); given none",
-                )
-            return cq, cq
-        return cq, validate.vectors(rescore_queries, "rescore_queries", nq, self.config.rescore_dims).unit()
-
-    def _params(self, params: SearchParams | None, options: dict[str, Any]) -> SearchParams:
-        if params is None:
-            params = search_params(**options)
-        elif options:
-            raise TypeError(f"give params or keywords, not both: {sorted(options)}")
-        for c in params.filter:
-            if c.field not in self.config.filterable:
-                raise InvalidArgument(
-                    "filter",
-                    f"may only name filterable fields {sorted(self.config.filterable)}; given {c.field!r}",
-                    value=c.field,
-                )
-        return params
-
-    def _records(self, txn: lmdb.Transaction, snap: stages.Snapshot) -> stages.Records:
-        db = self.env.dbs["vblocks"]
-        cid, width = self._rec.cid, self.record_bytes
-        return lambda rowids: blocks.gather_records(txn, db, cid, snap.runs, rowids, width)
-
-    def search(
-        self,
-        code_queries: Any,
-        rescore_queries: Any | None = None,
-        params: SearchParams | None = None,
-        *,
-        wait: bool = True,
-        **options: Any,
-    ) -> list[list[Hit]]:
-        """Search a batch of queries (a 1-D vector is one query); one hit list per query.
-
-        ``params`` is built once by the caller; or give its fields as keywords (``top_k``,
-        ``shortlist``, ``float_reads``, ``refine``, ``rescore``, ``recall_target``, ``filter`` as a
-        mapping, ``include_metadata``; the earlier ``oversampling`` and integer ``refine`` too).
-        With ``wait`` off, :class:`WouldBlock` is raised rather than waiting for a map resize (for
-        callers that must not block, such as an event loop)."""
-        params = self._params(params, options)
-        cq, rq = self._queries(code_queries, rescore_queries, params.rescore)
-        with self._consistent(wait) as (snap, txn):
-            r = self._ranked(snap, txn, params, cq, rq)
-            return self._hits(txn, r.rowids, r.scores, r.hamming, params.include_metadata)
-
-    def search_arrays(
-        self,
-        code_queries: Any,
-        rescore_queries: Any | None = None,
-        params: SearchParams | None = None,
-        *,
-        wait: bool = True,
-        **options: Any,
-    ) -> SearchArrays:
-        """:meth:`search` with the answer as arrays (:class:`SearchArrays`), no ``Hit`` objects."""
-        params = self._params(params, options)
-        cq, rq = self._queries(code_queries, rescore_queries, params.rescore)
-        with self._consistent(wait) as (snap, txn):
-            r = self._ranked(snap, txn, params, cq, rq)
-            return SearchArrays(r.positions, r.rowids, r.scores, r.hamming, self._ids(txn, r.rowids))
-
-    def shortlist(
-        self, code_queries: Any, k: int, *, filter: Mapping[str, Any] | None = None, wait: bool = True
-    ) -> Shortlist:
-        """Stage one alone: per query the ``k`` visible rows nearest by Hamming distance."""
-        validate.int_range(k, "k", 1, MAX_SHORTLIST)
-        conditions = parse_filter(filter, self.config.filterable)
-        cq, _ = self._queries(code_queries, None, False)
-        with self._consistent(wait) as (snap, _txn):
-            dist, pos = stages.shortlist(snap, stages.query_codes(snap, cq, self.stride), k, conditions)
-            rowids = snap.view.rowids_of(pos.ravel()).reshape(pos.shape) if pos.size else pos.copy()
-            return Shortlist(pos, dist, rowids)
-
-    def _ranked(
-        self, snap: stages.Snapshot, txn: lmdb.Transaction, params: SearchParams, cq: F32, rq: F32 | None
-    ) -> stages.Ranked:
-        return stages.ranked(
-            snap,
-            params.plan(snap.tuning, snap.view.live),
-            params.top_k,
-            self.bits,
-            self.config.rescore_dims,
-            self.config.rescore_dtype,
-            cq,
-            rq,
-            self.stride,
-            self._records(txn, snap),
-            params.filter,
-        )
-
-    def plan(self, params: SearchParams) -> Plan:
-        """The sizes a search with ``params`` runs with on this collection now."""
-        snap = self._snap
-        return params.plan(snap.tuning, snap.view.live)
-
-    def exact_search(
-        self,
-        rescore_queries: Any,
-        *,
-        top_k: int = 10,
-        filter: Mapping[str, Any] | None = None,
-        include_metadata: bool = False,
-    ) -> list[list[Hit]]:
-        """Exact float search over every visible rescore vector (for evaluation; reads them all).
-
-        Hits carry ``hamming = -1``: no code query is involved.
-        """
-        top_k = validate.int_range(top_k, "top_k", 1, validate.MAX_TOP_K)
-        arr = np.asarray(rescore_queries, dtype=np.float32)
-        nq = 1 if arr.ndim == 1 else int(arr.shape[0])
-        rq = validate.vectors(arr, "rescore_queries", nq, self.config.rescore_dims).unit()
-        conditions = parse_filter(filter, self.config.filterable)
-        with self._consistent() as (snap, txn):
-            r = stages.exact(
-                snap,
-                rq,
-                top_k,
-                self.config.rescore_dims,
-                self.config.rescore_dtype,
-                self._records(txn, snap),
-                conditions,
-            )
-            return self._hits(txn, r.rowids, r.scores, r.hamming, include_metadata)
-
-    def _ids(self, txn: lmdb.Transaction, rowids: I64) -> npt.NDArray[np.object_]:
-        out = np.empty(rowids.shape, dtype=object)
-        flat = out.reshape(-1)
-        db = self.env.dbs["rows"]
-        for i, k in enumerate(row_keys(self._rec.cid, rowids.reshape(-1))):
-            flat[i] = _text(txn.get(k, db=db))
-        return out
-
-    def _hits(
-        self, txn: lmdb.Transaction, rowids: I64, scores: F32, hamming: I32, with_meta: bool
-    ) -> list[list[Hit]]:
-        dbs = self.env.dbs
-        cid = self._rec.cid
-        results: list[list[Hit]] = []
-        for i in range(rowids.shape[0]):
-            hits: list[Hit] = []
-            for key, s, h in zip(
-                row_keys(cid, rowids[i]), scores[i].tolist(), hamming[i].tolist(), strict=True
-            ):
-                ext = _text(txn.get(key, db=dbs["rows"]))
-                meta: dict[str, Any] | None = None
-                if with_meta:
-                    raw = txn.get(key, db=dbs["docs"])
-                    meta = json.loads(str(raw, "utf-8")) if raw else {}
-                hits.append(Hit(ext, float(s), int(h), meta))
-            results.append(hits)
-        return results
-
-
-def search_params(*, refine: bool | int = True, **options: Any) -> SearchParams:
-    """:class:`SearchParams` from keywords, accepting the earlier integer ``refine`` (Hamming
-    candidates per float read; 1 turns the refine step off)."""
-    if isinstance(refine, bool):
-        return SearchParams.create(refine=refine, **options)
-    r = validate.int_range(refine, "refine", 1, MAX_REFINE)
-    params = SearchParams.create(refine=r > 1, **options)
-    if r > 1 and not params.shortlist:
-        reads = params.float_reads or params.top_k * DEFAULT_READS_PER_K
-        params = replace(params, shortlist=reads * r)
-    return params
-
 
 def _sign_codes(x: npt.NDArray[np.floating]) -> U8:
     """``np.packbits(x > 0)`` for finite rows; float16 compared as its bits (numpy has no fast
@@ -1026,12 +717,6 @@ def _sign_codes(x: npt.NDArray[np.floating]) -> U8:
         u = x.view(np.uint16)
         return np.packbits((u - np.uint16(1)) < np.uint16(0x7FFF), axis=-1)
     return np.packbits(x > 0, axis=-1)
-
-
-def _text(value: bytes | memoryview | None) -> str:
-    if value is None:
-        raise FormatMismatch("a stored row has no id: the environment is damaged")
-    return str(value, "utf-8")
 
 
 def _unit(x: npt.NDArray[np.floating], inv: F32) -> F32:
