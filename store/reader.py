@@ -35,6 +35,7 @@ from zembed.store.blocks import Runs
 from zembed.store.config import CollectionConfig
 from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
 from zembed.store.filters import parse_filter
+from zembed.store.index import CodeIndex
 from zembed.store.layout import (
     Env,
     cid_prefix,
@@ -46,8 +47,14 @@ from zembed.store.layout import (
     rowid_of,
     unpack_rowid,
 )
-from zembed.store.params import DEFAULT_READS_PER_K, MAX_SHORTLIST, Plan, SearchParams
-from zembed.store.records import GEN, CollectionRecord, Hit, Record, gen_key
+from zembed.store.params import (
+    DEFAULT_READS_PER_K,
+    DEFAULT_SHORTLIST_PER_READ,
+    MAX_SHORTLIST,
+    Plan,
+    SearchParams,
+)
+from zembed.store.records import GEN, CollectionInfo, CollectionRecord, Hit, Record, gen_key
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -184,7 +191,76 @@ class CollectionReader:
     _snap: stages.Snapshot
     _snaps: dict[int, stages.Snapshot]
     _published: threading.Condition
+    _index: CodeIndex
+    _runs: Runs
     _rows: Rows
+
+    def info(self) -> CollectionInfo:
+        rec = self._rec
+        used = allocated = 0
+        with contextlib.suppress(WouldBlock):
+            used, allocated = self._disk_usage()
+        return CollectionInfo(
+            self.name,
+            self.config,
+            rec.count,
+            rec.thresholds if rec.thresholds is not None else self.config.thresholds,
+            rec.thresholds is not None,
+            self._index.nbytes,
+            rec.calibrated_at,
+            rec.final,
+            rec.tuning,
+            rec.tuning.recall_at(DEFAULT_READS_PER_K, DEFAULT_SHORTLIST_PER_READ),
+            used,
+            allocated,
+            used // rec.count if rec.count else 0,
+            rec.measured_at or rec.calibrated_at,
+            rec.measured_with_samples,
+        )
+
+    def _disk_usage(self) -> tuple[int, int]:
+        """``(bytes in use, bytes allocated)``: the blocks from the run sizes (exact for the large
+        values of a bulk load), the key trees' pages by this collection's share of the documents,
+        the file's allocated blocks pro rata."""
+        env = self.env.usage()
+        psize = self.env.page_size
+        runs = self._runs
+        own = blocks.run_bytes(runs, self.code_bytes, psize) + blocks.run_bytes(
+            runs, self.record_bytes, psize
+        )
+        with self.env.reader(wait=False) as txn:
+            docs = int(txn.stat(self.env.dbs["ids"])["entries"])
+        rest = env["bytes_in_use"] - env["block_bytes"]  # key trees and meta pages
+        used = own + (rest * self._rec.count // docs if docs else 0)
+        share = env["bytes_allocated"] / env["bytes_in_use"] if env["bytes_in_use"] else 0.0
+        return used, int(used * share)
+
+    @property
+    def cid(self) -> int:
+        return self._rec.cid
+
+    def count(self) -> int:
+        return self._snap.view.live
+
+    def measure_due(self, growth: float) -> bool:
+        """Whether the collection, its calibration final, has grown ``growth`` times past the
+        document count its recall table was measured at (the caller then runs :meth:`measure`)."""
+        rec = self._rec
+        if growth <= 0 or not rec.final or rec.thresholds is None:
+            return False
+        return rec.count >= growth * max(rec.measured_at or rec.calibrated_at, 1)
+
+    def _sample_ids(self, n: int) -> list[str]:
+        """Up to ``n`` stored ids spread over the collection (a fixed stride over the live rows)."""
+        with self.env.reader(buffers=True) as txn:
+            ids = [
+                str(k[len(cid_prefix(self._rec.cid)) :], "utf-8")
+                for k, _ in iter_prefix(txn, self.env.dbs["ids"], cid_prefix(self._rec.cid))
+            ]
+        if len(ids) <= n:
+            return ids
+        step = len(ids) / n
+        return [ids[int(i * step)] for i in range(n)]
 
     def prefetch(self) -> int:
         """Read every stored vector, id and metadata record once; returns the bytes touched.
