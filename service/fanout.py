@@ -24,6 +24,7 @@ from itertools import chain
 
 import grpc
 
+from zembed.service.status import Relayed
 from zembed.store.sharding import shards_of
 from zembed.v1 import zembed_pb2 as pb
 
@@ -130,12 +131,8 @@ class Failure:
         )
 
 
-class ShardError(Exception):
+class ShardError(Relayed):
     """What the router answers a call with when shards failed (a gRPC code and a message)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def failure_error(failures: Sequence[Failure], shards: int, *, what: str = "") -> ShardError:

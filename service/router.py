@@ -28,7 +28,6 @@ shards carry the router's own ``--token``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import socket
@@ -62,8 +61,7 @@ from zembed.service.fanout import (
 )
 from zembed.service.metrics import Metrics
 from zembed.service.server import SERVER_OPTIONS, Running, check_tls, listen
-from zembed.service.servicers import MAX_UPSERT, Ctx, EmbeddingServicer, item_status
-from zembed.service.status import status_of
+from zembed.service.servicers import MAX_UPSERT, Ctx, EmbeddingServicer, guarded, item_status
 from zembed.store import Store, validate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
@@ -265,42 +263,6 @@ def split(answers: dict[int, Any]) -> tuple[dict[int, Any], list[Failure]]:
     return ok, [a for a in answers.values() if isinstance(a, Failure)]
 
 
-def routed(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Like ``servicers.guarded``: a shard failure is answered with its own code; anything else maps
-    through the one status table; metrics per method and status."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    async def wrapper(self: RouterSearch, request: Any, context: Ctx) -> Any:
-        t = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            if isinstance(exc, ShardError):
-                code, message = exc.code, str(exc)[:1024]
-            else:
-                code, message = status_of(exc, name)
-            await context.abort(code, message)
-            raise  # unreachable: abort raises
-        finally:
-            self.metrics.requests.labels(name, code.name).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - t)
-
-    return wrapper
-
-
-def _item_status(exc: BaseException) -> pb.Status:
-    if isinstance(exc, ShardError):
-        return convert.status(exc.code.value[0], str(exc)[:1024])
-    return item_status(exc)
-
-
 class _NoStore:
     """The router's engine embeds only; it has no store (a bug if anything asks it for one)."""
 
@@ -428,7 +390,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             missing_shards=[f.to_proto() for f in sorted(failures, key=lambda f: f.shard)],
         )
 
-    @routed
+    @guarded
     async def Search(self, request: pb.SearchRequest, context: Ctx) -> pb.SearchResponse:
         return await self._search(request, self.timeout(context))
 
@@ -449,7 +411,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
                     missing_shards=res.missing_shards,
                 )
             except Exception as exc:
-                return pb.SearchStreamResponse(id=req.id, status=_item_status(exc))
+                return pb.SearchStreamResponse(id=req.id, status=item_status(exc))
 
         settings = self.settings
         async for res in streams.concurrent(
@@ -518,7 +480,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         ok, failures = split(await self.shards.each("Upsert", requests, timeout, write=True))
         return ok, failures, where
 
-    @routed
+    @guarded
     async def Upsert(self, request: pb.UpsertRequest, context: Ctx) -> pb.UpsertResponse:
         timeout = self.timeout(context)
         docs = list(request.documents)
@@ -593,14 +555,14 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             try:
                 await self.config(collection, timeout)
             except Exception as exc:  # the collection itself (missing, or no shard answers)
-                return [_item_status(exc)] * len(docs)
+                return [item_status(exc)] * len(docs)
             at = []
             for i, d in enumerate(docs):  # checked here, one at a time (the config is cached now)
                 try:
                     await self.check_documents(collection, [d], timeout, first=i)
                     at.append(i)
                 except Exception as exc:
-                    out[i] = _item_status(exc)
+                    out[i] = item_status(exc)
             if not at:
                 return out
         _, failures, where = await self._write(collection, [docs[i] for i in at], chunking, timeout)
@@ -624,9 +586,9 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
                 raise failure_error(failures, 1)
             return convert.status()
         except Exception as exc:
-            return _item_status(exc)
+            return item_status(exc)
 
-    @routed
+    @guarded
     async def DeleteDocuments(
         self, request: pb.DeleteDocumentsRequest, context: Ctx
     ) -> pb.DeleteDocumentsResponse:
@@ -644,7 +606,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             raise failure_error(failures, len(self.shards), what=note)
         return pb.DeleteDocumentsResponse(deleted=sum(a.deleted for a in ok.values()))
 
-    @routed
+    @guarded
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: Ctx) -> pb.GetDocumentsResponse:
         validate.count(len(request.ids), "ids", validate.MAX_GET_IDS, "ids (page larger requests)")
         ids = validate.ids(list(request.ids), "ids", unique=False)  # as the store checks them
@@ -674,7 +636,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         return pb.GetDocumentsResponse(documents=[d for d in out if d is not None])
 
     # ------------------------------------------------------------------ collections
-    @routed
+    @guarded
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: Ctx
     ) -> pb.CreateCollectionResponse:
@@ -715,12 +677,12 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             collection=merge_collections([ok[s].collection for s in sorted(ok)])
         )
 
-    @routed
+    @guarded
     async def GetCollection(self, request: pb.GetCollectionRequest, context: Ctx) -> pb.GetCollectionResponse:
         ok = await self._admin("GetCollection", request, context, write=False)
         return pb.GetCollectionResponse(collection=merge_collections([ok[s].collection for s in sorted(ok)]))
 
-    @routed
+    @guarded
     async def UpdateCollection(
         self, request: pb.UpdateCollectionRequest, context: Ctx
     ) -> pb.UpdateCollectionResponse:
@@ -729,12 +691,12 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             collection=merge_collections([ok[s].collection for s in sorted(ok)])
         )
 
-    @routed
+    @guarded
     async def Calibrate(self, request: pb.CalibrateRequest, context: Ctx) -> pb.CalibrateResponse:
         ok = await self._admin("Calibrate", request, context)
         return pb.CalibrateResponse(collection=merge_collections([ok[s].collection for s in sorted(ok)]))
 
-    @routed
+    @guarded
     async def DeleteCollection(
         self, request: pb.DeleteCollectionRequest, context: Ctx
     ) -> pb.DeleteCollectionResponse:
@@ -751,7 +713,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
             raise failure_error(gone, len(self.shards))
         return pb.DeleteCollectionResponse()
 
-    @routed
+    @guarded
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: Ctx
     ) -> pb.ListCollectionsResponse:
@@ -764,7 +726,7 @@ class RouterSearch(pb_grpc.SearchServiceServicer):
         page, token = merge_list_pages([ok[s] for s in sorted(ok)], size)
         return pb.ListCollectionsResponse(collections=page, next_page_token=token)
 
-    @routed
+    @guarded
     async def Snapshot(self, request: pb.SnapshotRequest, context: Ctx) -> pb.SnapshotResponse:
         """Every replica of every shard snapshots under the same name (a timestamp chosen here when
         empty), each on its own volume; ``path`` lists the first replica's of each shard as

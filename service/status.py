@@ -82,10 +82,19 @@ def code_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+class Relayed(Exception):
+    """An answer another server already gave with a status (e.g. a shard behind the router): passed
+    on with its own code and message rather than mapped through :data:`TABLE`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
 def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for ``exc`` (client errors logged at INFO,
     unexpected ones at ERROR with the traceback; both rate-limited)."""
-    code = code_of(exc)
+    code = exc.code if isinstance(exc, Relayed) else code_of(exc)
     if code is None:
         internal_errors.log(
             logging.ERROR, type(exc).__name__, f"unexpected error in {method or 'a call'}", exc=exc

@@ -26,3 +26,14 @@ def test_store_errors_map_to_their_status(exc: BaseException, code: grpc.StatusC
 
 def test_unknown_errors_are_internal() -> None:
     assert code_of(RuntimeError("boom")) is None  # the caller answers INTERNAL and logs the traceback
+
+
+def test_relayed_answers_keep_their_code_and_message() -> None:
+    from zembed.service.fanout import ShardError
+    from zembed.service.status import status_of
+
+    exc = ShardError(grpc.StatusCode.UNAVAILABLE, "shard 2 of 3 (10.0.0.3:50051) unavailable")
+    assert status_of(exc, "Search") == (grpc.StatusCode.UNAVAILABLE, str(exc))
+    long = ShardError(grpc.StatusCode.INVALID_ARGUMENT, "x" * 5000)
+    code, message = status_of(long)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and len(message) == 1024 and message.endswith("\u2026")
