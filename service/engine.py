@@ -21,6 +21,7 @@ import numpy.typing as npt
 from zembed.service.batcher import Batcher, Latency, call_deadline
 from zembed.service.config import Settings
 from zembed.service.errors import InvalidArgument, Unavailable
+from zembed.service.reservoir import QueryReservoir
 from zembed.service.runtime.manifest import Manifest
 from zembed.service.runtime.text import Overflow, TooLong
 from zembed.service.searcher import SearchScheduler
@@ -121,6 +122,9 @@ class Engine:
         )
         self.search_sizes = SearchSizes()
         self._measuring: dict[str, asyncio.Task[None]] = {}  # background re-measurements by collection
+        # the query vectors searched since each collection was last measured (memory only): the
+        # background re-measurement measures on them (service/reservoir.py)
+        self.recent_queries = QueryReservoir()
         self._stopping = threading.Event()  # set at shutdown: measurements stop at their next setting
 
     def release_memory(self) -> None:
@@ -338,16 +342,21 @@ class Engine:
         writers are not blocked; a failure is logged and retried at the next write)."""
         if name in self._measuring or not coll.measure_due(self.settings.remeasure_growth):
             return None
-        if coll.config.rescore_dims != coll.bits:  # stored rows cannot be queries: only Calibrate
-            return None  # with sample queries measures it (measure() would fail at every write)
+        cfg = coll.config
+        queries = self.recent_queries.take(name, cfg.code_bits, cfg.rescore_dims)
+        if queries is None and cfg.rescore_dims != cfg.code_bits:
+            return None  # stored rows cannot be queries here: wait for enough real ones
 
         async def run() -> None:
             try:
-                info = await asyncio.to_thread(coll.measure, stop=self._stopping.is_set)
+                code, rescore = queries if queries is not None else (None, None)
+                info = await asyncio.to_thread(coll.measure, code, rescore, stop=self._stopping.is_set)
                 log.info(
-                    "collection %s: recall table measured again at %d documents (defaults: recall@10 %s)",
+                    "collection %s: recall table measured again at %d documents on %s "
+                    "(defaults: recall@10 %s)",
                     name,
                     info.measured_at,
+                    f"{len(code)} recent queries" if code is not None else "stored rows (leave-one-out)",
                     info.measured_recall,
                 )
             except MeasureStopped:
@@ -402,6 +411,7 @@ class Engine:
             raise InvalidArgument("query", "must be text or vectors")
         if rescore is not None and len(rescore) == 0:
             rescore = None
+        self.recent_queries.add(name, code, rescore, coll.config.rescore_dims)
         plan = coll.plan(params)
         sizes = self.search_sizes
         sizes.searches += 1
