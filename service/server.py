@@ -222,6 +222,10 @@ async def _start(
     max_bytes: int,
     http: HttpServer | None = None,
 ) -> Running:
+    # a format-1 data directory (an earlier release) is served read-only until `zembed migrate`
+    read_only: str | None = getattr(store, "needs_migration", None)
+    if read_only:
+        log.warning("serving the store READ-ONLY (writes answer FAILED_PRECONDITION): %s", read_only)
     health, port = await listen(server, settings, tls)
     embedding, search = EmbeddingServicer(None, metrics), SearchServicer(None, metrics)
     pb_grpc.add_EmbeddingServiceServicer_to_server(embedding, server)
@@ -260,7 +264,7 @@ async def _start(
         queued_seconds=engine.batcher.estimated_wait_s,
         lanes=lambda: LaneFigures(**engine.batcher.lane_figures()),
     )
-    if settings.default_collection:
+    if settings.default_collection and not read_only:  # read-only: neither created nor changed
         name, fields = settings.default_collection, list(settings.default_filterable)
         if name not in {c.name for c in store.list_collections()}:
             store.create_collection(name, engine.default_config(filterable=tuple(fields)))

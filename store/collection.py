@@ -635,8 +635,11 @@ class Collection(CollectionReader):
             self._published.notify_all()
 
     def _check_open(self) -> None:
+        """Before every write: the collection exists, and the data directory is not a format-1
+        one served read-only (NeedsMigration names the command that converts it)."""
         if self.dropped:
             raise NotFound("collection", self.name)
+        self.env.check_writable()
 
 
 def _sign_codes(x: npt.NDArray[np.floating]) -> U8:

@@ -24,9 +24,20 @@ vblocks    cid + first rowid of a run       rescore records of the same rows (se
                                             ``quantize.rescore_records``), fixed size each
 =========  ===============================  ======================================================
 
-Format 1 (releases before issue #10) kept one code and one vector per key (``codes``, ``vecs``); a
-format-1 directory is refused with a message naming ``zembed migrate``, which converts it into a
-new directory (``store.migrate``) without writing to the old one.
+Format 1 (releases before issue #10) had no ``dead``, ``cblocks``, ``vblocks``; instead one code and
+one rescore record per key, with gaps in the row ids where rows were deleted:
+
+=========  ===============================  ======================================================
+codes      cid + rowid                      the row's packed code (``code_bytes``)
+vecs       cid + rowid                      the row's rescore record (``record_bytes``)
+=========  ===============================  ======================================================
+
+A format-1 directory is opened **read-only** (``Env.format == 1``, ``Env.needs_migration`` holds the
+message): no byte of it is written (no format record, no sub-database created, no preallocation,
+neither ``zembed.lock`` nor LMDB's ``lock.mdb`` created), every read is served (``store.format1``
+reads its rows), and every write is refused with :class:`NeedsMigration` naming ``zembed migrate
+OLD NEW_DIR``, which converts it into a new directory (``store.migrate``) without writing to the old
+one.
 
 The map grows on demand: a write that hits ``MapFullError`` is aborted, the map is doubled while no
 read transaction is open (readers and the resize share a readers-writer gate), and the write retried.
@@ -74,6 +85,7 @@ FORMAT_VERSION = 2
 PREALLOCATE_MIN = 1 << 20
 PREALLOCATE_MAX = 1 << 30
 SUBDBS = ("meta", "ids", "rows", "docs", "fkeys", "calib", "dead", "cblocks", "vblocks")
+V1_SUBDBS = ("meta", "ids", "rows", "codes", "vecs", "docs", "fkeys", "calib")  # format 1 (read-only)
 ROW_SUBDBS = ("rows", "docs", "fkeys", "calib")
 BLOCK_SUBDBS = ("cblocks", "vblocks")
 
@@ -181,6 +193,12 @@ class Env:
 
     def __init__(self, path: Path, *, map_size: int, max_readers: int, readonly: bool = False) -> None:
         self.path = path
+        # format 1 (an earlier release) is served read-only and never written (see the module doc)
+        self.format = FORMAT_VERSION
+        self.needs_migration: str | None = None
+        if stored_version(path) == 1:
+            self.format, readonly = 1, True
+            self.needs_migration = migration_message(path)
         self.readonly = readonly
         self._lock_fd: int | None = None
         if readonly:
@@ -202,7 +220,7 @@ class Env:
                     metasync=True,
                     readahead=False,
                     subdir=True,
-                    lock=True,
+                    lock=self.format != 1,  # nothing writes format 1: no reader table needed
                     readonly=readonly,
                 )
                 self.map_size = int(self.env.info()["map_size"])
@@ -210,7 +228,8 @@ class Env:
                 # another format is never written to
                 meta = self.env.open_db(b"meta", create=not readonly and not existed)
                 self._check_format_record(meta)
-                self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in SUBDBS}
+                names = V1_SUBDBS if self.format == 1 else SUBDBS
+                self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in names}
             except (
                 lmdb.InvalidError,
                 lmdb.CorruptedError,
@@ -251,17 +270,21 @@ class Env:
             return
         rec = json.loads(raw)
         if rec.get("format") == FORMAT_NAME and rec.get("version") == 1:
-            raise NeedsMigration(
-                f"data directory {self.path} holds zembed-store format 1 (an earlier release); this build "
-                f"reads format {FORMAT_VERSION}. It was opened read-only and left as it is: convert it "
-                f"with `zembed migrate {self.path} NEW_DIR` (nothing is lost), then serve NEW_DIR."
-            )
+            if self.format == 1:
+                return
+            raise NeedsMigration(migration_message(self.path))  # became format 1 since the peek
         if rec.get("format") != FORMAT_NAME or rec.get("version") != FORMAT_VERSION:
             raise FormatMismatch(
                 f"data directory {self.path} holds format {rec.get('format')!r} version "
                 f"{rec.get('version')!r}; this build reads {FORMAT_NAME!r} version {FORMAT_VERSION}. "
                 "Open it with a matching zembed-serve release, or restore into a new directory."
             )
+
+    def check_writable(self) -> None:
+        """:class:`NeedsMigration` (FAILED_PRECONDITION over gRPC) for a format-1 directory: it is
+        served read-only until ``zembed migrate`` converts it."""
+        if self.needs_migration is not None:
+            raise NeedsMigration(f"writes are refused: {self.needs_migration}")
 
     @staticmethod
     def _format_record() -> bytes:
@@ -479,6 +502,51 @@ def _lock_directory(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def migration_message(path: Path) -> str:
+    """What a format-1 directory's reader is told (names the command that converts it)."""
+    return (
+        f"data directory {path} holds zembed-store format 1 (an earlier release); this build writes "
+        f"format {FORMAT_VERSION}, so it is served read-only and left as it is. Convert it with "
+        f"`zembed migrate {path} NEW_DIR` (nothing is lost), then serve NEW_DIR."
+    )
+
+
+def stored_version(path: Path) -> int | None:
+    """The version named by the zembed format record of ``path``, read without writing a byte (a
+    read-only LMDB open without its lock file); None when there is none to read, or while a writer
+    holds the directory (this build's writers only write its own format: the normal open checks)."""
+    data = path / DATA_FILE
+    try:
+        check_data_file(data)  # never map a truncated file
+        if not data.exists():
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (Damaged, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # probe only: released at once
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=len(SUBDBS) + 2, subdir=True)
+    except lmdb.Error:
+        return None
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin() as txn:
+            raw = txn.get(b"format", db=meta)
+        rec = json.loads(raw) if raw is not None else None
+        if isinstance(rec, dict) and rec.get("format") == FORMAT_NAME and isinstance(rec.get("version"), int):
+            return int(rec["version"])
+        return None
+    except (lmdb.Error, ValueError):
+        return None
+    finally:
+        env.close()
 
 
 def check_data_file(data: Path) -> None:

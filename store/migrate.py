@@ -35,6 +35,7 @@ from zembed.store.layout import (
     DATA_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
+    V1_SUBDBS,
     check_data_file,
     cid_prefix,
     pack_rowids,
@@ -43,7 +44,6 @@ from zembed.store.layout import (
 from zembed.store.records import GEN, CollectionRecord, gen_key, meta_key
 from zembed.store.store import Store
 
-V1_SUBDBS = ("meta", "ids", "rows", "codes", "vecs", "docs", "fkeys", "calib")
 #: rows copied per write transaction (a multiple of the block size: each block written once)
 CHUNK = 16 * blocks.BLOCK_ROWS
 _CID_ROW = struct.Struct(">IQ")

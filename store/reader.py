@@ -171,6 +171,10 @@ class BlockRows:
 
 def rows_for(env: Env, code_bytes: int, record_bytes: int) -> Rows:
     """The :class:`Rows` reader of ``env``'s layout."""
+    if env.format == 1:
+        from zembed.store.format1 import Format1Rows  # imports this module
+
+        return Format1Rows(env.dbs, code_bytes, record_bytes)
     return BlockRows(env.dbs, code_bytes, record_bytes)
 
 

@@ -40,6 +40,11 @@ class Store:
     :class:`~store.errors.Locked` naming the holder's pid. ``readonly=True`` opens without the lock
     (backups, inspection) and refuses writes. A truncated or corrupt data file raises
     :class:`~store.errors.Damaged` before any page is touched.
+
+    A directory written by format 1 (an earlier release) opens read-only whatever ``readonly`` says:
+    :attr:`needs_migration` holds the message (naming ``zembed migrate OLD NEW_DIR``), every read is
+    served, every write raises :class:`~store.errors.NeedsMigration` (FAILED_PRECONDITION over gRPC)
+    and not a byte of the directory is written.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Store:
         """Create a collection; ``AlreadyExists`` if the name is taken."""
         validate.name(name)
         config = config or CollectionConfig()
+        self.env.check_writable()
         with self.env.write_lock:  # serializes create / drop / writes; never taken under _lock
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} already exists")
@@ -132,6 +138,7 @@ class Store:
         """Delete a collection and all its documents (one transaction)."""
         with self.env.write_lock:
             coll = self.collection(name)
+            self.env.check_writable()
             prefix = cid_prefix(coll.cid)
 
             def txn_fn(txn: lmdb.Transaction) -> None:
@@ -147,6 +154,17 @@ class Store:
             with self._lock:
                 del self._collections[name]
             coll.mark_dropped()
+
+    @property
+    def needs_migration(self) -> str | None:
+        """For a format-1 directory (served read-only), the message naming the command that
+        converts it; None otherwise."""
+        return self.env.needs_migration
+
+    @property
+    def readonly(self) -> bool:
+        """Writes are refused (``readonly=True``, or a format-1 directory)."""
+        return self.env.readonly
 
     # ------------------------------------------------------------------ environment
     def snapshot(self, dest: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """Format 1 -> format 2: a store written by format-1 code (tests/fixtures/format1, made by commit
-1885117 from tests/format1_fixture.py) is refused untouched with a message naming ``zembed migrate``,
-and ``zembed migrate`` converts it losing nothing: every id, code byte, rescore record byte, metadata
+1885117 from tests/format1_fixture.py) opens read-only and untouched with a message naming ``zembed
+migrate`` (its reads: tests/test_format1_readonly.py), and ``zembed migrate`` converts it losing
+nothing: every id, code byte, rescore record byte, metadata
 document, filterable field, kept calibration vector and the whole calibration state."""
 
 from __future__ import annotations
@@ -86,16 +87,19 @@ def v1_record(path: Path, name: str) -> CollectionRecord:
     return CollectionRecord.from_bytes(raw)
 
 
-def test_a_format1_store_is_refused_untouched_with_the_command_that_converts_it(old: Path) -> None:
+def test_a_format1_store_opens_read_only_untouched_with_the_command_that_converts_it(old: Path) -> None:
     before = digest(old)
     for readonly in (False, True):
-        with pytest.raises(NeedsMigration) as err:
-            Store(old, readonly=readonly)
-        assert isinstance(err.value, FormatMismatch)  # FAILED_PRECONDITION over gRPC
-        msg = str(err.value)
-        assert "format 1" in msg and f"zembed migrate {old}" in msg and "NEW_DIR" in msg
+        with Store(old, readonly=readonly) as s:
+            msg = s.needs_migration
+            assert msg is not None and "format 1" in msg and f"zembed migrate {old} NEW_DIR" in msg
+            with pytest.raises(NeedsMigration) as err:
+                s.create_collection("x")
+            assert isinstance(err.value, FormatMismatch)  # FAILED_PRECONDITION over gRPC
+            assert f"zembed migrate {old} NEW_DIR" in str(err.value)
     assert digest(old) == before
-    Store(old.parent / "fresh").close()  # the lock went with the refused opens
+    assert sorted(p.name for p in old.iterdir()) == ["data.mdb"]  # no lock file either
+    Store(old.parent / "fresh").close()
 
 
 def test_migrate_converts_everything_and_loses_nothing(old: Path, tmp_path: Path) -> None:
