@@ -419,14 +419,28 @@ class Passage(_message.Message):
     def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "documents", "chunking")
+    __slots__ = ("collection", "documents", "chunking", "columns")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     chunking: Chunking
-    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
+    columns: DocumentColumns
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., columns: _Optional[_Union[DocumentColumns, _Mapping]] = ...) -> None: ...
+
+class DocumentColumns(_message.Message):
+    __slots__ = ("ids", "code_f32le", "rescore_f32le", "metadata_json")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_F32LE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_F32LE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    code_f32le: bytes
+    rescore_f32le: bytes
+    metadata_json: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., code_f32le: _Optional[bytes] = ..., rescore_f32le: _Optional[bytes] = ..., metadata_json: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "usage", "passages")
@@ -439,16 +453,18 @@ class UpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., passages: _Optional[int] = ...) -> None: ...
 
 class UpsertStreamRequest(_message.Message):
-    __slots__ = ("collection", "document", "documents", "chunking")
+    __slots__ = ("collection", "document", "documents", "chunking", "columns")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     document: Document
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     chunking: Chunking
-    def __init__(self, collection: _Optional[str] = ..., document: _Optional[_Union[Document, _Mapping]] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
+    columns: DocumentColumns
+    def __init__(self, collection: _Optional[str] = ..., document: _Optional[_Union[Document, _Mapping]] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., columns: _Optional[_Union[DocumentColumns, _Mapping]] = ...) -> None: ...
 
 class UpsertStreamResponse(_message.Message):
     __slots__ = ("id", "status", "statuses", "stored")
