@@ -8,8 +8,8 @@ subclasses to status codes in one table; messages read "`field` must ...; given 
 - :class:`NotFound`: an unknown collection.
 - :class:`AlreadyExists`: creating a collection whose name is taken with a different configuration.
 - :class:`FormatMismatch`: the data directory was written by another format version or configuration.
-- :class:`NeedsMigration` (a :class:`FormatMismatch`): the directory holds an earlier format that
-  ``zembed migrate`` converts.
+- :class:`NeedsMigration` (a :class:`FormatMismatch`): a write to a directory of an earlier format
+  (format 1), which is served read-only until ``zembed migrate`` converts it.
 - :class:`WouldBlock`: a read asked not to wait found the map being resized (retry where waiting is
   fine, e.g. on a worker thread).
 - :class:`DiskFull`: a write could not commit because the data volume has no space left (names the
@@ -77,7 +77,8 @@ class FormatMismatch(StoreError):
 
 
 class NeedsMigration(FormatMismatch):
-    """The data directory holds an earlier store format: ``zembed migrate OLD NEW`` converts it."""
+    """The data directory holds an earlier store format, served read-only: writes are refused until
+    ``zembed migrate OLD NEW`` converts it."""
 
 
 class WouldBlock(StoreError):

@@ -12,7 +12,9 @@ is built beside ``NEW`` (``.NEW.partial-PID``) and renamed into place when compl
 - row ids are renumbered densely from 0 (format 1 left gaps where rows were deleted).
 
 The reader of format 1 here is frozen: it reads the layout of commit 1885117 (``codes`` and
-``vecs``: one value per row under ``cid + rowid``).
+``vecs``: one value per row under ``cid + rowid``). Until the conversion, ``Store`` serves the old
+directory read-only (``store.format1``), so a migration needs no downtime: it may run while the old
+directory is served (it takes no lock and writes nothing there).
 """
 
 from __future__ import annotations
