@@ -16,6 +16,7 @@ setup(
                 "store/csrc/scan_neon.c",
                 "store/csrc/rescore.c",
                 "store/csrc/gather.c",
+                "store/csrc/bulk.c",
             ],
             depends=["store/csrc/scan.h", "store/csrc/pymod.h"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wno-unused-function"],

@@ -14,6 +14,10 @@
 
 static const zs_kernel *DEFAULT = NULL;
 
+PyObject *zs_py_check_rows(PyObject *self, PyObject *args);       /* csrc/bulk.c */
+PyObject *zs_py_f16_norms_codes(PyObject *self, PyObject *args); /* csrc/bulk.c */
+PyObject *zs_py_int_id_keys(PyObject *self, PyObject *args);     /* csrc/bulk.c */
+
 /* scan_topk(queries, blocked_codes, n_rows, words, mask_or_None, base, heap_dist, heap_idx,
  *           heap_count, kernel=None) */
 static PyObject *py_scan_topk(PyObject *self, PyObject *args) {
@@ -106,6 +110,9 @@ static PyMethodDef methods[] = {
     {"dot_f16", zs_py_dot_f16, METH_VARARGS, "out[i] = dot(float16 buffers[i], float32 query)."},
     {"gather_rows", zs_py_gather_rows, METH_VARARGS, "Row-major codes of positions in blocked chunks."},
     {"gather_i64", zs_py_gather_i64, METH_VARARGS, "int64 values of positions in chunked arrays."},
+    {"check_rows", zs_py_check_rows, METH_VARARGS, "First float16/float32 row with a NaN, infinity or only zeros."},
+    {"f16_norms_codes", zs_py_f16_norms_codes, METH_VARARGS, "float16 rows: inverse norms, checks, sign codes."},
+    {"int_id_keys", zs_py_int_id_keys, METH_VARARGS, "int64 ids as decimal text, bare and prefixed."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,7 +40,7 @@ from zembed.store import calibrate as calibration
 from zembed.store import search as stages
 from zembed.store.blocks import Runs
 from zembed.store.config import Calibration, CollectionConfig
-from zembed.store.errors import InvalidArgument, NotFound, WouldBlock
+from zembed.store.errors import FormatMismatch, InvalidArgument, NotFound, WouldBlock
 from zembed.store.filters import FilterIndex, doc_keys
 from zembed.store.index import CHUNK_ROWS, CodeIndex
 from zembed.store.layout import (
@@ -80,6 +80,8 @@ U8 = npt.NDArray[np.uint8]
 #: rows one ``upsert_arrays`` call may carry (one transaction); multiples of ``blocks.BLOCK_ROWS``
 #: write each block once
 MAX_BULK_ROWS = 1 << 20
+# bytes per row beyond its code and record that a write adds (its ids and rows entries, page fill)
+_ROW_BYTES = 96
 _KEEP_GENERATIONS = 3
 
 
@@ -256,11 +258,19 @@ class Collection(CollectionReader):
         n = len(ext)
         if rescore_vectors is None:
             raise InvalidArgument("rescore_vectors", f"are required (length {self.config.rescore_dims})")
-        resc, resc_inv = validate.float_array(
-            rescore_vectors, "rescore_vectors", n, self.config.rescore_dims, normalized
-        )
         if codes is not None and code_vectors is not None:
             raise InvalidArgument("codes", "cannot be given together with code_vectors")
+        # the sign codes come with the float16 norm pass at no cost: computed while the collection
+        # takes sign codes, used if it still does under the write lock
+        same = codes is None and code_vectors is None and self.config.rescore_dims == self.bits
+        resc, resc_inv, resc_codes = validate.float_array(
+            rescore_vectors,
+            "rescore_vectors",
+            n,
+            self.config.rescore_dims,
+            normalized,
+            codes=same and self._current_thresholds() is None and not self._rec.collecting,
+        )
         meta = validate.metadata(metadata, n) if metadata is not None else None
         dtype = self.config.rescore_dtype
         if dtype is RescoreDtype.FLOAT16 and resc.dtype == np.float16 and validate.is_unit(resc_inv):
@@ -287,11 +297,13 @@ class Collection(CollectionReader):
                         raise InvalidArgument(
                             "code_vectors", f"are required (length {self.bits}) when rescore_dims differs"
                         )
-                    cv, cinv = resc, resc_inv
+                    cv, cinv, signs = resc, resc_inv, resc_codes
                 else:
-                    cv, cinv = validate.float_array(code_vectors, "code_vectors", n, self.bits, normalized)
+                    cv, cinv, signs = validate.float_array(
+                        code_vectors, "code_vectors", n, self.bits, normalized, codes=True
+                    )
                 if thresholds is None and not collecting:
-                    packed = _sign_codes(cv)
+                    packed = signs if signs is not None else validate.sign_codes(cv)
                 else:
                     unit = _unit(cv, cinv)
                     packed = quantize.binarize(unit, thresholds)
@@ -332,17 +344,18 @@ class Collection(CollectionReader):
         def txn_fn(txn: lmdb.Transaction) -> tuple[CollectionRecord, list[int], _Built | None, Any]:
             rec = self._record_in(txn)
             row = rec.next_row
-            old = [unpack_rowid(bytes(v)) for _, v in txn.cursor(db=dbs["ids"]).getmulti(batch.id_keys)]
-            for r in old:
-                rewrites.kill_row(txn, dbs, cid, r)
             rowids = np.arange(row, row + n, dtype=np.int64)
             rks = row_keys(cid, rowids) if batch.bulk else [row_key(cid, r) for r in range(row, row + n)]
-            _putmulti(txn, dbs["ids"], zip(batch.id_keys, pack_rowids(rowids), strict=True))
-            _putmulti(txn, dbs["rows"], zip(rks, batch.ext, strict=True))
+            old = _put_ids(txn, dbs["ids"], batch.id_keys, pack_rowids(rowids), row)
+            for r in old:
+                rewrites.kill_row(txn, dbs, cid, r)
+            _put_rows(txn, dbs["rows"], zip(rks, batch.ext, strict=True), rks[0], n)
             if batch.meta is not None:
-                _putmulti(txn, dbs["docs"], ((k, m) for k, m in zip(rks, batch.meta, strict=True) if m))
+                docs = [(k, m) for k, m in zip(rks, batch.meta, strict=True) if m]
+                _put_rows(txn, dbs["docs"], docs, rks[0], len(docs))
             if batch.fkeys is not None:
-                _putmulti(txn, dbs["fkeys"], ((k, f) for k, f in zip(rks, batch.fkeys, strict=True) if f))
+                fks = [(k, f) for k, f in zip(rks, batch.fkeys, strict=True) if f]
+                _put_rows(txn, dbs["fkeys"], fks, rks[0], len(fks))
             runs = blocks.append(txn, dbs, cid, row, batch.codes, batch.records)
             new = replace(
                 rec,
@@ -364,7 +377,10 @@ class Collection(CollectionReader):
             self._write_record(txn, new)
             return new, old, (self._build(txn, new) if rebuild else None), runs
 
-        rec, old, rebuilt, runs = self.env.write(txn_fn)
+        # the bytes this batch adds (blocks, id trees, metadata): reserved on disk before it is written
+        reserve = batch.codes.nbytes + batch.records.nbytes + n * _ROW_BYTES
+        reserve += sum(map(len, batch.meta)) if batch.meta is not None else 0
+        rec, old, rebuilt, runs = self.env.write(txn_fn, reserve=reserve)
         if rebuilt is not None:
             self._install(rebuilt)
             return n
@@ -642,13 +658,39 @@ class Collection(CollectionReader):
         self.env.check_writable()
 
 
-def _sign_codes(x: npt.NDArray[np.floating]) -> U8:
-    """``np.packbits(x > 0)`` for finite rows; float16 compared as its bits (numpy has no fast
-    float16 comparison): ``x > 0`` exactly when the sign bit is clear and some other bit set."""
-    if x.dtype == np.float16:
-        u = x.view(np.uint16)
-        return np.packbits((u - np.uint16(1)) < np.uint16(0x7FFF), axis=-1)
-    return np.packbits(x > 0, axis=-1)
+def _put_ids(txn: lmdb.Transaction, db: Any, keys: list[bytes], rowids: list[bytes], first: int) -> list[int]:
+    """Map the batch's ids to their new row ids (``first`` on); returns the row ids they replaced.
+
+    One pass when no id of the batch exists yet (a bulk load): the keys are inserted without
+    overwriting, and only when fewer were added than given are the existing ones' old row ids
+    (still in place: below ``first``) read back and overwritten."""
+    cur = txn.cursor(db=db)
+    _, added = cur.putmulti(zip(keys, rowids, strict=True), dupdata=False, overwrite=False)
+    if added == len(keys):
+        return []
+    old: list[int] = []
+    again: list[tuple[bytes, bytes]] = []
+    for (key, value), new in zip(cur.getmulti(keys), rowids, strict=True):
+        r = unpack_rowid(bytes(value))
+        if r < first:
+            old.append(r)
+            again.append((bytes(key), new))
+    cur.putmulti(again, dupdata=False, overwrite=True)
+    return old
+
+
+def _put_rows(
+    txn: lmdb.Transaction, db: Any, items: Iterable[tuple[bytes, bytes]], first_key: bytes, n: int
+) -> None:
+    """Put ``n`` entries keyed by new row ids (ascending, from ``first_key``): as appends when they
+    sort after every key of ``db`` (no B-tree search per key; no later collection holds rows)."""
+    if n == 0:
+        return
+    cur = txn.cursor(db=db)
+    append = not cur.last() or bytes(cur.key()) < first_key
+    _, added = cur.putmulti(items, dupdata=False, overwrite=True, append=append)
+    if added != n:
+        raise FormatMismatch(f"{n - added} new row keys already existed: the environment is damaged")
 
 
 def _unit(x: npt.NDArray[np.floating], inv: F32) -> F32:

@@ -300,14 +300,21 @@ class Env:
         with self.gate.read(wait), self.env.begin(write=False, buffers=buffers) as txn:  # type: ignore[call-overload]
             yield txn
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def write(self, fn: Callable[[lmdb.Transaction], T], *, reserve: int = 0) -> T:
         """Run ``fn`` in one write transaction and commit with sync; grow the map and retry if full.
 
         ``fn`` must have no side effects outside the transaction (it may run more than once).
+        ``reserve``: about how many bytes the transaction adds (a bulk batch's blocks and trees):
+        the map is grown and the file's blocks reserved for them before it starts, so a large batch
+        neither runs twice (map full) nor writes into unallocated file space.
         """
         if self.readonly:
             raise StoreError(f"data directory {self.path} is open read-only; writes are refused")
         with self.write_lock:
+            if reserve > 0:
+                while self._used() + reserve > self.map_size:
+                    self._grow()
+                self._allocate_ahead(reserve)
             while True:
                 try:
                     with self.gate.read():
@@ -339,8 +346,12 @@ class Env:
             return DiskFull(str(self.path), free)
         return exc
 
-    def _allocate_ahead(self) -> None:
-        """Reserve file blocks ahead of LMDB's writes.
+    def _used(self) -> int:
+        return int(self.env.info()["last_pgno"] + 1) * self.page_size
+
+    def _allocate_ahead(self, incoming: int = 0) -> None:
+        """Reserve file blocks ahead of LMDB's writes (``incoming``: bytes a transaction about to
+        start will add; they are reserved with the margin below on top).
 
         Growing data.mdb block by block at each synced commit costs the filesystem an allocation per
         page (measured here: bulk upserts 2-3x slower); ``posix_fallocate`` reserves them in one call,
@@ -350,7 +361,7 @@ class Env:
         """
         if not self._preallocate:
             return
-        used = (self.env.info()["last_pgno"] + 1) * self.page_size
+        used = self._used() + incoming
         if used + PREALLOCATE_MIN // 2 <= self._allocated:
             return
         self.clear_stale_readers()

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from zembed.store import _hamming
 from zembed.store.errors import InvalidArgument, clip
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -213,7 +214,7 @@ def thresholds(value: Sequence[float] | None, bits: int) -> tuple[float, ...] | 
 
 
 # ---------------------------------------------------------------------------- the bulk (array) path
-_BULK_ROWS = 8192  # rows checked per step (bounds the float64 temporaries)
+_BULK_ROWS = 8192  # float32 rows checked per step (bounds the float64 temporaries)
 
 
 def id_array(values: Any, cid: int, field: str, limit: int) -> tuple[list[bytes], list[bytes]]:
@@ -229,9 +230,10 @@ def id_array(values: Any, cid: int, field: str, limit: int) -> tuple[list[bytes]
     if n > limit:
         raise InvalidArgument(field, f"must hold at most {limit} items; given {n}", value=n, limit=limit)
     kind = arr.dtype.kind
+    prefix = cid.to_bytes(4, "big")
     if kind in "iu":
-        enc = arr.astype("S20")
-    elif kind == "U":
+        return _int_ids(arr, prefix, field)
+    if kind == "U":
         enc = np.char.encode(arr, "utf-8")
     elif kind == "S":
         try:
@@ -263,19 +265,49 @@ def id_array(values: Any, cid: int, field: str, limit: int) -> tuple[list[bytes]
             if e in seen:
                 raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {clip(e.decode())}")
             seen.add(e)
-    prefix = cid.to_bytes(4, "big")
     keys: list[bytes] = np.char.add(np.bytes_(prefix), enc).tolist()
     return ext, keys
 
 
+def _int_ids(arr: npt.NDArray[np.integer[Any]], prefix: bytes, field: str) -> tuple[list[bytes], list[bytes]]:
+    """Integer ids as their decimal text (``astype("S20")``'s bytes), formatted in C; duplicates
+    found on the integers (one sort), never empty nor longer than 20 bytes."""
+    unsigned = arr.dtype.kind == "u"
+    wide = np.ascontiguousarray(arr, dtype=np.uint64 if unsigned else np.int64)
+    ext, keys = _hamming.int_id_keys(wide, prefix, unsigned)
+    ordered = np.sort(wide)
+    if len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+        seen: set[bytes] = set()
+        for i, e in enumerate(ext):
+            if e in seen:
+                raise InvalidArgument(f"{field}[{i}]", f"duplicates an earlier id {clip(e.decode())}")
+            seen.add(e)
+    return ext, keys
+
+
+class FloatRows(NamedTuple):
+    """Validated bulk vectors: the array in its own dtype, inverse L2 norms, and the sign codes
+    ``np.packbits(arr > 0)`` when they were asked for (computed in the same pass where it is free)."""
+
+    arr: npt.NDArray[np.floating]
+    inv_norm: F32
+    codes: npt.NDArray[np.uint8] | None
+
+
 def float_array(
-    value: Any, field: str, rows: int, dims: int, normalized: bool = False
-) -> tuple[npt.NDArray[np.floating], F32]:
+    value: Any, field: str, rows: int, dims: int, normalized: bool = False, *, codes: bool = False
+) -> FloatRows:
     """A finite, non-zero matrix ``[rows, dims]`` of float16 or float32, kept in its own dtype (other
-    dtypes are converted to float32), and its inverse L2 norms, checked a block of rows at a time.
+    dtypes are converted to float32), and its inverse L2 norms.
+
+    float16 rows go through one C pass (``_hamming.f16_norms_codes``: squares exact in float32,
+    summed in float64; NaN, infinity and zero rows found on the bits; sign codes packed on the way):
+    no float32 copy of the batch. float32 rows are summed in float64 a block at a time like
+    :func:`vectors` (the same norms as the list path, to the bit).
 
     ``normalized``: the caller vouches that the rows are unit length; only finiteness and non-zero
-    rows are checked, on the bits (no float pass), and the inverse norms are 1."""
+    rows are checked, on the bits (no float pass), and the inverse norms are 1.
+    ``codes``: also return the sign codes (None otherwise)."""
     arr = np.asarray(value)
     if arr.dtype not in (np.float16, np.float32):
         arr = np.asarray(arr, dtype=np.float32)
@@ -284,51 +316,46 @@ def float_array(
         raise InvalidArgument(
             field, f"must be a matrix [{rows}, {dims}]; given shape {arr.shape}", value=arr.shape, limit=dims
         )
+    half = arr.dtype == np.float16
+    packed = np.empty((rows, (dims + 7) // 8), np.uint8) if codes else None
+    if half and (codes or not normalized):
+        inv = np.empty(rows, np.float32)
+        _raise_bad_row(_hamming.f16_norms_codes(arr, rows, dims, inv, packed), field)
+        return FloatRows(arr, np.ones(rows, np.float32) if normalized else inv, packed)
     if normalized:
-        _finite_nonzero_bits(arr, field)
-        return arr, np.ones(rows, np.float32)
+        _raise_bad_row(_hamming.check_rows(arr, rows, dims, arr.itemsize), field)
+        return FloatRows(arr, np.ones(rows, np.float32), sign_codes(arr) if codes else None)
     inv = np.empty(rows, np.float32)
     for s in range(0, rows, _BULK_ROWS):
         part = arr[s : s + _BULK_ROWS]
-        # float16 squares cannot overflow float32; float32 rows are summed in float64 like ``vectors``
-        # (the same norms as the list path, to the bit)
-        wide: npt.NDArray[np.floating[Any]] = part.astype(
-            np.float32 if arr.dtype == np.float16 else np.float64
-        )
+        wide = part.astype(np.float64)
         sq = np.einsum("ij,ij->i", wide, wide)
-        # a NaN or infinity makes the sum of squares NaN or infinite (squares never cancel); float32
-        # input whose squares leave float32's normal range takes the exact float64 path instead
+        # a NaN or infinity makes the sum of squares NaN or infinite (squares never cancel); rows
+        # whose squares leave float32's normal range take the exact path of ``vectors`` instead
         if not ((sq > 1e-30) & (sq < 1e30)).all():
-            if arr.dtype == np.float32:
-                v = vectors(arr, field, rows, dims)  # raises for NaN, infinity and zero rows
-                return v.raw, v.inv_norm
-            finite = np.isfinite(sq)
-            if not finite.all():
-                i = s + int(np.argmin(finite))
-                raise InvalidArgument(
-                    f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf"
-                )
-            i = s + int(np.argmin(sq > 0))
-            raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
+            v = vectors(arr, field, rows, dims)  # raises for NaN, infinity and zero rows
+            return FloatRows(v.raw, v.inv_norm, sign_codes(v.raw) if codes else None)
         inv[s : s + len(part)] = 1.0 / np.sqrt(sq)
-    return arr, inv
+    return FloatRows(arr, inv, sign_codes(arr) if codes else None)
 
 
-def _finite_nonzero_bits(arr: npt.NDArray[np.floating], field: str) -> None:
-    """Refuse a row holding a NaN or infinity (all exponent bits set) or only zeros, from the bits."""
-    half = arr.dtype == np.float16
-    bits: npt.NDArray[np.unsignedinteger[Any]] = arr.view(np.uint16 if half else np.uint32)
-    magnitude, inf = (0x7FFF, 0x7C00) if half else (0x7FFFFFFF, 0x7F800000)
-    for s in range(0, len(arr), _BULK_ROWS):
-        top = (bits[s : s + _BULK_ROWS] & bits.dtype.type(magnitude)).max(axis=1)
-        bad = np.flatnonzero((top >= inf) | (top == 0))
-        if len(bad):
-            i = s + int(bad[0])
-            if top[bad[0]]:
-                raise InvalidArgument(
-                    f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf"
-                )
-            raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
+def _raise_bad_row(found: tuple[int, int] | None, field: str) -> None:
+    """The C checks' answer: None, or (row, 1) for a NaN or infinity, (row, 2) for a zero row."""
+    if found is None:
+        return
+    i, kind = found
+    if kind == 1:
+        raise InvalidArgument(f"{field}[{i}]", "must be finite; given a NaN or infinity", value="nan/inf")
+    raise InvalidArgument(f"{field}[{i}]", "must not be the zero vector", value=0.0)
+
+
+def sign_codes(x: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """``np.packbits(x > 0)`` for finite rows; float16 compared as its bits (numpy has no fast
+    float16 comparison): ``x > 0`` exactly when the sign bit is clear and some other bit set."""
+    if x.dtype == np.float16:
+        u = x.view(np.uint16)
+        return np.packbits((u - np.uint16(1)) < np.uint16(0x7FFF), axis=-1)
+    return np.packbits(x > 0, axis=-1)
 
 
 def is_unit(inv_norm: F32, tolerance: float = 2e-3) -> bool:
