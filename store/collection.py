@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 
 from zembed.store import blocks, quantize, rewrites, validate
-from zembed.store import calibrate as calibration
 from zembed.store import search as stages
 from zembed.store.blocks import Runs
 from zembed.store.config import Calibration, CollectionConfig
@@ -55,9 +54,6 @@ from zembed.store.layout import (
     row_keys,
     rowid_of,
     unpack_rowid,
-)
-from zembed.store.params import (
-    SearchParams,
 )
 from zembed.store.quantize import RescoreDtype
 from zembed.store.reader import CollectionReader, Rows, SearchArrays, Shortlist, rows_for, search_params
@@ -523,52 +519,7 @@ class Collection(CollectionReader):
         Writers are not blocked while it measures; if the codes are recalibrated meanwhile the
         call is refused (WouldBlock) and can be repeated."""
         self._check_open()
-        k = calibration.K
-        if code_queries is not None:
-            cq, rq = self._queries(code_queries, rescore_queries, need_rescore=True)
-            cq, rq = (
-                cq[: calibration.SAMPLE_QUERIES],
-                rq[: calibration.SAMPLE_QUERIES] if rq is not None else None,
-            )
-            own: list[str] | None = None
-        else:
-            if self.config.rescore_dims != self.bits:
-                raise InvalidArgument(
-                    "sample_queries",
-                    f"are required for collection {self.name!r}: its code vectors ({self.bits} dims) are "
-                    f"not its rescore vectors ({self.config.rescore_dims} dims), so stored rows cannot "
-                    "stand for queries",
-                )
-            ids = self._sample_ids(calibration.SAMPLE_QUERIES)
-            if len(ids) < 2:
-                raise InvalidArgument(
-                    "sample_queries", f"stored rows as queries need at least 2 documents; given {len(ids)}"
-                )
-            vecs = [(r.id, r.rescore) for r in self.get(ids, with_vectors=True) if r is not None]
-            own = [i for i, v in vecs if v is not None]
-            cq = np.stack([v for _, v in vecs if v is not None]).astype(np.float32)
-            rq = cq
-        before = self._rec
-        extra = 0 if own is None else 1
-        exact = self.exact_search(rq, top_k=k + extra)
-        truth = [[h.id for h in hs] for hs in exact]
-
-        def run(p: SearchParams) -> list[list[str]]:
-            if extra:
-                p = replace(p, top_k=k + 1, float_reads=p.float_reads + 1, shortlist=p.shortlist + 1)
-            return [[h.id for h in hs] for hs in self.search(cq, rq, p)]
-
-        if own is not None:
-            truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
-            search = run
-
-            def run_loo(p: SearchParams) -> list[list[str]]:
-                got = search(p)
-                return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
-
-            tuning = calibration.measure_by_search(run_loo, truth, stop)
-        else:
-            tuning = calibration.measure_by_search(run, truth, stop)
+        tuning, with_samples, before = self._measure_tuning(code_queries, rescore_queries, stop)
         with self.env.write_lock:
             self._check_open()
 
@@ -583,7 +534,7 @@ class Collection(CollectionReader):
                     gen=rec.gen + 1,
                     tuning=tuning,
                     measured_at=rec.count,
-                    measured_with_samples=own is None,
+                    measured_with_samples=with_samples,
                 )
                 self._write_record(txn, new)
                 return self._build(txn, new)

@@ -21,7 +21,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from zembed.store import blocks, quantize, validate
+from zembed.store import calibrate as calibration
 from zembed.store import search as stages
 from zembed.store.blocks import Runs
 from zembed.store.config import CollectionConfig
@@ -53,6 +54,7 @@ from zembed.store.params import (
     MAX_SHORTLIST,
     Plan,
     SearchParams,
+    Tuning,
 )
 from zembed.store.records import GEN, CollectionInfo, CollectionRecord, Hit, Record, gen_key
 
@@ -265,6 +267,64 @@ class CollectionReader:
             return ids
         step = len(ids) / n
         return [ids[int(i * step)] for i in range(n)]
+
+    def _measure_tuning(
+        self,
+        code_queries: npt.ArrayLike | None,
+        rescore_queries: npt.ArrayLike | None,
+        stop: Callable[[], bool] | None,
+    ) -> tuple[Tuning, bool, CollectionRecord]:
+        """The measuring half of ``Collection.measure`` (reads only): the recall table of this
+        collection's own search at every setting of the calibration grid against exact search;
+        whether workload sample queries were used; and the record it was measured at (the writer
+        refuses the result if the codes were recalibrated since)."""
+        k = calibration.K
+        if code_queries is not None:
+            cq, rq = self._queries(code_queries, rescore_queries, need_rescore=True)
+            cq, rq = (
+                cq[: calibration.SAMPLE_QUERIES],
+                rq[: calibration.SAMPLE_QUERIES] if rq is not None else None,
+            )
+            own: list[str] | None = None
+        else:
+            if self.config.rescore_dims != self.bits:
+                raise InvalidArgument(
+                    "sample_queries",
+                    f"are required for collection {self.name!r}: its code vectors ({self.bits} dims) are "
+                    f"not its rescore vectors ({self.config.rescore_dims} dims), so stored rows cannot "
+                    "stand for queries",
+                )
+            ids = self._sample_ids(calibration.SAMPLE_QUERIES)
+            if len(ids) < 2:
+                raise InvalidArgument(
+                    "sample_queries", f"stored rows as queries need at least 2 documents; given {len(ids)}"
+                )
+            vecs = [(r.id, r.rescore) for r in self.get(ids, with_vectors=True) if r is not None]
+            own = [i for i, v in vecs if v is not None]
+            cq = np.stack([v for _, v in vecs if v is not None]).astype(np.float32)
+            rq = cq
+        before = self._rec
+        extra = 0 if own is None else 1
+        exact = self.exact_search(rq, top_k=k + extra)
+        truth = [[h.id for h in hs] for hs in exact]
+
+        def run(p: SearchParams) -> list[list[str]]:
+            if extra:
+                p = replace(p, top_k=k + 1, float_reads=p.float_reads + 1, shortlist=p.shortlist + 1)
+            return [[h.id for h in hs] for hs in self.search(cq, rq, p)]
+
+        if own is not None:
+            truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
+            search = run
+
+            def run_loo(p: SearchParams) -> list[list[str]]:
+                got = search(p)
+                return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
+
+            tuning = calibration.measure_by_search(run_loo, truth, stop)
+        else:
+            tuning = calibration.measure_by_search(run, truth, stop)
+        return tuning, own is None, before
 
     def prefetch(self) -> int:
         """Read every stored vector, id and metadata record once; returns the bytes touched.
