@@ -274,7 +274,7 @@ class Engine:
         ids: list[str],
         texts: list[str | None],
         code: list[F32 | None] | F32,
-        rescore: list[F32 | None],
+        rescore: list[F32 | None] | F32,
         metadata: Sequence[Mapping[str, Any]],
         *,
         wait: bool = False,
@@ -289,11 +289,12 @@ class Engine:
                 raise InvalidArgument(
                     "documents[0].vectors.code", f"must have length {cfg.code_bits}; given {code.shape[1]}"
                 )
-            resc = (
-                None
-                if cfg.rescore_dims == cfg.code_bits
-                else _stack(rescore, cfg.rescore_dims, "documents[{i}].vectors.rescore")
-            )
+            if isinstance(rescore, np.ndarray):  # the columnar form's matrix
+                resc: F32 | None = rescore
+            elif cfg.rescore_dims == cfg.code_bits:
+                resc = None
+            else:
+                resc = _stack(rescore, cfg.rescore_dims, "documents[{i}].vectors.rescore")
             written = await asyncio.to_thread(coll.upsert, ids, code, resc, metadata)
             self.remeasure_if_due(name, coll)
             return written, 0, 0

@@ -25,10 +25,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -74,7 +74,7 @@ class FieldMap:
 
 
 # ---------------------------------------------------------------- readers: (line, record | BadRecord)
-Row = tuple[int, "dict[str, Any] | BadRecord"]
+Row = tuple[int, "dict[str, Any] | VectorRecord | BadRecord"]
 
 
 def _count_lines(path: Path) -> int:
@@ -106,12 +106,25 @@ def _simdjson() -> Any:
     return simdjson
 
 
-def read_jsonl(f: IO[Any], vector_fields: frozenset[str] = frozenset()) -> Iterator[Row]:
+class VectorRecord(NamedTuple):
+    """A JSONL record that is a document with a vector and nothing to convert (read by pysimdjson):
+    it travels in DocumentColumns as it is."""
+
+    id: str
+    f64: bytes  # the vector's numbers as float64 (native order), straight from the parser
+    metadata: bytes  # the metadata object's compact JSON text; b"" for none
+
+
+def read_jsonl(
+    f: IO[Any], vector_fields: frozenset[str] = frozenset(), columns: FieldMap | None = None
+) -> Iterator[Row]:
     """Records of a JSONL stream; with pysimdjson installed, the ``vector_fields`` holding arrays of
-    numbers come as float32 numpy vectors (other values as plain Python values either way)."""
+    numbers come as float32 numpy vectors (other values as plain Python values either way), and
+    with ``columns`` (its field mapping) a line holding only an id, a vector and a metadata object
+    comes as a :class:`VectorRecord`."""
     sj = _simdjson() if vector_fields else None
     if sj is not None:
-        yield from _read_jsonl_simd(f, sj, vector_fields)
+        yield from _read_jsonl_simd(f, sj, vector_fields, columns)
         return
     loads = _json_loads()
     for n, line in enumerate(f, 1):
@@ -128,12 +141,48 @@ def read_jsonl(f: IO[Any], vector_fields: frozenset[str] = frozenset()) -> Itera
         yield n, obj
 
 
-def _read_jsonl_simd(f: IO[Any], sj: Any, vector_fields: frozenset[str]) -> Iterator[Row]:
+def _vector_record(doc: Any, fm: FieldMap, array: Any, obj_type: Any) -> VectorRecord | None:
+    """The parsed line as a VectorRecord when it is one (else None: read as a record). Its keys are
+    walked once (a simdjson lookup of a missing key costs more than the line's parse)."""
+    vec: Any = None
+    doc_id: Any = None
+    meta: Any = None
+    for key in doc.keys():  # noqa: SIM118 (a simdjson Object iterates its keys through keys())
+        if key == fm.vector:
+            vec = doc[key]
+        elif key == fm.id:
+            doc_id = doc[key]
+        elif key == fm.metadata:
+            meta = doc[key]
+        elif key != fm.text and (fm.columns is None or key in fm.columns):
+            return None  # a field that becomes a metadata key: merged as a record
+    if type(vec) is not array:
+        return None
+    try:
+        f64 = bytes(vec.as_buffer(of_type="d"))
+    except (TypeError, ValueError):  # not all numbers
+        return None
+    if type(doc_id) is int:
+        doc_id = str(doc_id)
+    elif type(doc_id) is not str or not doc_id or not f64:
+        return None
+    if meta is None:
+        text = b""
+    elif type(meta) is obj_type:
+        text = meta.mini
+    else:
+        return None
+    return VectorRecord(doc_id, f64, b"" if text == b"{}" else text)
+
+
+def _read_jsonl_simd(
+    f: IO[Any], sj: Any, vector_fields: frozenset[str], columns: FieldMap | None = None
+) -> Iterator[Row]:
     """Lines as bytes (a file opened in binary: no decoding, simdjson checks the UTF-8) or str."""
     parser = sj.Parser()
     array, obj_type = sj.Array, sj.Object
     for n, line in enumerate(f, 1):
-        if not line.strip():
+        if not line or line.isspace():
             continue
         try:
             doc = parser.parse(
@@ -147,6 +196,12 @@ def _read_jsonl_simd(f: IO[Any], sj: Any, vector_fields: frozenset[str]) -> Iter
             del doc
             yield n, BadRecord(f"expected a JSON object per line; given {kind}")
             continue
+        if columns is not None:
+            got = _vector_record(doc, columns, array, obj_type)
+            if got is not None:
+                del doc
+                yield n, got
+                continue
         rec: dict[str, Any] = {}
         value: Any = None
         for key in doc.keys():  # noqa: SIM118 (a simdjson Object iterates its keys through keys())
@@ -306,6 +361,32 @@ def to_document(rec: dict[str, Any], fm: FieldMap, doc: pb.Document | None = Non
     return doc
 
 
+@dataclass
+class _ColumnBatch:
+    """The documents of one DocumentColumns message being built, in line order: vectors of one
+    length (``width`` bytes of float64)."""
+
+    width: int
+    ids: list[str] = field(default_factory=list)
+    vectors: list[bytes] = field(default_factory=list)
+    meta: list[bytes] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, rec: VectorRecord, line: int) -> None:
+        self.ids.append(rec.id)
+        self.vectors.append(rec.f64)
+        self.meta.append(rec.metadata)
+        self.lines.append(line)
+        self.seen.add(rec.id)
+
+    def take(self, keep: list[int]) -> _ColumnBatch:
+        out = _ColumnBatch(self.width)
+        for k in keep:
+            out.add(VectorRecord(self.ids[k], self.vectors[k], self.meta[k]), self.lines[k])
+        return out
+
+
 # ---------------------------------------------------------------- the run
 @dataclass
 class Stats:
@@ -447,13 +528,16 @@ def _format_of(args: argparse.Namespace) -> str:
 
 
 def _open_rows(
-    args: argparse.Namespace, fmt: str, fm: FieldMap
+    args: argparse.Namespace, fmt: str, fm: FieldMap, count: bool = True
 ) -> tuple[Iterator[Row], int | None, list[IO[str]]]:
+    """The records, their number when known (``count``: lines are counted for the progress bar),
+    and the files to close."""
+    raw = fm if _columnar(args) and fm.rescore is None else None
     if args.file == "-":
         if fmt != "jsonl":
             raise UsageError("stdin is read as JSONL only")
         stdin = getattr(sys.stdin, "buffer", sys.stdin) if _simdjson() is not None else sys.stdin
-        return read_jsonl(stdin, _vector_fields(fm)), None, []
+        return read_jsonl(stdin, _vector_fields(fm), raw), None, []
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -467,16 +551,21 @@ def _open_rows(
         return read_parquet(path, vec), int(total), []
     try:
         if fmt == "jsonl" and _simdjson() is not None:
-            f: IO[Any] = path.open("rb")  # bytes straight to the parser
+            f: IO[Any] = path.open("rb", buffering=1 << 20)  # bytes straight to the parser (long lines)
         else:
             f = path.open(encoding="utf-8", newline="" if fmt == "csv" else None)
-        total = _count_lines(path)
+        total = _count_lines(path) if count else None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     if fmt == "csv":
         delim = args.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-        return read_csv(f, delim), max(0, total - 1), [f]
-    return read_jsonl(f, _vector_fields(fm)), total, [f]
+        return read_csv(f, delim), None if total is None else max(0, total - 1), [f]
+    return read_jsonl(f, _vector_fields(fm), raw), total, [f]
+
+
+def _columnar(args: argparse.Namespace) -> bool:
+    """Whether documents with vectors travel as DocumentColumns: streamed, not chunked."""
+    return bool(args.method == "stream" and not args.chunk)
 
 
 def _vector_fields(fm: FieldMap) -> frozenset[str]:
@@ -525,12 +614,12 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
     # (ids sent by this run are tracked in sent_ids either way)
     stored_before = _check_collection(conn, args)
     resume = not args.overwrite and stored_before > 0
-    rows, total, files = _open_rows(args, fmt, fm)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    rows, total, files = _open_rows(args, fmt, fm, count=show)  # lines counted for the bar only
 
     from tqdm import tqdm
 
     name = "<stdin>" if args.file == "-" else args.file
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=total, unit="doc", disable=not show, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
     st = Stats()
     pending: deque[list[tuple[int, str]]] = deque()  # per message sent: (line, id) of its documents
@@ -578,10 +667,11 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             msg.chunking.CopyFrom(chunking)
         return msg
 
-    def send(msg: pb.UpsertStreamRequest, lines: list[int]) -> Iterator[pb.UpsertStreamRequest]:
-        """The message's documents not stored yet, in messages of at most --batch documents."""
-        docs = msg.documents
-        ids = [d.id for d in docs]
+    def send(
+        ids: list[str], lines: list[int], build: Callable[[list[int] | None], pb.UpsertStreamRequest]
+    ) -> Iterator[pb.UpsertStreamRequest]:
+        """A message's documents not stored yet, in messages of at most --batch documents (``build``:
+        the message of the documents at these indices; None: all of them)."""
         skip: set[str] = set()
         if resume:
             check_ids = list(dict.fromkeys(i for i in ids if i not in sent_ids))
@@ -594,11 +684,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             advance(len(ids) - len(keep))
         for i in range(0, len(keep), args.batch):
             part = keep[i : i + args.batch]
-            if len(part) == len(ids):
-                out = msg  # the common case: sent as built
-            else:
-                out = message()
-                out.documents.extend(docs[k] for k in part)
+            out = build(None if len(part) == len(ids) else part)
             while streaming and not room.acquire(timeout=0.2):
                 if stop.is_set():
                     return
@@ -611,22 +697,86 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                 st.sent += len(part)
             yield out
 
+    def send_rows(msg: pb.UpsertStreamRequest, lines: list[int]) -> Iterator[pb.UpsertStreamRequest]:
+        docs = msg.documents
+
+        def build(part: list[int] | None) -> pb.UpsertStreamRequest:
+            if part is None:
+                return msg  # the common case: sent as built
+            out = message()
+            out.documents.extend(docs[k] for k in part)
+            return out
+
+        yield from send([d.id for d in docs], lines, build)
+
+    def send_columns(cols: _ColumnBatch) -> Iterator[pb.UpsertStreamRequest]:
+        wide = np.frombuffer(b"".join(cols.vectors), dtype=np.float64)
+        matrix = wide.reshape(len(cols.ids), cols.width // 8).astype(np.float32)
+        finite = np.isfinite(matrix).all(axis=1)  # float64 text past float32's range is infinite here
+        keep = None if finite.all() else np.flatnonzero(finite)
+        if keep is not None:
+            for k in np.flatnonzero(~finite).tolist():
+                col = int(np.argmin(np.isfinite(matrix[k])))
+                with st.lock:
+                    st.bad += 1
+                report(cols.lines[k], f"field {fm.vector!r}[{col}]: must be finite")
+                advance()
+            if not len(keep):
+                return
+            matrix = matrix[keep]
+            cols = cols.take(keep.tolist())
+        meta = cols.meta if any(cols.meta) else None
+
+        def build(part: list[int] | None) -> pb.UpsertStreamRequest:
+            out = message()
+            c = out.columns
+            if part is None:
+                c.ids.extend(cols.ids)
+                c.code_f32le = matrix.tobytes()
+                if meta is not None:
+                    c.metadata_json.extend(meta)
+                return out
+            c.ids.extend([cols.ids[k] for k in part])
+            c.code_f32le = matrix[part].tobytes()
+            if meta is not None:
+                c.metadata_json.extend([meta[k] for k in part])
+            return out
+
+        yield from send(cols.ids, cols.lines, build)
+
     # resume checks of --check-batch ids, sent as messages of --batch documents
-    check = args.check_batch if args.overwrite else max(args.check_batch, args.batch)
+    check = args.batch if args.overwrite else max(args.check_batch, args.batch)
+    columnar = _columnar(args) and fm.rescore is None
 
     def requests() -> Iterator[pb.UpsertStreamRequest]:
         msg = message()
         lines: list[int] = []
+        row_ids: set[str] = set()  # (only while columns are built too: an id's later line must win)
+        cols: _ColumnBatch | None = None
         try:
             for line, rec in rows:
                 if stop.is_set():
                     return
                 with st.lock:
                     st.records += 1
+                if isinstance(rec, VectorRecord):
+                    if cols is not None and (len(rec.f64) != cols.width or rec.id in cols.seen):
+                        yield from send_columns(cols)  # one width per message; a repeated id: later
+                        cols = None
+                    if rec.id in row_ids:  # its earlier line is in the documents being built: send them
+                        yield from send_rows(msg, lines)
+                        msg, lines, row_ids = message(), [], set()
+                    if cols is None:
+                        cols = _ColumnBatch(len(rec.f64))
+                    cols.add(rec, line)
+                    if len(cols.ids) >= check:
+                        yield from send_columns(cols)
+                        cols = None
+                    continue
                 try:
                     if isinstance(rec, BadRecord):
                         raise rec
-                    to_document(rec, fm, msg.documents.add())
+                    doc = to_document(rec, fm, msg.documents.add())
                     lines.append(line)
                 except BadRecord as exc:
                     if len(msg.documents) > len(lines):
@@ -636,11 +786,24 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                     report(line, str(exc))
                     advance()
                     continue
+                if columnar:
+                    row_ids.add(doc.id)
+                    # its earlier line waits in the columns: they go first
+                    if cols is not None and doc.id in cols.seen:
+                        del msg.documents[-1]
+                        lines.pop()
+                        row_ids.discard(doc.id)
+                        yield from send_columns(cols)
+                        cols = None
+                        to_document(rec, fm, msg.documents.add())
+                        lines.append(line)
                 if len(lines) >= check:
-                    yield from send(msg, lines)
-                    msg, lines = message(), []
+                    yield from send_rows(msg, lines)
+                    msg, lines, row_ids = message(), [], set()
+            if cols is not None:
+                yield from send_columns(cols)
             if lines:
-                yield from send(msg, lines)
+                yield from send_rows(msg, lines)
         except Exception as exc:  # ends the stream cleanly (half-close); raised after the acks
             failure.append(exc)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 import numpy as np
 
-from zembed.service import convert, passages, streams
+from zembed.service import columns, convert, passages, streams
 from zembed.service.engine import Engine, usage_bytes
 from zembed.service.errors import InvalidArgument, TooLarge, Unavailable
 from zembed.service.metrics import Metrics
@@ -62,6 +62,9 @@ def guarded(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 MAX_UPSERT = 10_000  # documents per Upsert call or UpsertStream message
 OK = pb.Status()
+# an UpsertStream message converted ahead: documents (None: the general path converts them), or
+# columns (or why the whole message is refused)
+Prepared: TypeAlias = "convert.Docs | columns.Columns | BaseException | None"
 UNANSWERED = pb.Status(code=13, message="internal error: the document was not processed")
 
 
@@ -274,6 +277,9 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
 
     @guarded
     async def Upsert(self, request: pb.UpsertRequest, context: Ctx) -> pb.UpsertResponse:
+        if request.HasField("columns"):  # the columnar form (vectors only)
+            n = await columns.upsert(self.engine, request)
+            return pb.UpsertResponse(upserted=n, usage=pb.Usage(), passages=n)
         chunking = request.chunking if request.HasField("chunking") else None
         n, tokens, nbytes, rows = await self._upsert(
             request.collection, request.documents, wait=False, chunking=chunking
@@ -290,17 +296,22 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         message is acknowledged, in order, once that commit is durable, with one status per document."""
         settings = self.engine.settings
 
-        async def prepared() -> AsyncIterator[tuple[pb.UpsertStreamRequest, convert.Docs | None]]:
+        async def prepared() -> AsyncIterator[tuple[pb.UpsertStreamRequest, Prepared]]:
             # converted as read (on the stream's reader task), so a message is converted while the
             # one before it is being written
             async for req in request_iterator:
-                yield req, self._prepare(req)
+                if req.HasField("columns"):
+                    yield req, columns.prepare_message(self.engine, req)
+                else:
+                    yield req, self._prepare(req)
 
         async def handle(
-            group: list[tuple[pb.UpsertStreamRequest, convert.Docs | None]],
+            group: list[tuple[pb.UpsertStreamRequest, Prepared]],
         ) -> list[pb.UpsertStreamResponse]:
             req, batch = group[0]
-            if len(group) == 1 and batch is not None:
+            if any(r.HasField("columns") for r, _ in group):
+                return await columns.handle_group(group, self.engine, self._upsert_group, OK)
+            if len(group) == 1 and isinstance(batch, convert.Docs):
                 try:
                     n, _, _ = await self.engine.upsert(
                         req.collection, batch.ids, batch.texts, batch.code, batch.rescore, batch.metadata
@@ -318,7 +329,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
             settings.max_wait_ms / 1000,
             handle,
             settings.stream_idle_s,
-            weight=lambda r: len(r[0].documents) or 1,
+            weight=lambda r: len(r[0].documents) or len(r[0].columns.ids) or 1,
         ):
             yield ack
 
