@@ -373,7 +373,7 @@ class Collection(CollectionReader):
             self._write_record(txn, new)
             return new, old, (self._build(txn, new) if rebuild else None), runs
 
-        # the bytes this batch adds (blocks, id trees, metadata): reserved on disk before it is written
+        # about the bytes this batch adds (blocks, id trees, metadata): the map grows for them first
         reserve = batch.codes.nbytes + batch.records.nbytes + n * _ROW_BYTES
         reserve += sum(map(len, batch.meta)) if batch.meta is not None else 0
         rec, old, rebuilt, runs = self.env.write(txn_fn, reserve=reserve)

@@ -236,11 +236,11 @@ def test_rows_of_an_earlier_collection_are_written_after_a_later_one_exists(tmp_
         assert hits and hits[0].id != "0"
 
 
-def test_a_batch_is_reserved_on_disk_and_in_the_map_before_it_runs(
+def test_the_map_grows_before_a_large_batch_so_it_runs_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch larger than the map and than the preallocated file: the map grows and the file is
-    extended before the transaction, so its body runs once (no map-full retry)."""
+    """A batch larger than the map: the map grows before the transaction, so its body runs once
+    (no map-full abort and rerun), and the file stays within the preallocation policy."""
     calls = []
     real = blocks.append
 
@@ -254,12 +254,10 @@ def test_a_batch_is_reserved_on_disk_and_in_the_map_before_it_runs(
         c = s.collection("c")
         n = 8192
         x = np.random.default_rng(5).standard_normal((n, 512)).astype(np.float16)
-        before = (tmp_path / "d" / DATA_FILE).stat().st_size
         c.upsert_arrays(np.arange(n), x, x[:, :64])
         assert len(calls) == 1
         assert s.env.resizes >= 1 and s.env.map_size >= n * 1024
-        size = (tmp_path / "d" / DATA_FILE).stat().st_size
         usage = s.env.usage()
-        assert size > before and size >= usage["bytes_in_use"]
+        assert (tmp_path / "d" / DATA_FILE).stat().st_size >= usage["bytes_in_use"]
         assert usage["bytes_allocated"] <= 1.25 * usage["bytes_in_use"] + (2 << 20)
         assert c.count() == n
