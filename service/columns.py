@@ -8,6 +8,7 @@ status per document: a refused document gets its own, the others are written as 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -255,11 +256,22 @@ def prepare_message(engine: Engine, req: pb.UpsertStreamRequest) -> Columns | Ba
 
 
 async def _store(engine: Engine, collection: str, c: Columns) -> int:
-    n = len(c.ids)
-    written, _, _ = await engine.upsert(
-        collection, c.ids, [None] * n, c.code, c.rescore if c.rescore is not None else [None] * n, c.metadata
-    )
-    return written
+    """One transaction through the store's bulk path (``upsert_arrays``: ids as one numpy array),
+    or its list path when an id ends in NUL (numpy strings drop trailing NULs)."""
+    coll = engine.store.collection(collection)
+    if c.ids[-1].endswith("\0") or "\0" in "".join(c.ids):
+        n = len(c.ids)
+        written, _, _ = await engine.upsert(
+            collection, c.ids, [None] * n, c.code, [None] * n if c.rescore is None else c.rescore, c.metadata
+        )
+        return written
+    if c.rescore is None:
+        resc, code = c.code, None
+    else:
+        resc, code = c.rescore, c.code
+    written = await asyncio.to_thread(coll.upsert_arrays, np.asarray(c.ids), resc, code, metadata=c.metadata)
+    engine.remeasure_if_due(collection, coll)
+    return int(written)
 
 
 async def upsert(engine: Engine, req: pb.UpsertRequest) -> int:
