@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             "migrate",
             help="convert a data directory of an earlier store format (1) into a new directory",
             description="Convert OLD_DIR (store format 1, written by releases before issue #10) into "
-            "NEW_DIR (absent or empty) in the current format, losing nothing; OLD_DIR is only read (stop "
-            "the server that uses it first). Exit codes: 0 done, 2 refused (the message says why).",
+            "NEW_DIR (absent or empty) in the current format, losing nothing; OLD_DIR is only read (a "
+            "server may keep serving it meanwhile: this release serves format 1 read-only), then serve "
+            "NEW_DIR. Exit codes: 0 done, 2 refused (the message says why).",
         )
         p.add_argument("old_dir", metavar="OLD_DIR", help="the format-1 data directory (read only)")
         p.add_argument("new_dir", metavar="NEW_DIR", help="where the converted store goes")

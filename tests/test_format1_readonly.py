@@ -243,3 +243,27 @@ def test_the_server_serves_a_format1_directory_read_only(
     finally:
         srv.stop()
     assert state(data) == before
+
+
+def test_http_writes_to_a_format1_directory_answer_409_naming_the_command(old: Path, tmp_path: Path) -> None:
+    """The HTTP API (the hosted API's shape) on a read-only format-1 directory: reads answer, writes
+    are a conflict with the store's state (409, not a server error) whose message says what to run."""
+    import httpx
+
+    data = tmp_path / "data"
+    old.rename(data)
+    before = state(data)
+    srv = FakeServer(tmp_path, http_port=0)
+    try:
+        assert srv.running.http is not None
+        base = f"http://127.0.0.1:{srv.running.http.port}/v1"
+        with httpx.Client(base_url=base, timeout=30) as http:
+            listed = http.post("/collections/get-collection-list", json={})
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["collection_names"] == []  # the fixture's were made over gRPC
+            r = http.post("/collections/add-collection", json={"collection_name": "more"})
+            assert r.status_code == 409, (r.status_code, r.text)
+            assert f"zembed migrate {data} NEW_DIR" in r.text
+    finally:
+        srv.stop()
+    assert state(data) == before

@@ -63,7 +63,8 @@ HTTP_OF: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.FAILED_PRECONDITION: 500,
+    # the store's state forbids it (e.g. a read-only format-1 directory: the message names the fix)
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.INTERNAL: 500,
 }
 
