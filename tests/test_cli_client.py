@@ -253,7 +253,12 @@ def test_ingest_parquet_with_list_and_fixed_size_vectors(
         assert docs[ids[i]].metadata["lang"].string_value == langs[i]
 
 
-def test_ingest_killed_half_way_then_rerun_stores_every_line_once(server: FakeServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", ["columns", "documents"])
+def test_ingest_killed_half_way_then_rerun_stores_every_line_once(
+    server: FakeServer, tmp_path: Path, shape: str
+) -> None:
+    """``columns``: lines of id + vector + a metadata object travel as DocumentColumns; ``documents``:
+    a top-level field becomes a metadata key, so the lines travel as documents."""
     ch, s = stub(server)
     with ch:
         s.CreateCollection(pb.CreateCollectionRequest(name="big"))
@@ -262,7 +267,9 @@ def test_ingest_killed_half_way_then_rerun_stores_every_line_once(server: FakeSe
     path = tmp_path / "big.jsonl"
     with path.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"b{i}", "vector": vecs[i].round(5).tolist(), "k": i}) + "\n")
+            rec: dict[str, Any] = {"id": f"b{i}", "vector": vecs[i].round(5).tolist()}
+            rec |= {"metadata": {"k": i}} if shape == "columns" else {"k": i}
+            f.write(json.dumps(rec) + "\n")
     cmd = [
         sys.executable,
         "-m",
@@ -469,6 +476,62 @@ def test_jsonl_reader_numbers_lines_with_either_parser(parser: str, monkeypatch:
     assert rows[3][1] == {"id": "c", "text": "ü", "vector": ["x"]}
     assert isinstance(rows[1][1], ingest.BadRecord) and str(rows[1][1]).startswith("not JSON")
     assert str(rows[2][1]) == "expected a JSON object per line; given list"
+
+
+def test_jsonl_reader_gives_vector_records_for_the_columnar_form() -> None:
+    """With a field mapping, a line of only an id, a vector of numbers and a metadata object comes as
+    a VectorRecord (float64 bytes, the object's compact text); anything else as a record."""
+    pytest.importorskip("simdjson", reason="pysimdjson (the `cli` extra) reads vectors into buffers")
+    from zembed.service import ingest
+
+    fm = ingest.FieldMap()
+    text = (
+        '{"id": "a", "vector": [1, 2.5], "metadata": {"k": [null, 1], "s": "\\u00fc", "f": 1.50}}\n'
+        '{"id": 7, "vector": [0.5], "metadata": {}}\n'
+        '{"vector": [3], "id": "c", "text": "ignored when a vector is given"}\n'
+        '{"id": "d", "vector": [1], "lang": "de"}\n'
+        '{"id": "e", "vector": [1, "x"]}\n'
+        '{"id": "f", "vector": [1], "metadata": [1]}\n'
+        '{"id": "", "vector": [1]}\n'
+        '{"id": true, "vector": [1]}\n'
+    )
+    rows = list(ingest.read_jsonl(io.BytesIO(text.encode()), frozenset({"vector"}), fm))
+    a, b, c = (r for _, r in rows[:3])
+    assert isinstance(a, ingest.VectorRecord) and a.id == "a"
+    assert np.frombuffer(a.f64, np.float64).tolist() == [1.0, 2.5]
+    assert json.loads(a.metadata) == {"k": [None, 1], "s": "ü", "f": 1.5}
+    assert b == ingest.VectorRecord("7", np.float64(0.5).tobytes(), b"")
+    assert c == ingest.VectorRecord("c", np.float64(3).tobytes(), b"")
+    assert all(isinstance(r, dict) for _, r in rows[3:]), rows[3:]  # converted (and refused) as documents
+    cols = ingest.read_jsonl(io.BytesIO(text.encode()), frozenset({"vector"}), ingest.FieldMap(columns=()))
+    assert isinstance(list(cols)[3][1], ingest.VectorRecord)  # `lang` is not a metadata column here
+
+
+def test_ingest_repeated_ids_across_forms_later_lines_win(
+    server: FakeServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Columns and documents are built side by side; an id's later line is stored last either way."""
+    create(capsys, server, "rep")
+    vecs = unit(np.random.default_rng(4), 8)
+    lines = [
+        {"id": "x", "vector": vecs[0].tolist(), "metadata": {"v": 1}},  # columns
+        {"id": "x", "vector": vecs[1].tolist(), "v": 2},  # documents (a top-level field)
+        {"id": "y", "vector": vecs[2].tolist(), "v": 1},  # documents
+        {"id": "y", "vector": vecs[3].tolist(), "metadata": {"v": 2}},  # columns
+        {"id": "z", "vector": vecs[4].tolist(), "metadata": {"v": 1}},
+        {"id": "z", "vector": vecs[5].tolist(), "metadata": {"v": 2}},  # a repeat within the columns
+        {"id": "w", "vector": [0.5] * 3, "metadata": {"v": 1}},  # another width: refused by the server
+        {"id": "w", "vector": vecs[6].tolist(), "metadata": {"v": 2}},
+    ]
+    path = tmp_path / "rep.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rc, out, err = run(capsys, server, "ingest", str(path), "rep", "--json", "--no-progress")
+    summary = json.loads(out)
+    assert rc == 1 and (summary["records"], summary["stored"], summary["refused"]) == (8, 7, 1), err
+    assert f"{path}:7: id 'w' refused: INVALID_ARGUMENT" in err
+    docs = stored(server, "rep", ["x", "y", "z", "w"])
+    assert {k: d.metadata["v"].int_value for k, d in docs.items()} == {"x": 2, "y": 2, "z": 2, "w": 2}
+    np.testing.assert_allclose(np.asarray(docs["x"].rescore), vecs[1], atol=1e-3)
 
 
 @pytest.mark.parametrize("method", ["stream", "unary"])
