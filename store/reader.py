@@ -303,27 +303,33 @@ class CollectionReader:
             own = [i for i, v in vecs if v is not None]
             cq = np.stack([v for _, v in vecs if v is not None]).astype(np.float32)
             rq = cq
-        before = self._rec
+        before = self._rec  # read before the snapshot: a recalibration in between refuses the result
         extra = 0 if own is None else 1
-        exact = self.exact_search(rq, top_k=k + extra)
-        truth = [[h.id for h in hs] for hs in exact]
+        # one snapshot for the truth and every setting: writes meanwhile cannot make a setting look
+        # worse (or better) than it is (the read transaction pins its pages while it measures)
+        with self._consistent() as (snap, txn):
+            records = self._records(txn, snap)
+            dims, dtype = self.config.rescore_dims, self.config.rescore_dtype
+            exact = stages.exact(snap, rq, k + extra, dims, dtype, records, ())
+            truth = [[str(i) for i in row] for row in self._ids(txn, exact.rowids)]
 
-        def run(p: SearchParams) -> list[list[str]]:
-            if extra:
-                p = replace(p, top_k=k + 1, float_reads=p.float_reads + 1, shortlist=p.shortlist + 1)
-            return [[h.id for h in hs] for hs in self.search(cq, rq, p)]
+            def run(p: SearchParams) -> list[list[str]]:
+                if extra:
+                    p = replace(p, top_k=k + 1, float_reads=p.float_reads + 1, shortlist=p.shortlist + 1)
+                r = self._ranked(snap, txn, p, cq, rq)
+                return [[str(i) for i in row] for row in self._ids(txn, r.rowids)]
 
-        if own is not None:
-            truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
-            search = run
+            if own is not None:
+                truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
+                search = run
 
-            def run_loo(p: SearchParams) -> list[list[str]]:
-                got = search(p)
-                return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
+                def run_loo(p: SearchParams) -> list[list[str]]:
+                    got = search(p)
+                    return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
 
-            tuning = calibration.measure_by_search(run_loo, truth, stop)
-        else:
-            tuning = calibration.measure_by_search(run, truth, stop)
+                tuning = calibration.measure_by_search(run_loo, truth, stop)
+            else:
+                tuning = calibration.measure_by_search(run, truth, stop)
         return tuning, own is None, before
 
     def prefetch(self) -> int:

@@ -4,6 +4,7 @@ refused with the shape expected."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,37 @@ def test_exact_search_in_chunks_equals_a_full_sort_ties_included(
     for qi, hits in enumerate(got):
         want = sorted(range(len(live)), key=lambda j: (-scores[qi, j], j))[:50]
         assert [h.id for h in hits] == [f"d{live[j]:03d}" for j in want]
+
+
+def test_measure_reads_one_snapshot_while_writes_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The truth (exact search) and every setting's search read the same snapshot: a write that
+    commits between them (here: an exact copy of every sample query, which any later read ranks
+    first) cannot move the measured recall."""
+    rng = np.random.default_rng(21)
+    x = unit(rng.normal(size=(1500, 32)).astype(np.float32))
+    q = unit(rng.normal(size=(40, 32)).astype(np.float32))
+    with Store(tmp_path / "s", map_size=256 << 20) as s:
+        s.create_collection("m", CollectionConfig(code_bits=32, rescore_dims=32, calibration_sample=1000))
+        c = s.collection("m")
+        c.upsert([f"d{i}" for i in range(len(x))], x)
+        quiet = c.measure(q)
+        real = calibration.measure_by_search
+        wrote = []
+
+        def measure_after_a_write(run: Any, truth: Any, stop: Any = None) -> Any:
+            def write() -> None:  # another thread, as a writer would be, committed before the search
+                c.upsert([f"copy{i}" for i in range(len(q))], q)
+                wrote.append(c.count())
+
+            t = threading.Thread(target=write)
+            t.start()
+            t.join()
+            return real(run, truth, stop)
+
+        monkeypatch.setattr(calibration, "measure_by_search", measure_after_a_write)
+        busy = c.measure(q)
+        assert wrote == [len(x) + len(q)]
+    assert busy.measured_recall == quiet.measured_recall and busy.tuning == quiet.tuning
+    assert busy.measured_recall is not None and busy.measured_recall < 1.0  # not trivially equal
