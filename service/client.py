@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2
 
-from zembed.service.metadata import metadata_from_proto, metadata_to_proto, value_to_proto
+from zembed.service.metadata import flat_json, metadata_from_proto, metadata_to_proto, value_to_proto
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
@@ -296,6 +296,48 @@ def document(d: Mapping[str, Any] | Document) -> pb.Document:
     else:
         out.vectors.CopyFrom(vectors(code, d.get("rescore")))
     return out
+
+
+def columns(docs: Sequence[Mapping[str, Any] | Document]) -> pb.DocumentColumns | None:
+    """The documents as DocumentColumns (one float32 blob, metadata as JSON text: the cheapest form
+    to build and for the server to read) when every one is an id, a code vector of one length (no
+    text, no rescore) and metadata of flat JSON values; None: they go as documents (which also
+    reports what is wrong with any of them)."""
+    if not docs:
+        return None
+    ids: list[str] = []
+    rows: list[bytes] = []
+    meta: list[bytes] = []
+    width = -1
+    doc_id: Any
+    m: Any
+    for d in docs:
+        if isinstance(d, Document):
+            doc_id, code, text, rescore, m = d.id, d.code, d.text, d.rescore, d.metadata
+        elif isinstance(d, Mapping) and d.keys() <= _COLUMN_KEYS:
+            doc_id, code, text, rescore, m = d.get("id"), d.get("code"), None, None, d.get("metadata")
+        else:
+            return None
+        if type(doc_id) is not str or code is None or text is not None or rescore is not None:
+            return None
+        try:
+            arr = np.asarray(code, dtype="<f4")
+        except (TypeError, ValueError):
+            return None
+        text_json = flat_json(m)
+        if arr.ndim != 1 or not arr.size or (width >= 0 and arr.size != width) or text_json is None:
+            return None
+        width = arr.size
+        ids.append(doc_id)
+        rows.append(arr.tobytes())
+        meta.append(text_json)
+    out = pb.DocumentColumns(ids=ids, code_f32le=b"".join(rows))
+    if any(meta):
+        out.metadata_json.extend(meta)
+    return out
+
+
+_COLUMN_KEYS = frozenset({"id", "code", "metadata"})
 
 
 def filter_to_proto(spec: Mapping[str, Any] | None) -> list[pb.Condition]:
@@ -628,7 +670,12 @@ def chunking_proto(enabled: bool, max_tokens: int = 0, overlap_tokens: int = 0) 
 def upsert_call(
     collection: str, documents: Iterable[Mapping[str, Any] | Document], chunks: pb.Chunking
 ) -> Call[UpsertResult]:
-    req = pb.UpsertRequest(collection=collection, documents=[document(d) for d in documents], chunking=chunks)
+    docs = list(documents)
+    cols = None if chunks.enabled else columns(docs)
+    if cols is not None:  # vectors only: the columnar form
+        req = pb.UpsertRequest(collection=collection, columns=cols)
+    else:
+        req = pb.UpsertRequest(collection=collection, documents=[document(d) for d in docs], chunking=chunks)
     return Call(
         "search",
         "Upsert",
@@ -697,19 +744,44 @@ class UpsertBatches:
         self.sent.append([d.id for d in docs])
         return pb.UpsertStreamRequest(collection=self.collection, documents=docs, chunking=self.chunks)
 
-    def requests(self) -> Iterator[pb.UpsertStreamRequest]:
+    def _messages(self, raw: list[Mapping[str, Any] | Document]) -> Iterator[pb.UpsertStreamRequest]:
+        """One message of these documents: columns when they are vectors only; else documents, up
+        to the first that cannot be converted (raised once the ones before it are sent)."""
+        cols = None if self.chunks.enabled else columns(raw)
+        if cols is not None:
+            self.sent.append(list(cols.ids))
+            yield pb.UpsertStreamRequest(collection=self.collection, columns=cols)
+            return
         docs: list[pb.Document] = []
         error: Exception | None = None
-        try:
-            for d in self.documents:
+        for d in raw:
+            try:
                 docs.append(document(d))
-                if len(docs) == self.batch:
-                    yield self._message(docs)
-                    docs = []
-        except Exception as exc:
-            error = exc
+            except Exception as exc:
+                error = exc
+                break
         if docs:
             yield self._message(docs)
+        if error is not None:
+            raise error
+
+    def requests(self) -> Iterator[pb.UpsertStreamRequest]:
+        raw: list[Mapping[str, Any] | Document] = []
+        error: Exception | None = None
+        items = iter(self.documents)
+        while True:
+            try:
+                raw.append(next(items))
+            except StopIteration:
+                break
+            except Exception as exc:  # the caller's iterable failed: what came before it is sent
+                error = exc
+                break
+            if len(raw) == self.batch:
+                batch, raw = raw, []
+                yield from self._messages(batch)
+        if raw:
+            yield from self._messages(raw)
         if error is not None:
             raise error
 

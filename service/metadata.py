@@ -9,6 +9,7 @@ neither the store nor the model runtime."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -102,3 +103,43 @@ def set_metadata(
             target[k].int_value = v
         else:
             target[k].CopyFrom(value_to_proto(v, f"{where}.{k}"))
+
+
+def _stdlib_dumps(d: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(d), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+try:
+    import orjson
+
+    def _dumps(d: Mapping[str, Any]) -> bytes:
+        return orjson.dumps(d if type(d) is dict else dict(d))
+
+except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib writes the same JSON
+    _dumps = _stdlib_dumps
+
+
+def flat_json(d: Any) -> bytes | None:
+    """Metadata as compact JSON text (DocumentColumns.metadata_json; b"" for none) when every value
+    is a string, a boolean, null, a 64-bit integer, a finite float or a list of strings; None for
+    anything else (the caller converts it with :func:`metadata_to_proto`, which keeps the other JSON
+    types and refuses what JSON cannot hold, naming the key)."""
+    if not d:
+        return b""
+    if not isinstance(d, Mapping):
+        return None
+    for k, v in d.items():
+        if type(k) is not str:
+            return None
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if not -_INT64 <= v < _INT64:
+                return None
+        elif t is float:
+            if not math.isfinite(v):
+                return None
+        elif t is not list or not all(type(x) is str for x in v):
+            return None
+    return _dumps(d)

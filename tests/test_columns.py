@@ -309,3 +309,53 @@ def test_ids_ending_in_nul_are_stored_as_given(stub: Any) -> None:
     assert stub.Upsert(pb.UpsertRequest(collection="c", columns=columns(ids, matrix(3)))).upserted == 3
     assert [d.id for d in get(stub, "c", ids) if d.found] == ids
     assert count(stub, "c") == 3
+
+
+def test_python_clients_send_vector_documents_as_columns_with_the_same_result(tmp_path: Path) -> None:
+    """Client.upsert / upsert_stream (and the asyncio client, which builds the same requests) send
+    documents that are an id, a code vector and flat metadata as DocumentColumns; anything else as
+    documents, with the same client-side refusals as before."""
+    import asyncio
+
+    from zembed.service import client as client_mod
+    from zembed.service.aio_client import AsyncClient
+    from zembed.service.client import Client, Document
+
+    code = matrix(30)
+    flat = [{"lang": "de", "n": i, "x": 0.5, "ok": True, "none": None, "tags": ["a"]} for i in range(30)]
+    docs: list[Any] = [{"id": f"d{i}", "code": code[i], "metadata": flat[i]} for i in range(20)]
+    docs += [Document(id=f"d{i}", code=code[i].tolist(), metadata=flat[i]) for i in range(20, 30)]
+    cols = client_mod.columns(docs)
+    assert cols is not None and list(cols.ids) == [f"d{i}" for i in range(30)]
+    assert cols.code_f32le == code.astype("<f4").tobytes()
+    assert [json.loads(m) for m in cols.metadata_json] == flat
+    nested = [{"id": "n", "code": code[0], "metadata": {"o": {"k": 1}}}]
+    for not_columns in (nested, [{"id": "t", "text": "hello"}], [*docs[:2], {"id": "w", "code": [1.0, 2.0]}]):
+        assert client_mod.columns(not_columns) is None
+    with FakeServer(tmp_path) as srv, Client(srv.target) as c:
+        for name in ("unary", "stream", "aio", "rows"):
+            c.create_collection(name, calibration="none")
+        assert c.upsert("unary", docs).upserted == 30
+        assert all(a.code == grpc.StatusCode.OK for a in c.upsert_stream("stream", docs, batch=7))
+
+        async def aio() -> None:
+            async with AsyncClient(srv.target) as a:
+                acks = [x async for x in a.upsert_stream("aio", docs, batch=11)]
+                assert len(acks) == 30 and all(x.code == grpc.StatusCode.OK for x in acks)
+
+        asyncio.run(aio())
+        with grpc.insecure_channel(srv.target) as ch:
+            s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+            rows = [client_mod.document(d) for d in docs]  # the documents form, as before
+            s.Upsert(pb.UpsertRequest(collection="rows", documents=rows))
+            ids = [f"d{i}" for i in range(30)]
+            want = get(s, "rows", ids)
+            for name in ("unary", "stream", "aio"):
+                got = get(s, name, ids)
+                assert [(g.id, g.code, list(g.rescore)) for g in got] == [
+                    (w.id, w.code, list(w.rescore)) for w in want
+                ]
+                assert [metadata_from_proto(g.metadata) for g in got] == flat
+        with pytest.raises(ValueError, match=r"d1\.metadata\.x: must be finite"):  # refused here, as before
+            c.upsert("unary", [docs[0], {"id": "d1", "code": code[1], "metadata": {"x": float("nan")}}])
+        assert c.get_collection("unary").count == 30
