@@ -303,6 +303,7 @@ class CollectionReader:
             own = [i for i, v in vecs if v is not None]
             cq = np.stack([v for _, v in vecs if v is not None]).astype(np.float32)
             rq = cq
+        assert rq is not None  # asked for with need_rescore / the stored rows themselves
         before = self._rec  # read before the snapshot: a recalibration in between refuses the result
         extra = 0 if own is None else 1
         # one snapshot for the truth and every setting: writes meanwhile cannot make a setting look
