@@ -412,7 +412,6 @@ class Engine:
             raise InvalidArgument("query", "must be text or vectors")
         if rescore is not None and len(rescore) == 0:
             rescore = None
-        self.recent_queries.add(name, code, rescore, coll.config.rescore_dims)
         plan = coll.plan(params)
         sizes = self.search_sizes
         sizes.searches += 1
@@ -425,6 +424,8 @@ class Engine:
             rescore,
             params,
         )
+        # sampled once the store took the query (a refused one must not replace or poison the sample)
+        self.recent_queries.add(name, code, rescore, coll.config.rescore_dims)
         return hits, tokens, nbytes
 
     async def calibrate_collection(

@@ -27,6 +27,9 @@ import numpy.typing as npt
 SIZE = 128  # the store measures at most 128 sample queries (store.calibrate.SAMPLE_QUERIES)
 MIN_QUERIES = 32  # fewer than this: the background measurement uses stored rows instead
 MAX_COLLECTIONS = 32
+# a query kept as it is when its largest component lies in this range (float16: largest 65504, full
+# precision down to 6.1e-5; a unit vector's largest component is at least 1/sqrt(dims), 0.0198 at 2,560)
+_F16_PEAKS = (1e-2, 1e4)
 
 F32 = npt.NDArray[np.float32]
 
@@ -56,6 +59,8 @@ class QueryReservoir:
         separate = rescore_dims != len(code)
         if separate and (rescore is None or len(rescore) != rescore_dims):
             return
+        code16 = _f16(code)
+        rescore16 = _f16(rescore) if separate and rescore is not None else None
         dims = (len(code), rescore_dims if separate else 0)
         with self._lock:
             s = self._samples.get(name)
@@ -74,9 +79,9 @@ class QueryReservoir:
                 slot = self._rng.randrange(s.seen)
                 if slot >= self.size:
                     return
-            s.code[slot] = code.astype(np.float16)
-            if separate and rescore is not None:
-                s.rescore[slot] = rescore.astype(np.float16)
+            s.code[slot] = code16
+            if rescore16 is not None:
+                s.rescore[slot] = rescore16
 
     def count(self, name: str) -> int:
         with self._lock:
@@ -102,3 +107,14 @@ class QueryReservoir:
     def forget(self, name: str) -> None:
         with self._lock:
             self._samples.pop(name, None)
+
+
+def _f16(v: F32) -> npt.NDArray[np.float16]:
+    """A float16 copy of ``v``; scaled to unit length when its components lie outside float16's
+    range (a long vector would overflow to inf, a tiny one underflow to zero, and the measurement
+    refuse the whole sample; it normalizes every query, so the scale changes nothing)."""
+    peak = float(np.max(np.abs(v))) if len(v) else 0.0
+    if peak > _F16_PEAKS[1] or 0.0 < peak < _F16_PEAKS[0]:
+        v64 = np.asarray(v, dtype=np.float64)
+        v = np.asarray(v64 / np.sqrt(np.dot(v64, v64)), dtype=np.float32)
+    return np.asarray(v, dtype=np.float16)

@@ -1,0 +1,88 @@
+"""Review of the s16 changes (format-1 read-only serving, the reader split, the recent-query reservoir):
+each test failed on the code before its fix (real LMDB in a temp dir, a real server on a loopback
+port)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.fakes import FakeServer
+from zembed.service.reservoir import MIN_QUERIES
+from zembed.v1 import zembed_pb2 as pb
+from zembed.v1 import zembed_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- the recent-query reservoir
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    v = rng.standard_normal(n).astype(np.float32)
+    out: np.ndarray[Any, np.dtype[np.float32]] = v / np.linalg.norm(v)
+    return out
+
+
+def _grow_after(tmp_path: Path, queries: list[pb.Vectors], bad: list[pb.Vectors]) -> pb.Collection:
+    """A 64-bit collection of 100 documents, searched with ``queries`` (each must answer) and then
+    ``bad`` (each must be refused INVALID_ARGUMENT), grown to 200: its table measured again."""
+    rng = np.random.default_rng(11)
+    with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
+        s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        cfg = pb.CollectionConfig(code_bits=64, rescore_dims=64, calibration_sample=100)
+        s.CreateCollection(pb.CreateCollectionRequest(name="c", config=cfg))
+
+        def docs(b: int) -> list[pb.Document]:
+            return [
+                pb.Document(id=f"b{b}-{i}", vectors=pb.Vectors(code=_unit(rng, 64).tolist()))
+                for i in range(100)
+            ]
+
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs(0)), timeout=60)
+        for v in queries:
+            assert len(s.Search(pb.SearchRequest(collection="c", vectors=v, top_k=5)).hits) == 5
+        for v in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                s.Search(pb.SearchRequest(collection="c", vectors=v, top_k=5))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert server.running.engine.recent_queries.count("c") == len(queries)
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs(1)), timeout=60)  # 200: due
+        deadline = time.monotonic() + 60
+        while True:
+            got: pb.Collection = s.GetCollection(pb.GetCollectionRequest(name="c")).collection
+            if got.measured_at == 200 or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+
+def test_refused_queries_do_not_replace_or_poison_the_sample(tmp_path: Path) -> None:
+    """A query the search refuses (a code vector of the wrong length, a NaN) was recorded before the
+    search checked it: the wrong length replaced the whole sample (other lengths: "the collection
+    was made again"), a NaN made the background measurement fail; either way the table was not
+    measured on the real queries."""
+    rng = np.random.default_rng(3)
+    good = [pb.Vectors(code=_unit(rng, 64).tolist()) for _ in range(MIN_QUERIES + 4)]
+    nan = _unit(rng, 64)
+    nan[5] = np.nan
+    bad = [
+        pb.Vectors(code=nan.tolist()),  # refused at the edge
+        pb.Vectors(code=[0.0] * 64),  # refused by the store (a zero vector)
+        pb.Vectors(code=_unit(rng, 32).tolist(), rescore=_unit(rng, 64).tolist()),  # code too short
+    ]
+    got = _grow_after(tmp_path, good, bad)
+    assert got.measured_at == 200 and got.measured_with_samples
+
+
+def test_queries_far_from_unit_length_are_sampled(tmp_path: Path) -> None:
+    """The search takes any finite non-zero vector (it normalizes); the sample keeps float16 copies,
+    and a component past float16's range (65504) became inf, so the measurement refused the sample.
+    Tiny vectors (float16 underflow to zero) likewise."""
+    rng = np.random.default_rng(4)
+    big = [pb.Vectors(code=(_unit(rng, 64) * 1e6).tolist()) for _ in range(MIN_QUERIES // 2 + 2)]
+    small = [pb.Vectors(code=(_unit(rng, 64) * 1e-9).tolist()) for _ in range(MIN_QUERIES // 2 + 2)]
+    got = _grow_after(tmp_path, big + small, [])
+    assert got.measured_at == 200 and got.measured_with_samples
