@@ -17,10 +17,18 @@ them alike:
 
 Format 1 is the code of commit 1885117 run from a git worktree (``--fmt1 /tmp/fmt1``, made with
 ``git worktree add /tmp/fmt1 1885117`` and the compiled ``_hamming`` copied in); without it the
-"before" column is skipped. The data (about 1.4 GB per store) goes under ``bench/.cache`` and is
-deleted at the end.
+"before" column is skipped. ``--before DIR``: a tree of an earlier format-2 commit (``git archive
+COMMIT | tar -x -C DIR``, the compiled ``_hamming`` copied into ``DIR/store``) whose two ingest
+paths run in the same rounds (a before/after of a change to the ingest path). The data (about 1.4 GB
+per store) goes under ``bench/.cache`` and is deleted at the end.
 
-    .venv/bin/python bench/store_format.py [--rows 1000000] [--rounds 3] [--fmt1 /tmp/fmt1]
+Ingest is reported per round (the systems of a round run back to back, in an order that rotates
+from round to round): each round's ratio ``faiss seconds / format 2 seconds``, their median, and the
+CPU seconds (user + sys of the timed section, threads included) and minor page faults of each
+system, which the disk's speed does not move (on a VM whose free memory goes back to the host, a
+first touch of a page costs CPU, so page faults are reported with them).
+
+    .venv/bin/python bench/store_format.py [--rows 1000000] [--rounds 5] [--fmt1 /tmp/fmt1] [--before DIR]
     .venv/bin/python bench/store_format.py --standin 10000000   # the 10M figures (see standin())
 """
 
@@ -45,6 +53,16 @@ sys.path.insert(0, str(HERE))
 DIMS = 640
 BATCH = 65536
 FMT1_BATCH = 10_000
+BEFORE = ("fmt2b", "fmt2vb")  # format 2's ingest paths from the --before tree
+INGEST_ONLY = ("fmt2v", *BEFORE)  # the same store as fmt2: only their ingest is measured
+LABELS = {
+    "fmt2": "format 2, codes + unit vectors given",
+    "fmt2v": "format 2, vectors only (codes computed, norms checked)",
+    "fmt2b": "  before: codes + unit vectors given",
+    "fmt2vb": "  before: vectors only",
+    "faiss": "faiss add + write + fsync",
+    "fmt1": "format 1 (list path)",
+}
 
 
 def rss(kind: str = "VmRSS") -> int:
@@ -116,6 +134,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             import faiss
         else:
             from zembed.store import Calibration, CollectionConfig, Store
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         if kind == "faiss":
             store.mkdir(parents=True)
@@ -126,7 +145,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             for f in store.iterdir():
                 fsync(f)
             fsync(store)
-        elif kind in ("fmt2", "fmt2v"):
+        elif kind in ("fmt2", "fmt2v", "fmt2b", "fmt2vb"):
             with Store(store) as s:
                 s.create_collection(
                     "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
@@ -134,7 +153,10 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
                 c = s.collection("c")
                 ids = np.arange(n, dtype=np.int64)
                 for b in range(0, n, BATCH):
-                    if kind == "fmt2":  # what faiss gets: the codes, and unit vectors (as a model gives them)
+                    if kind in (
+                        "fmt2",
+                        "fmt2b",
+                    ):  # what faiss gets: the codes, and unit vectors (as a model gives them)
                         c.upsert_arrays(
                             ids[b : b + BATCH], x[b : b + BATCH], codes=codes[b : b + BATCH], normalized=True
                         )
@@ -150,9 +172,14 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
                     part = x[b : b + FMT1_BATCH].astype(np.float32)
                     c.upsert([str(i) for i in range(b, b + len(part))], part)
         secs = time.perf_counter() - t
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "seconds": secs,
             "docs_per_s": n / secs,
+            "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+            "user_s": r1.ru_utime - r0.ru_utime,
+            "sys_s": r1.ru_stime - r0.ru_stime,
+            "minflt": r1.ru_minflt - r0.ru_minflt,
             "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
     if action == "reopen":
@@ -245,9 +272,11 @@ def standin(base: Path, rows: int) -> dict[str, Any]:
     return out
 
 
-def run_child(kind: str, action: str, data: Path, store: Path, fmt1: Path | None) -> dict[str, Any]:
+def run_child(
+    kind: str, action: str, data: Path, store: Path, fmt1: Path | None, before: Path | None = None
+) -> dict[str, Any]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(fmt1 if kind == "fmt1" else ROOT)
+    env["PYTHONPATH"] = str(fmt1 if kind == "fmt1" else before if kind in BEFORE else ROOT)
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, action, str(data), str(store)],
@@ -265,9 +294,10 @@ def run_child(kind: str, action: str, data: Path, store: Path, fmt1: Path | None
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--fmt1-rounds", type=int, default=1, help="rounds of format 1 (slow)")
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
+    ap.add_argument("--before", type=Path, default=None, help="a tree of earlier format-2 code (see above)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--standin", type=int, default=0, help="only the 10M stand-in, at this many rows")
@@ -301,32 +331,41 @@ def main() -> None:
     data = base / "data"
     data.mkdir(parents=True)
     fmt1 = args.fmt1 if (args.fmt1 / "zembed" / "store" / "layout.py").exists() else None
-    kinds = ["fmt2", "faiss", "fmt2v"] + (["fmt1"] if fmt1 else [])
-    cols = [k for k in kinds if k != "fmt2v"]  # fmt2v: the same store as fmt2, only its ingest differs
+    before = (
+        args.before if args.before and (args.before / "zembed" / "store" / "layout.py").exists() else None
+    )
+    kinds = ["fmt2", "faiss", "fmt2v"] + (list(BEFORE) if before else []) + (["fmt1"] if fmt1 else [])
+    cols = [k for k in kinds if k not in INGEST_ONLY]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"ingest": [], "reopen": []} for k in kinds}
     disk: dict[str, dict[str, Any]] = {}
     try:
         t = time.perf_counter()
         make_data(data, args.rows)
         print(f"data: {args.rows} x {DIMS} float16 + codes in {time.perf_counter() - t:.1f} s", flush=True)
+        print(machine_line(), flush=True)
         for r in range(args.rounds):
-            for kind in kinds:
+            order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # position effects rotate
+            for kind in order:
                 if kind == "fmt1" and r >= args.fmt1_rounds:
                     continue
                 store = base / f"{kind}-store"
                 shutil.rmtree(store, ignore_errors=True)
-                res = run_child(kind, "ingest", data, store, fmt1)
+                res = run_child(kind, "ingest", data, store, fmt1, before)
+                res["round"] = r
                 results[kind]["ingest"].append(res)
-                if kind == "fmt2v":
+                if kind in INGEST_ONLY:
                     shutil.rmtree(store, ignore_errors=True)
-                    print(f"round {r} {kind}: ingest {res['seconds']:.2f} s", flush=True)
+                    print(
+                        f"round {r} {kind}: ingest {res['seconds']:.2f} s, cpu {res['cpu_s']:.2f} s",
+                        flush=True,
+                    )
                     continue
                 for _ in range(2):
                     results[kind]["reopen"].append(run_child(kind, "reopen", data, store, fmt1))
                 if r == args.rounds - 1 or (kind == "fmt1" and r == args.fmt1_rounds - 1):
                     disk[kind] = run_child(kind, "disk", data, store, fmt1)
                 print(
-                    f"round {r} {kind}: ingest {res['seconds']:.2f} s, reopen "
+                    f"round {r} {kind}: ingest {res['seconds']:.2f} s, cpu {res['cpu_s']:.2f} s, reopen "
                     f"{results[kind]['reopen'][-1]['seconds']:.3f} s",
                     flush=True,
                 )
@@ -344,20 +383,16 @@ def main() -> None:
 
         for kind in cols:
             assert all(x["count"] == args.rows for x in results[kind]["reopen"]), kind
-        ingest = ["durable ingest (docs/s)"] + [
-            spread(k, "ingest", "docs_per_s", 1.0, "{:,.0f}") for k in cols
-        ]
-        rows.append(
-            [*ingest, f"{med('fmt2', 'ingest', 'docs_per_s') / med('faiss', 'ingest', 'docs_per_s'):.2f}"]
-        )
-        checked = [
-            "  vectors only (codes computed, norms checked)",
-            spread("fmt2v", "ingest", "docs_per_s", 1.0, "{:,.0f}"),
-        ]
-        checked += [""] * (len(cols) - 1)
-        rows.append(
-            [*checked, f"{med('fmt2v', 'ingest', 'docs_per_s') / med('faiss', 'ingest', 'docs_per_s'):.2f}"]
-        )
+        summary = ingest_summary(results, [k for k in kinds if k != "fmt1"])
+        for kind, label in (
+            ("fmt2", "durable ingest (docs/s)"),
+            ("fmt2v", "  vectors only (codes computed, norms checked)"),
+        ):
+            row_: list[Any] = [label] + [
+                spread(k, "ingest", "docs_per_s", 1.0, "{:,.0f}") if k in (kind, "faiss", "fmt1") else ""
+                for k in cols
+            ]
+            rows.append([*row_, f"{summary[kind]['ratio_median']:.2f} (median of rounds)"])
         for label, action, key, scale, fmt in (
             ("reopen (s)", "reopen", "seconds", 1.0, "{:.3f}"),
             ("RSS right after open (MB)", "reopen", "rss_after_open", 1e-6, "{:.0f}"),
@@ -381,6 +416,7 @@ def main() -> None:
             ]
             + [f"{disk['fmt2']['allocated'] / disk['faiss']['allocated']:.2f}"]
         )
+        print(ingest_table(summary))
         headers = ["", "format 2 (this store)", "faiss IndexBinaryFlat + f16 file"]
         headers += ["format 1 (before)"] if fmt1 else []
         headers += ["format 2 / faiss"]
@@ -394,12 +430,76 @@ def main() -> None:
                 "raw_bytes": raw,
                 "results": results,
                 "disk": disk,
+                "ingest_summary": summary,
                 "cpu": _cpu(),
             },
         )
         print(f"written {path}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def ingest_summary(results: dict[str, dict[str, list[dict[str, Any]]]], kinds: list[str]) -> dict[str, Any]:
+    """Per system: seconds, CPU seconds and minor faults per round; each round's ratio ``faiss
+    seconds / its seconds`` (the same round) and their median; CPU ratio of the medians."""
+    faiss = {x["round"]: x for x in results["faiss"]["ingest"]}
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        runs = results[kind]["ingest"]
+        ratios = [faiss[x["round"]]["seconds"] / x["seconds"] for x in runs if x["round"] in faiss]
+        cpu = [x["cpu_s"] for x in runs]
+        out[kind] = {
+            "seconds": [x["seconds"] for x in runs],
+            "ratios": ratios,
+            "ratio_median": float(np.median(ratios)),
+            "cpu_s": cpu,
+            "cpu_median": float(np.median(cpu)),
+            "cpu_ratio": float(np.median([x["cpu_s"] for x in faiss.values()]) / np.median(cpu)),
+            "user_median": float(np.median([x["user_s"] for x in runs])),
+            "sys_median": float(np.median([x["sys_s"] for x in runs])),
+            "minflt_median": float(np.median([x["minflt"] for x in runs])),
+        }
+    return out
+
+
+def ingest_table(summary: dict[str, Any]) -> str:
+    from common import table
+
+    rows = []
+    for kind, s in summary.items():
+        rows.append(
+            [
+                LABELS[kind],
+                " ".join(f"{x:.2f}" for x in s["seconds"]),
+                " ".join(f"{x:.2f}" for x in s["ratios"]) if kind != "faiss" else "",
+                f"{s['ratio_median']:.2f}" if kind != "faiss" else "",
+                " ".join(f"{x:.2f}" for x in s["cpu_s"]),
+                f"{s['cpu_median']:.2f} ({s['user_median']:.2f} + {s['sys_median']:.2f})",
+                f"{s['cpu_ratio']:.2f}" if kind != "faiss" else "",
+                f"{s['minflt_median'] / 1e3:.0f}k",
+            ]
+        )
+    headers = [
+        "durable ingest",
+        "seconds per round",
+        "faiss s / s per round",
+        "median",
+        "CPU s per round (user+sys)",
+        "CPU median (user + sys)",
+        "faiss CPU / CPU",
+        "minor faults",
+    ]
+    return "\n" + table(headers, rows)
+
+
+def machine_line() -> str:
+    c = _cpu()
+    has = [f for f in ("avx512f", "avx512_vpopcntdq", "avx512vpopcntdq", "avx2") if f in c["avx_flags"]]
+    return (
+        f"machine: kernel {c['kernel']}, CPU {c['model']!r} x {c['cores']}, "
+        f"avx512: {'yes' if any(f.startswith('avx512') for f in has) else 'no'}, "
+        f"avx2: {'yes' if 'avx2' in has else 'no'}"
+    )
 
 
 def _cpu() -> dict[str, Any]:
@@ -410,7 +510,12 @@ def _cpu() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 flags = [x for x in line.split(":", 1)[1].split() if x.startswith("avx")]
-    return {"model": model, "avx_flags": flags, "kernel": os.uname().release, "cores": os.cpu_count()}
+    return {
+        "model": model,
+        "avx_flags": flags,
+        "kernel": os.uname().release,
+        "cores": os.cpu_count(),
+    }
 
 
 if __name__ == "__main__":
