@@ -204,6 +204,8 @@ class Env:
         if readonly:
             if not (path / DATA_FILE).exists():
                 raise Damaged(str(path / DATA_FILE), "no such file (not a zembed data directory)")
+            if self.format == 1:  # read without LMDB's reader table: keep an old release's writer out
+                self._lock_fd = share_directory(path)
         else:
             path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_directory(path)
@@ -509,6 +511,27 @@ def _lock_directory(path: Path) -> int:
         raise
     try:
         (path / LOCK_FILE).write_text(f"{os.getpid()}\n")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def share_directory(path: Path) -> int:
+    """A shared lock on the directory (held until the returned fd closes): every release's writer
+    takes it exclusively (:func:`_lock_directory`), so while a format-1 directory is read without
+    LMDB's reader table (served read-only, or converted by ``zembed migrate``) no writer of an earlier
+    release can start and reuse the pages being read; :class:`Locked` naming it while one writes."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            raw = (path / LOCK_FILE).read_text("ascii", "replace").strip()
+        except OSError:
+            raw = ""
+        raise Locked(str(path), int(raw) if raw.isdigit() else None) from None
     except BaseException:
         os.close(fd)
         raise

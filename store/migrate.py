@@ -1,6 +1,7 @@
 """``zembed migrate OLD NEW``: convert a format-1 data directory into a new format-2 one.
 
-The old directory is only read (a read-only LMDB open, no lock taken, nothing written). The new one
+The old directory is only read (a read-only LMDB open without a lock file, nothing written; a shared
+flock on it, so an earlier release writing it meanwhile is refused: ``Locked``). The new one
 is built beside ``NEW`` (``.NEW.partial-PID``) and renamed into place when complete and checked, so
 ``NEW`` never holds half a migration. Per collection, in row-id order:
 
@@ -14,7 +15,7 @@ is built beside ``NEW`` (``.NEW.partial-PID``) and renamed into place when compl
 The reader of format 1 here is frozen: it reads the layout of commit 1885117 (``codes`` and
 ``vecs``: one value per row under ``cid + rowid``). Until the conversion, ``Store`` serves the old
 directory read-only (``store.format1``), so a migration needs no downtime: it may run while the old
-directory is served (it takes no lock and writes nothing there).
+directory is served (it writes nothing there; only an earlier release's writer is refused).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from zembed.store.layout import (
     cid_prefix,
     pack_rowids,
     row_keys,
+    share_directory,
 )
 from zembed.store.records import GEN, CollectionRecord, gen_key, meta_key
 from zembed.store.store import Store
@@ -71,6 +73,15 @@ def migrate(old: str | Path, new: str | Path, progress: Callable[[str], None] | 
     if new.resolve() == old.resolve():
         raise StoreError("migration target must be another directory than the source")
     check_data_file(old / DATA_FILE)
+    # read without LMDB's reader table: an earlier release writing it meanwhile would tear the copy
+    shared = share_directory(old)
+    try:
+        return _convert(old, new, say)
+    finally:
+        os.close(shared)
+
+
+def _convert(old: Path, new: Path, say: Callable[[str], None]) -> Migrated:
     src = lmdb.open(str(old), readonly=True, lock=False, max_dbs=len(V1_SUBDBS) + 2, subdir=True)
     try:
         meta = src.open_db(b"meta", create=False)

@@ -4,6 +4,11 @@ port)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +17,104 @@ import grpc
 import numpy as np
 import pytest
 
+from tests import format1_fixture as fixture
 from tests.fakes import FakeServer
+from tests.test_format1_readonly import FIXTURE, state
+from tests.test_migrate import zembed
 from zembed.service.reservoir import MIN_QUERIES
+from zembed.store import Store
+from zembed.store.errors import Locked
+from zembed.store.migrate import migrate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# What every format-1 release's writer did at open (store/layout.py _lock_directory since #7): an
+# exclusive flock on the data directory itself, then LMDB with its reader table.
+OLD_WRITER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    print("locked out", flush=True)
+    sys.exit(3)
+open(os.path.join(sys.argv[1], "zembed.lock"), "w").write(f"{os.getpid()}\\n")
+print("writing", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def old_writer(path: Path, hold_s: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OLD_WRITER, str(path), str(hold_s)], stdout=subprocess.PIPE, text=True
+    )
+    return proc
+
+
+@pytest.fixture
+def old(tmp_path: Path) -> Path:
+    path = tmp_path / "old"
+    shutil.copytree(FIXTURE, path)
+    return path
+
+
+# ---------------------------------------------------------------------- format 1 and old writers
+def test_an_old_release_cannot_start_writing_a_format1_directory_while_it_is_served(old: Path) -> None:
+    """Served with ``lock=False`` (no LMDB reader table), a format-1 directory must keep an old
+    release's writer out: its commits would reuse pages our read transactions are on."""
+    with Store(old) as s:
+        proc = old_writer(old, 0.0)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "locked out" in out, out
+        assert s.collection("alpha").count() == len(fixture.expected("alpha"))
+    # once closed, the directory is free again (the lock is released)
+    proc = old_writer(old, 0.0)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "writing" in out, out
+
+
+def test_migrate_refuses_while_an_old_release_writes_the_directory(old: Path, tmp_path: Path) -> None:
+    """``zembed migrate`` reads without a reader slot: while an old release writes the directory its
+    copy could be torn, so it refuses (Locked, naming the writer) and leaves nothing behind."""
+    proc = old_writer(old, 30.0)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        with pytest.raises(Locked) as err:
+            migrate(old, tmp_path / "new")
+        assert str(proc.pid) in str(err.value)
+        assert not (tmp_path / "new").exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".new")] == []
+    finally:
+        proc.kill()
+        proc.communicate()
+    # no writer: it converts (and may run while this build serves the directory read-only)
+    os.unlink(old / "zembed.lock")
+    before = state(old)
+    with Store(old) as s:
+        res = zembed("migrate", str(old), str(tmp_path / "new"))  # another process, as in an upgrade
+        assert res.returncode == 0, res.stderr
+        assert s.collection("gamma").count() == len(fixture.expected("gamma"))
+    with Store(tmp_path / "new") as m:
+        assert {c.name: c.count for c in m.list_collections()} == {
+            n: len(fixture.expected(n)) for n in fixture.COLLECTIONS
+        }
+    assert state(old) == before
+
+
+def test_flock_is_what_old_writers_take() -> None:
+    """The premise of the two tests above: this build's writer (as every release's since #7) takes
+    an exclusive flock on the directory; a shared one excludes it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d, Store(Path(d)):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------- the recent-query reservoir
