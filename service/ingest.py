@@ -47,6 +47,9 @@ from zembed.v1 import zembed_pb2 as pb
 FORMATS = ("jsonl", "csv", "parquet")
 _MAX_GET_IDS = 1000  # GetDocuments' limit per call
 _MAX_UPSERT = 10_000  # Upsert's limit per call
+_BATCH = 1000  # documents per message
+_COLUMNS_BATCH = 5000  # documents per DocumentColumns message
+_WINDOW = 4096  # documents in flight
 # a unary batch refused with one of these is retried document by document (the others stop the run)
 _ITEM_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -449,9 +452,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--window",
         type=int,
-        default=4096,
-        help="documents sent and not yet acknowledged, at most, in whole messages of --batch (at least "
-        "one message; default: 4096)",
+        help="documents sent and not yet acknowledged, at most, in whole messages (at least one; "
+        f"default: {_WINDOW}, or two messages of columns when larger)",
     )
     g.add_argument(
         "--method",
@@ -464,8 +466,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch",
         type=int,
-        default=1000,
-        help="documents per stream message, or per Upsert call with --method unary (default: 1000)",
+        help="documents per stream message, or per Upsert call with --method unary (default: "
+        f"{_COLUMNS_BATCH} for lines of an id, a vector and metadata, sent as columns; {_BATCH} for others)",
     )
     g.add_argument(
         "--chunk",
@@ -595,7 +597,11 @@ def _check_collection(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
-    if args.window < 1 or not 1 <= args.check_batch <= _MAX_GET_IDS or not 1 <= args.batch <= _MAX_UPSERT:
+    if (
+        (args.window is not None and args.window < 1)
+        or not 1 <= args.check_batch <= _MAX_GET_IDS
+        or (args.batch is not None and not 1 <= args.batch <= _MAX_UPSERT)
+    ):
         raise UsageError(
             f"--window must be >= 1, --check-batch 1 to {_MAX_GET_IDS}, --batch 1 to {_MAX_UPSERT}"
         )
@@ -623,7 +629,11 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
     bar = tqdm(total=total, unit="doc", disable=not show, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
     st = Stats()
     pending: deque[list[tuple[int, str]]] = deque()  # per message sent: (line, id) of its documents
-    room = threading.Semaphore(max(1, args.window // args.batch))  # messages in flight
+    columnar = _columnar(args) and fm.rescore is None
+    row_batch = args.batch or _BATCH
+    col_batch = args.batch or _COLUMNS_BATCH  # (a store transaction costs less per document when larger)
+    window = args.window or (max(_WINDOW, 2 * col_batch) if columnar else _WINDOW)
+    room = threading.Semaphore(max(1, window // (col_batch if columnar else row_batch)))  # messages in flight
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -668,7 +678,10 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
         return msg
 
     def send(
-        ids: list[str], lines: list[int], build: Callable[[list[int] | None], pb.UpsertStreamRequest]
+        ids: list[str],
+        lines: list[int],
+        build: Callable[[list[int] | None], pb.UpsertStreamRequest],
+        batch: int,
     ) -> Iterator[pb.UpsertStreamRequest]:
         """A message's documents not stored yet, in messages of at most --batch documents (``build``:
         the message of the documents at these indices; None: all of them)."""
@@ -682,8 +695,8 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             with st.lock:
                 st.skipped += len(ids) - len(keep)
             advance(len(ids) - len(keep))
-        for i in range(0, len(keep), args.batch):
-            part = keep[i : i + args.batch]
+        for i in range(0, len(keep), batch):
+            part = keep[i : i + batch]
             out = build(None if len(part) == len(ids) else part)
             while streaming and not room.acquire(timeout=0.2):
                 if stop.is_set():
@@ -707,7 +720,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
             out.documents.extend(docs[k] for k in part)
             return out
 
-        yield from send([d.id for d in docs], lines, build)
+        yield from send([d.id for d in docs], lines, build, row_batch)
 
     def send_columns(cols: _ColumnBatch) -> Iterator[pb.UpsertStreamRequest]:
         wide = np.frombuffer(b"".join(cols.vectors), dtype=np.float64)
@@ -742,11 +755,11 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                 c.metadata_json.extend([meta[k] for k in part])
             return out
 
-        yield from send(cols.ids, cols.lines, build)
+        yield from send(cols.ids, cols.lines, build, col_batch)
 
     # resume checks of --check-batch ids, sent as messages of --batch documents
-    check = args.batch if args.overwrite else max(args.check_batch, args.batch)
-    columnar = _columnar(args) and fm.rescore is None
+    check = row_batch if args.overwrite else max(args.check_batch, row_batch)
+    col_check = col_batch if args.overwrite else max(args.check_batch, col_batch)
 
     def requests() -> Iterator[pb.UpsertStreamRequest]:
         msg = message()
@@ -769,7 +782,7 @@ def run_ingest(conn: Connection, args: argparse.Namespace) -> int:
                     if cols is None:
                         cols = _ColumnBatch(len(rec.f64))
                     cols.add(rec, line)
-                    if len(cols.ids) >= check:
+                    if len(cols.ids) >= col_check:
                         yield from send_columns(cols)
                         cols = None
                     continue
