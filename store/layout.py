@@ -274,7 +274,10 @@ class Env:
         if rec.get("format") == FORMAT_NAME and rec.get("version") == 1:
             if self.format == 1:
                 return
-            raise NeedsMigration(migration_message(self.path))  # became format 1 since the peek
+            # not peeked: an earlier release's writer holds the directory (Locked, naming it), or
+            # it became format 1 since the peek
+            os.close(share_directory(self.path))
+            raise NeedsMigration(migration_message(self.path))
         if rec.get("format") != FORMAT_NAME or rec.get("version") != FORMAT_VERSION:
             raise FormatMismatch(
                 f"data directory {self.path} holds format {rec.get('format')!r} version "

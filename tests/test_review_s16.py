@@ -75,6 +75,22 @@ def test_an_old_release_cannot_start_writing_a_format1_directory_while_it_is_ser
     assert proc.returncode == 0 and "writing" in out, out
 
 
+def test_a_format1_directory_an_old_release_writes_is_refused_as_locked(old: Path) -> None:
+    """Opened while an earlier release writes it (the format not peeked: the directory is locked),
+    a read-only open was told the directory "is served read-only, convert it with zembed migrate"
+    (which then refuses, Locked); it is Locked, naming the writer, like the writing open."""
+    proc = old_writer(old, 30.0)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        for readonly in (True, False):
+            with pytest.raises(Locked) as err:
+                Store(old, readonly=readonly)
+            assert str(proc.pid) in str(err.value), readonly
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_migrate_refuses_while_an_old_release_writes_the_directory(old: Path, tmp_path: Path) -> None:
     """``zembed migrate`` reads without a reader slot: while an old release writes the directory its
     copy could be torn, so it refuses (Locked, naming the writer) and leaves nothing behind."""
