@@ -55,13 +55,14 @@ class Format1Rows:
                 keys.append(kb)
                 values.append(bytes(v))
         n = len(keys)
-        rowids = np.frombuffer(b"".join(keys), dtype=_KEY)["row"].astype(np.int64)
         raw = b"".join(values)
+        # checked before the keys are decoded as (cid, row) pairs
         if len(raw) != n * self.code_bytes or any(len(k) != _KEY.itemsize for k in keys):
             raise FormatMismatch(
-                f"collection {name!r}: a stored code is not {self.code_bytes} bytes: the environment "
-                "is damaged"
+                f"collection {name!r}: a stored code or its key is not {self.code_bytes} / "
+                f"{_KEY.itemsize} bytes: the environment is damaged"
             )
+        rowids = np.frombuffer(b"".join(keys), dtype=_KEY)["row"].astype(np.int64)
         if n != rec.count or (n and int(rowids[-1]) >= rec.next_row):
             raise FormatMismatch(
                 f"collection {name!r}: {n} stored codes do not match its record (next row "

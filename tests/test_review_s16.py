@@ -23,7 +23,7 @@ from tests.test_format1_readonly import FIXTURE, state
 from tests.test_migrate import zembed
 from zembed.service.reservoir import MIN_QUERIES
 from zembed.store import Store
-from zembed.store.errors import Locked
+from zembed.store.errors import FormatMismatch, Locked
 from zembed.store.migrate import migrate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
@@ -199,3 +199,22 @@ def test_queries_far_from_unit_length_are_sampled(tmp_path: Path) -> None:
     small = [pb.Vectors(code=(_unit(rng, 64) * 1e-9).tolist()) for _ in range(MIN_QUERIES // 2 + 2)]
     got = _grow_after(tmp_path, big + small, [])
     assert got.measured_at == 200 and got.measured_with_samples
+
+
+def test_a_damaged_format1_code_key_is_reported_as_damage(old: Path) -> None:
+    """A key of the wrong length in format 1's ``codes`` (a damaged file) made the row-id decoding
+    raise numpy's ValueError (INTERNAL, "see the server log") before the check that names the
+    damage; it is FormatMismatch naming the collection."""
+    import lmdb
+
+    env = lmdb.open(str(old), max_dbs=16, subdir=True)
+    try:
+        codes = env.open_db(b"codes", create=False)
+        with env.begin(write=True) as txn:
+            key, value = next(iter(txn.cursor(db=codes)))
+            txn.put(bytes(key) + b"\x00", bytes(value), db=codes)
+    finally:
+        env.close()
+    with pytest.raises(FormatMismatch) as err:
+        Store(old, readonly=True)
+    assert "damaged" in str(err.value)
