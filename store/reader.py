@@ -320,6 +320,15 @@ class CollectionReader:
                 r = self._ranked(snap, txn, p, cq, rq)
                 return [[str(i) for i in row] for row in self._ids(txn, r.rowids)]
 
+            def give_way() -> bool:
+                # a map resize waits for this transaction to end, and every reader and writer
+                # behind it: the grid is far longer than the truth, so the measurement gives way
+                if self.env.gate._resizing:
+                    raise WouldBlock(
+                        f"collection {self.name!r}: the map was resized while it was measured; measure again"
+                    )
+                return stop is not None and stop()
+
             if own is not None:
                 truth = [[i for i in t if i != o][:k] for t, o in zip(truth, own, strict=True)]
                 search = run
@@ -328,9 +337,9 @@ class CollectionReader:
                     got = search(p)
                     return [[i for i in g if i != o][:k] for g, o in zip(got, own, strict=True)]
 
-                tuning = calibration.measure_by_search(run_loo, truth, stop)
+                tuning = calibration.measure_by_search(run_loo, truth, give_way)
             else:
-                tuning = calibration.measure_by_search(run, truth, stop)
+                tuning = calibration.measure_by_search(run, truth, give_way)
         return tuning, own is None, before
 
     def prefetch(self) -> int:

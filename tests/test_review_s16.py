@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from tests.fakes import FakeServer
 from tests.test_format1_readonly import FIXTURE, state
 from tests.test_migrate import zembed
 from zembed.service.reservoir import MIN_QUERIES
-from zembed.store import Store
-from zembed.store.errors import FormatMismatch, Locked
+from zembed.store import CollectionConfig, Store
+from zembed.store import calibrate as calibration
+from zembed.store.errors import FormatMismatch, Locked, WouldBlock
 from zembed.store.migrate import migrate
 from zembed.v1 import zembed_pb2 as pb
 from zembed.v1 import zembed_pb2_grpc as pb_grpc
@@ -218,3 +220,64 @@ def test_a_damaged_format1_code_key_is_reported_as_damage(old: Path) -> None:
     with pytest.raises(FormatMismatch) as err:
         Store(old, readonly=True)
     assert "damaged" in str(err.value)
+
+
+# ---------------------------------------------------------------------- measure's one snapshot
+def test_a_measurement_gives_way_to_a_map_resize(tmp_path: Path) -> None:
+    """``measure`` reads one snapshot for the exact truth and every setting of the grid (one read
+    transaction for the whole grid, several times longer than the truth). A map resize waits for
+    every read transaction to end and every later reader (searches, writes) waits behind it, so a
+    write that grew the map during a background re-measurement stalled the whole service until the
+    grid was done. The measurement now gives way at the next setting (WouldBlock: measured again
+    later) and the resize, and the readers behind it, go on."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((600, 32)).astype(np.float32)
+    with Store(tmp_path / "s") as s:
+        s.create_collection("m", CollectionConfig(code_bits=32, rescore_dims=32, calibration_sample=300))
+        c = s.collection("m")
+        c.upsert([f"d{i}" for i in range(len(x))], x)
+        settings = 0
+        in_grid, resize_waits = threading.Event(), threading.Event()
+
+        def stop() -> bool:  # asked before each setting, inside the measurement's read transaction
+            nonlocal settings
+            settings += 1
+            if settings == 2:
+                in_grid.set()
+                assert resize_waits.wait(30)
+            return False
+
+        outcome: list[object] = []
+
+        def measure() -> None:
+            try:
+                outcome.append(c.measure(stop=stop))
+            except Exception as exc:
+                outcome.append(exc)
+
+        m = threading.Thread(target=measure)
+        m.start()
+        assert in_grid.wait(60)
+        grown = threading.Event()
+
+        def grow() -> None:
+            s.env._grow()
+            grown.set()
+
+        g = threading.Thread(target=grow)
+        g.start()
+        deadline = time.monotonic() + 30
+        while not s.env.gate._resizing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert s.env.gate._resizing  # the resize waits for the measurement's transaction
+        resize_waits.set()
+        assert grown.wait(60)
+        # the resize went ahead while the grid had settings left: the measurement gave way
+        m.join(60)
+        g.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], WouldBlock), outcome
+        assert "measure" in str(outcome[0])
+        assert settings < len(calibration.GRID)
+        # and it can be repeated
+        assert c.measure().measured_at == len(x)
+        assert c.search(x[0], top_k=1)[0][0].id == "d0"
