@@ -364,6 +364,8 @@ class Engine:
                 log.info("collection %s: measuring its recall table stopped (shutting down)", name)
             except Exception as exc:  # a drop, a recalibration or a close meanwhile: next write retries
                 log.warning("collection %s: measuring its recall table again failed: %s", name, exc)
+                if isinstance(exc, WouldBlock) and queries is not None:  # gave way: retried with them
+                    self.recent_queries.give_back(name, *queries)
             finally:
                 self._measuring.pop(name, None)
 

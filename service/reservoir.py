@@ -104,6 +104,13 @@ class QueryReservoir:
         rescore = np.stack(s.rescore).astype(np.float32) if want[1] else None
         return code, rescore
 
+    def give_back(self, name: str, code: F32, rescore: F32 | None) -> None:
+        """Put back a sample :meth:`take` answered whose measurement did not happen (it gave way to
+        a map resize, or a recalibration): its queries count as seen again, beside any seen since."""
+        for i in range(len(code)):
+            r = rescore[i] if rescore is not None else None
+            self.add(name, code[i], r, len(r) if r is not None else len(code[i]))
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._samples.pop(name, None)

@@ -281,3 +281,59 @@ def test_a_measurement_gives_way_to_a_map_resize(tmp_path: Path) -> None:
         # and it can be repeated
         assert c.measure().measured_at == len(x)
         assert c.search(x[0], top_k=1)[0][0].id == "d0"
+
+
+def test_a_background_measurement_that_gave_way_keeps_its_query_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background re-measurement that gives way to a map resize (WouldBlock) is retried at the
+    next write; the recent queries it had taken were dropped with it, so the retry measured on
+    stored rows (or, where code and rescore vectors differ, waited for 32 new queries)."""
+    rng = np.random.default_rng(12)
+    with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
+        s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        env = server.running.engine.store.env
+        cfg = pb.CollectionConfig(code_bits=64, rescore_dims=64, calibration_sample=100)
+        s.CreateCollection(pb.CreateCollectionRequest(name="c", config=cfg))
+
+        def docs(b: int, n: int) -> list[pb.Document]:
+            return [
+                pb.Document(id=f"b{b}-{i}", vectors=pb.Vectors(code=_unit(rng, 64).tolist()))
+                for i in range(n)
+            ]
+
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs(0, 100)), timeout=60)
+        for _ in range(MIN_QUERIES + 8):
+            q = pb.Vectors(code=_unit(rng, 64).tolist())
+            assert len(s.Search(pb.SearchRequest(collection="c", vectors=q, top_k=5)).hits) == 5
+        real = calibration.measure_by_search
+        calls: list[int] = []
+
+        def resize_meanwhile(run: Any, truth: Any, stop: Any = None) -> Any:
+            calls.append(1)
+            if len(calls) == 1:  # the first measurement meets a map resize in its grid
+                t = threading.Thread(target=env._grow)
+                t.start()
+                deadline = time.monotonic() + 30
+                while not env.gate._resizing and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                try:
+                    return real(run, truth, stop)
+                finally:
+                    threading.Thread(target=t.join).start()
+            return real(run, truth, stop)
+
+        monkeypatch.setattr(calibration, "measure_by_search", resize_meanwhile)
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs(1, 100)), timeout=60)  # 200: due
+        deadline = time.monotonic() + 60
+        while (not calls or "c" in server.running.engine._measuring) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert calls and s.GetCollection(pb.GetCollectionRequest(name="c")).collection.measured_at == 100
+        assert server.running.engine.recent_queries.count("c") == MIN_QUERIES + 8  # given back
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs(2, 1)), timeout=60)  # still due: retried
+        while time.monotonic() < deadline:
+            got = s.GetCollection(pb.GetCollectionRequest(name="c")).collection
+            if got.measured_at == 201:
+                break
+            time.sleep(0.02)
+        assert got.measured_at == 201 and got.measured_with_samples
