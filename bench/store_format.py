@@ -54,10 +54,14 @@ DIMS = 640
 BATCH = 65536
 FMT1_BATCH = 10_000
 BEFORE = ("fmt2b", "fmt2vb")  # format 2's ingest paths from the --before tree
-INGEST_ONLY = ("fmt2v", *BEFORE)  # the same store as fmt2: only their ingest is measured
+INGEST_ONLY = ("fmt2v", "fmt2m", *BEFORE)  # the same store as fmt2: only their ingest is measured
+# --malloc-variant: fmt2 with glibc keeping freed memory (LMDB's dirty pages of one batch are reused
+# by the next instead of being faulted in again): a process setting, not the library's
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 LABELS = {
     "fmt2": "format 2, codes + unit vectors given",
     "fmt2v": "format 2, vectors only (codes computed, norms checked)",
+    "fmt2m": "format 2, codes given, MALLOC_TRIM/MMAP_THRESHOLD_ set",
     "fmt2b": "  before: codes + unit vectors given",
     "fmt2vb": "  before: vectors only",
     "faiss": "faiss add + write + fsync",
@@ -145,7 +149,7 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             for f in store.iterdir():
                 fsync(f)
             fsync(store)
-        elif kind in ("fmt2", "fmt2v", "fmt2b", "fmt2vb"):
+        elif kind in ("fmt2", "fmt2v", "fmt2m", "fmt2b", "fmt2vb"):
             with Store(store) as s:
                 s.create_collection(
                     "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
@@ -153,10 +157,8 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
                 c = s.collection("c")
                 ids = np.arange(n, dtype=np.int64)
                 for b in range(0, n, BATCH):
-                    if kind in (
-                        "fmt2",
-                        "fmt2b",
-                    ):  # what faiss gets: the codes, and unit vectors (as a model gives them)
+                    # what faiss gets: the codes, and unit vectors (as a model gives them)
+                    if kind in ("fmt2", "fmt2m", "fmt2b"):
                         c.upsert_arrays(
                             ids[b : b + BATCH], x[b : b + BATCH], codes=codes[b : b + BATCH], normalized=True
                         )
@@ -278,6 +280,8 @@ def run_child(
     env = dict(os.environ)
     env["PYTHONPATH"] = str(fmt1 if kind == "fmt1" else before if kind in BEFORE else ROOT)
     env["OMP_NUM_THREADS"] = "1"
+    if kind == "fmt2m":
+        env.update(MALLOC_ENV)
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, action, str(data), str(store)],
         capture_output=True,
@@ -297,6 +301,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--fmt1-rounds", type=int, default=1, help="rounds of format 1 (slow)")
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
+    ap.add_argument("--malloc-variant", action="store_true", help="also fmt2 with MALLOC_ENV (see above)")
     ap.add_argument("--before", type=Path, default=None, help="a tree of earlier format-2 code (see above)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -334,7 +339,8 @@ def main() -> None:
     before = (
         args.before if args.before and (args.before / "zembed" / "store" / "layout.py").exists() else None
     )
-    kinds = ["fmt2", "faiss", "fmt2v"] + (list(BEFORE) if before else []) + (["fmt1"] if fmt1 else [])
+    kinds = ["fmt2", "faiss", "fmt2v"] + (["fmt2m"] if args.malloc_variant else [])
+    kinds += (list(BEFORE) if before else []) + (["fmt1"] if fmt1 else [])
     cols = [k for k in kinds if k not in INGEST_ONLY]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"ingest": [], "reopen": []} for k in kinds}
     disk: dict[str, dict[str, Any]] = {}
