@@ -99,13 +99,13 @@ class DiskFull(StoreError):
 class Locked(StoreError):
     """Another process has the data directory open for writing."""
 
-    def __init__(self, path: str, pid: int | None) -> None:
+    def __init__(self, path: str, pid: int | None, hint: str = "stop it, or open read-only") -> None:
         self.path = path
         self.pid = pid
         holder = f"process {pid}" if pid is not None else "another process"
         super().__init__(
             f"data directory {path} is open for writing by {holder}; one writing process per directory "
-            "(stop it, or open read-only)"
+            f"({hint})"
         )
 
 

@@ -534,7 +534,8 @@ def share_directory(path: Path) -> int:
             raw = (path / LOCK_FILE).read_text("ascii", "replace").strip()
         except OSError:
             raw = ""
-        raise Locked(str(path), int(raw) if raw.isdigit() else None) from None
+        hint = "an earlier release's writer, as format 1 is only read while nothing writes it: stop it first"
+        raise Locked(str(path), int(raw) if raw.isdigit() else None, hint) from None
     except BaseException:
         os.close(fd)
         raise

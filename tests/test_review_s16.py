@@ -88,6 +88,10 @@ def test_a_format1_directory_an_old_release_writes_is_refused_as_locked(old: Pat
             with pytest.raises(Locked) as err:
                 Store(old, readonly=readonly)
             assert str(proc.pid) in str(err.value), readonly
+        # the read-only open is not told to "open read-only" (the writing open cannot tell the format)
+        with pytest.raises(Locked) as err:
+            Store(old, readonly=True)
+        assert "open read-only" not in str(err.value) and "earlier release" in str(err.value)
     finally:
         proc.kill()
         proc.communicate()
@@ -101,7 +105,7 @@ def test_migrate_refuses_while_an_old_release_writes_the_directory(old: Path, tm
         assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
         with pytest.raises(Locked) as err:
             migrate(old, tmp_path / "new")
-        assert str(proc.pid) in str(err.value)
+        assert str(proc.pid) in str(err.value) and "open read-only" not in str(err.value)
         assert not (tmp_path / "new").exists()
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".new")] == []
     finally:
