@@ -5,7 +5,8 @@ A collection's recall table (what ``recall_target`` chooses from, and GetCollect
 stand in for queries when nothing better is at hand, but real queries (often in other languages than
 the documents, or shorter) sit farther from the documents, so a table measured on them is the one to
 trust (issue #8). The engine therefore keeps, per collection, a uniform sample (reservoir sampling,
-Algorithm R) of the query vectors searched since the table was last measured, and the background
+Algorithm R) of the query vectors searched since the table was last measured (a query already in
+the sample, such as a health probe's, is not counted again), and the background
 re-measurement (``--remeasure-growth``) uses them once at least :data:`MIN_QUERIES` were seen.
 
 Memory only, never written to disk: at most :data:`SIZE` queries per collection, stored as float16,
@@ -16,6 +17,7 @@ lengths no longer match (the collection was dropped and made again) starts over.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 from collections import OrderedDict
@@ -40,6 +42,8 @@ class _Sample:
     seen: int = 0
     code: list[npt.NDArray[np.float16]] = field(default_factory=list)
     rescore: list[npt.NDArray[np.float16]] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)  # per slot: a digest of the query's float16 bytes
+    members: set[bytes] = field(default_factory=set)  # the keys in the sample
 
 
 class QueryReservoir:
@@ -62,6 +66,12 @@ class QueryReservoir:
         code16 = _f16(code)
         rescore16 = _f16(rescore) if separate and rescore is not None else None
         dims = (len(code), rescore_dims if separate else 0)
+        # a query already in the sample is not counted again (a health probe or client retries
+        # would otherwise fill it with copies of one query and the table be measured on that one)
+        digest = hashlib.blake2b(code16.tobytes(), digest_size=16)
+        if rescore16 is not None:
+            digest.update(rescore16.tobytes())
+        key = digest.digest()
         with self._lock:
             s = self._samples.get(name)
             if s is None or s.dims != dims:
@@ -70,15 +80,21 @@ class QueryReservoir:
             self._samples.move_to_end(name)
             while len(self._samples) > self.max_collections:
                 self._samples.popitem(last=False)
+            if key in s.members:
+                return
             s.seen += 1
             if len(s.code) < self.size:
                 slot = len(s.code)
                 s.code.append(np.empty(0, np.float16))
                 s.rescore.append(np.empty(0, np.float16))
+                s.keys.append(b"")
             else:
                 slot = self._rng.randrange(s.seen)
                 if slot >= self.size:
                     return
+                s.members.discard(s.keys[slot])
+            s.keys[slot] = key
+            s.members.add(key)
             s.code[slot] = code16
             if rescore16 is not None:
                 s.rescore[slot] = rescore16

@@ -146,7 +146,9 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray[Any, np.dtype[np.float
     return out
 
 
-def _grow_after(tmp_path: Path, queries: list[pb.Vectors], bad: list[pb.Vectors]) -> pb.Collection:
+def _grow_after(
+    tmp_path: Path, queries: list[pb.Vectors], bad: list[pb.Vectors], sampled: int | None = None
+) -> pb.Collection:
     """A 64-bit collection of 100 documents, searched with ``queries`` (each must answer) and then
     ``bad`` (each must be refused INVALID_ARGUMENT), grown to 200: its table measured again."""
     rng = np.random.default_rng(11)
@@ -168,7 +170,7 @@ def _grow_after(tmp_path: Path, queries: list[pb.Vectors], bad: list[pb.Vectors]
             with pytest.raises(grpc.RpcError) as err:
                 s.Search(pb.SearchRequest(collection="c", vectors=v, top_k=5))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert server.running.engine.recent_queries.count("c") == len(queries)
+        assert server.running.engine.recent_queries.count("c") == (sampled or len(queries))
         s.Upsert(pb.UpsertRequest(collection="c", documents=docs(1)), timeout=60)  # 200: due
         deadline = time.monotonic() + 60
         while True:
@@ -341,3 +343,17 @@ def test_a_background_measurement_that_gave_way_keeps_its_query_sample(
                 break
             time.sleep(0.02)
         assert got.measured_at == 201 and got.measured_with_samples
+
+
+def test_a_repeated_query_is_sampled_once(tmp_path: Path) -> None:
+    """A query searched again and again (a health probe, client retries, the HTTP API's grouped
+    search rounds) filled the sample with copies of itself: 200 probes and 10 real queries made a
+    "sample" of 128 mostly identical queries, more than the 32 needed, and the recall table
+    (what recall_target chooses sizes from) was measured on one query. Repeats of a query already
+    in the sample are not counted: here 11 distinct queries, too few, so stored rows are used."""
+    rng = np.random.default_rng(13)
+    probe = pb.Vectors(code=_unit(rng, 64).tolist())
+    real = [pb.Vectors(code=_unit(rng, 64).tolist()) for _ in range(10)]
+    queries = [probe] * 100 + real[:5] + [probe] * 100 + real[5:]
+    got = _grow_after(tmp_path, queries, [], sampled=11)
+    assert got.measured_at == 200 and not got.measured_with_samples
