@@ -226,6 +226,7 @@ class SearchServicer(_Base, pb_grpc.SearchServiceServicer):
         self, request: pb.DeleteCollectionRequest, context: Ctx
     ) -> pb.DeleteCollectionResponse:
         await asyncio.to_thread(self.engine.store.drop_collection, request.name)
+        self.engine.recent_queries.forget(request.name)  # a new one of that name starts its own sample
         return pb.DeleteCollectionResponse()
 
     @guarded

@@ -111,3 +111,18 @@ def test_too_few_queries_fall_back_to_stored_rows(tmp_path: Path) -> None:
     assert got.measured_at == 200 and not got.measured_with_samples
     got = _grow_and_measure(tmp_path / "split", 32, searches=3)  # rows cannot be queries: not measured
     assert got.measured_at == 100 and not got.measured_with_samples
+
+
+def test_a_dropped_collection_forgets_its_queries(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    with FakeServer(tmp_path) as server, grpc.insecure_channel(server.target) as ch:
+        s = pb_grpc.SearchServiceStub(ch)  # type: ignore[no-untyped-call]
+        s.CreateCollection(pb.CreateCollectionRequest(name="c"))
+        docs = [pb.Document(id=f"d{i}", vectors=pb.Vectors(code=vec(rng, 64).tolist())) for i in range(20)]
+        s.Upsert(pb.UpsertRequest(collection="c", documents=docs))
+        for _ in range(5):
+            s.Search(pb.SearchRequest(collection="c", vectors=pb.Vectors(code=vec(rng, 64).tolist())))
+        sample = server.running.engine.recent_queries
+        assert sample.count("c") == 5
+        s.DeleteCollection(pb.DeleteCollectionRequest(name="c"))
+        assert sample.count("c") == 0
