@@ -29,7 +29,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 import numpy as np
@@ -91,6 +91,14 @@ class _Built:
     runs: Runs
 
 
+class FilterKeys(NamedTuple):
+    """A batch's filter keys per document: as stored (``fkeys``: JSON, empty for none) and parsed
+    (for the in-memory postings, so they are not parsed back from the JSON)."""
+
+    stored: list[bytes]
+    keys: list[dict[str, list[tuple[str, Any]]]]
+
+
 @dataclass(frozen=True)
 class _Batch:
     """A validated batch, ready for the transaction (no per-document Python left to do)."""
@@ -100,7 +108,7 @@ class _Batch:
     codes: U8  # [n, code_bytes] (computed with the thresholds current under the write lock)
     records: U8  # [n, record_bytes]
     meta: list[bytes] | None
-    fkeys: list[bytes] | None
+    fkeys: FilterKeys | None  # per document: the filter keys' stored JSON and the keys themselves
     unit: F32 | None  # unit code vectors, kept for a calibration still to come
     bulk: bool = False
 
@@ -324,12 +332,13 @@ class Collection(CollectionReader):
             unit,
         )
 
-    def _fkeys(self, meta: list[bytes] | None) -> list[bytes] | None:
+    def _fkeys(self, meta: list[bytes] | None) -> FilterKeys | None:
         # under the write lock: add_filterable cannot change the fields before the commit
         filterable = self.config.filterable
         if meta is None or not filterable:
             return None
-        return [_keys_to_json(doc_keys(json.loads(m), filterable)) if m else b"" for m in meta]
+        keys = [doc_keys(json.loads(m), filterable) if m else {} for m in meta]
+        return FilterKeys([_keys_to_json(k) for k in keys], keys)
 
     def _write(self, batch: _Batch) -> int:
         """One batch in one transaction (the caller holds the write lock)."""
@@ -350,7 +359,7 @@ class Collection(CollectionReader):
                 docs = [(k, m) for k, m in zip(rks, batch.meta, strict=True) if m]
                 _put_rows(txn, dbs["docs"], docs, rks[0], len(docs))
             if batch.fkeys is not None:
-                fks = [(k, f) for k, f in zip(rks, batch.fkeys, strict=True) if f]
+                fks = [(k, f) for k, f in zip(rks, batch.fkeys.stored, strict=True) if f]
                 _put_rows(txn, dbs["fkeys"], fks, rks[0], len(fks))
             runs = blocks.append(txn, dbs, cid, row, batch.codes, batch.records)
             new = replace(
@@ -390,9 +399,9 @@ class Collection(CollectionReader):
                 quantize.pad_rows(batch.codes[s : s + CHUNK_ROWS], self.stride),
             )
         if batch.fkeys is not None:
-            for i, fk in enumerate(batch.fkeys):
-                if fk:
-                    self._filters.add(start_pos + i, _keys_from_json(fk))
+            for i, keys in enumerate(batch.fkeys.keys):
+                if keys:
+                    self._filters.add(start_pos + i, keys)
         self._runs = self._runs.replace_from(*runs)
         self._publish()
         return n
@@ -651,10 +660,13 @@ def _unit(x: npt.NDArray[np.floating], inv: F32) -> F32:
     return out
 
 
+_KEYS_JSON = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps builds one per call
+
+
 def _keys_to_json(keys: Mapping[str, list[tuple[str, Any]]]) -> bytes:
     if not keys:
         return b""
-    return json.dumps({f: [[t, v] for t, v in ks] for f, ks in keys.items()}, separators=(",", ":")).encode()
+    return _KEYS_JSON.encode({f: [[t, v] for t, v in ks] for f, ks in keys.items()}).encode()
 
 
 def _keys_from_json(raw: bytes) -> dict[str, list[tuple[str, Any]]]:

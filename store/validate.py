@@ -172,6 +172,10 @@ def vectors(value: Any, field: str, rows: int, dims: int) -> Vectors:
     return Vectors(arr, np.asarray(inv, dtype=np.float32))
 
 
+# json.dumps with these arguments builds an encoder per call (~2 us a document); one, reused
+_METADATA_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> list[bytes]:
     """Compact JSON of each document's metadata (empty bytes for none)."""
     if values is None:
@@ -186,7 +190,7 @@ def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> li
         if not isinstance(m, Mapping) or not all(isinstance(k, str) for k in m):
             raise InvalidArgument(f"metadata[{i}]", "must be a map with string keys", value=type(m).__name__)
         try:
-            raw = json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            raw = _METADATA_JSON.encode(m).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(
                 f"metadata[{i}]", f"must be JSON-compatible: {clip(str(exc), quote=False)}"
