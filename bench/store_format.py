@@ -26,7 +26,12 @@ Ingest is reported per round (the systems of a round run back to back, in an ord
 from round to round): each round's ratio ``faiss seconds / format 2 seconds``, their median, and the
 CPU seconds (user + sys of the timed section, threads included) and minor page faults of each
 system, which the disk's speed does not move (on a VM whose free memory goes back to the host, a
-first touch of a page costs CPU, so page faults are reported with them).
+first touch of a page costs CPU, so page faults are reported with them). Before each ingest the
+previous store of that system is deleted and the run waits ``--settle`` seconds (10): on such a VM
+the pages just freed are cheap to reuse for a second or two and then go back to the host, so
+without the pause a run that follows the deletion of a store reuses them (faiss took 1.5-1.7 s in
+the rounds where it ran right after a 1.4 GB store of another system was deleted, 4.9 s in the
+others) while a longer run outlasts them.
 
     .venv/bin/python bench/store_format.py [--rows 1000000] [--rounds 5] [--fmt1 /tmp/fmt1] [--before DIR]
     .venv/bin/python bench/store_format.py --standin 10000000   # the 10M figures (see standin())
@@ -301,6 +306,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--fmt1-rounds", type=int, default=1, help="rounds of format 1 (slow)")
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
+    ap.add_argument("--settle", type=float, default=10.0, help="seconds of pause before each ingest")
     ap.add_argument("--malloc-variant", action="store_true", help="also fmt2 with MALLOC_ENV (see above)")
     ap.add_argument("--before", type=Path, default=None, help="a tree of earlier format-2 code (see above)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
@@ -356,6 +362,7 @@ def main() -> None:
                     continue
                 store = base / f"{kind}-store"
                 shutil.rmtree(store, ignore_errors=True)
+                time.sleep(args.settle)  # every system starts from the same memory state (see above)
                 res = run_child(kind, "ingest", data, store, fmt1, before)
                 res["round"] = r
                 results[kind]["ingest"].append(res)
