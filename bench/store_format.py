@@ -59,7 +59,10 @@ DIMS = 640
 BATCH = 65536
 FMT1_BATCH = 10_000
 BEFORE = ("fmt2b", "fmt2vb")  # format 2's ingest paths from the --before tree
-INGEST_ONLY = ("fmt2v", "fmt2m", *BEFORE)  # the same store as fmt2: only their ingest is measured
+INGEST_ONLY = ("fmt2v", "fmt2m", "fmt2L", *BEFORE)
+# --large-variant: the codes-given path in transactions of 262,144 rows (4 synced commits for 1M
+# rows instead of 16; upsert_arrays takes up to MAX_BULK_ROWS = 1,048,576 rows per call)
+LARGE_BATCH = 262_144  # the same store as fmt2: only their ingest is measured
 # --malloc-variant: fmt2 with glibc keeping freed memory (LMDB's dirty pages of one batch are reused
 # by the next instead of being faulted in again): a process setting, not the library's
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
@@ -67,6 +70,7 @@ LABELS = {
     "fmt2": "format 2, codes + unit vectors given",
     "fmt2v": "format 2, vectors only (codes computed, norms checked)",
     "fmt2m": "format 2, codes given, MALLOC_TRIM/MMAP_THRESHOLD_ set",
+    "fmt2L": "format 2, codes given, 262,144 rows per transaction",
     "fmt2b": "  before: codes + unit vectors given",
     "fmt2vb": "  before: vectors only",
     "faiss": "faiss add + write + fsync",
@@ -154,21 +158,22 @@ def child(kind: str, action: str, data: Path, store: Path) -> dict[str, Any]:
             for f in store.iterdir():
                 fsync(f)
             fsync(store)
-        elif kind in ("fmt2", "fmt2v", "fmt2m", "fmt2b", "fmt2vb"):
+        elif kind in ("fmt2", "fmt2v", "fmt2m", "fmt2L", "fmt2b", "fmt2vb"):
             with Store(store) as s:
                 s.create_collection(
                     "c", CollectionConfig(code_bits=DIMS, rescore_dims=DIMS, calibration=Calibration.NONE)
                 )
                 c = s.collection("c")
                 ids = np.arange(n, dtype=np.int64)
-                for b in range(0, n, BATCH):
+                step = LARGE_BATCH if kind == "fmt2L" else BATCH
+                for b in range(0, n, step):
                     # what faiss gets: the codes, and unit vectors (as a model gives them)
-                    if kind in ("fmt2", "fmt2m", "fmt2b"):
+                    if kind in ("fmt2", "fmt2m", "fmt2L", "fmt2b"):
                         c.upsert_arrays(
-                            ids[b : b + BATCH], x[b : b + BATCH], codes=codes[b : b + BATCH], normalized=True
+                            ids[b : b + step], x[b : b + step], codes=codes[b : b + step], normalized=True
                         )
                     else:  # the vectors only: codes computed, every norm checked
-                        c.upsert_arrays(ids[b : b + BATCH], x[b : b + BATCH])
+                        c.upsert_arrays(ids[b : b + step], x[b : b + step])
         else:  # fmt1: its list path (ids as strings, float32 batches)
             with Store(store) as s:
                 s.create_collection(
@@ -308,6 +313,9 @@ def main() -> None:
     ap.add_argument("--fmt1", type=Path, default=Path("/tmp/fmt1"), help="a worktree of format-1 code")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds of pause before each ingest")
     ap.add_argument("--malloc-variant", action="store_true", help="also fmt2 with MALLOC_ENV (see above)")
+    ap.add_argument(
+        "--large-variant", action="store_true", help="also fmt2 in transactions of 262,144 rows (see above)"
+    )
     ap.add_argument("--before", type=Path, default=None, help="a tree of earlier format-2 code (see above)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench" / ".cache" / "store_format")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -346,6 +354,7 @@ def main() -> None:
         args.before if args.before and (args.before / "zembed" / "store" / "layout.py").exists() else None
     )
     kinds = ["fmt2", "faiss", "fmt2v"] + (["fmt2m"] if args.malloc_variant else [])
+    kinds += ["fmt2L"] if args.large_variant else []
     kinds += (list(BEFORE) if before else []) + (["fmt1"] if fmt1 else [])
     cols = [k for k in kinds if k not in INGEST_ONLY]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"ingest": [], "reopen": []} for k in kinds}
