@@ -9,6 +9,7 @@ status per document: a refused document gets its own, the others are written as 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -62,6 +63,9 @@ class Columns:
     rescore: F32 | None
     metadata: list[dict[str, Any]]
     errors: dict[int, InvalidArgument]
+    # each document's metadata JSON text as received (None: the store encodes the parsed value), so
+    # the store stores it without encoding it again
+    metadata_json: list[bytes | None] | None = None
 
     def take(self, keep: Sequence[int]) -> Columns:
         idx = np.asarray(keep, dtype=np.intp)
@@ -71,6 +75,7 @@ class Columns:
             None if self.rescore is None else self.rescore[idx],
             [self.metadata[i] for i in keep],
             {},
+            None if self.metadata_json is None else [self.metadata_json[i] for i in keep],
         )
 
 
@@ -138,13 +143,17 @@ def convert(cols: pb.DocumentColumns, code_bits: int, rescore_dims: int) -> Colu
                     i, InvalidArgument(f"columns.ids[{i}]", f"repeats columns.ids[{j}] {clip(x)}")
                 )
     meta: list[dict[str, Any]] = [{}] * n
+    texts: list[bytes | None] | None = [None] * n if raws else None
     for i, raw in enumerate(raws):
         if raw:
             try:
                 meta[i] = metadata_json(raw, f"columns.metadata_json[{i}]")
             except InvalidArgument as exc:
                 errors.setdefault(i, exc)
-    return Columns(ids, code, rescore, meta, errors)
+                continue
+            if texts is not None and len(raw) <= _EXACT_SIZE_FROM:  # larger: the store encodes it
+                texts[i] = raw
+    return Columns(ids, code, rescore, meta, errors, texts)
 
 
 def metadata_json(raw: bytes, field: str) -> dict[str, Any]:
@@ -269,7 +278,16 @@ async def _store(engine: Engine, collection: str, c: Columns) -> int:
         resc, code = c.code, None
     else:
         resc, code = c.rescore, c.code
-    written = await asyncio.to_thread(coll.upsert_arrays, np.asarray(c.ids), resc, code, metadata=c.metadata)
+    written = await asyncio.to_thread(
+        functools.partial(
+            coll.upsert_arrays,
+            np.asarray(c.ids),
+            resc,
+            code,
+            metadata=c.metadata,
+            metadata_json=c.metadata_json,
+        )
+    )
     engine.remeasure_if_due(collection, coll)
     return int(written)
 

@@ -244,6 +244,7 @@ class Collection(CollectionReader):
         codes: npt.ArrayLike | None = None,
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
         normalized: bool = False,
+        metadata_json: Sequence[bytes | None] | None = None,
     ) -> int:
         """The bulk path: insert or replace up to :data:`MAX_BULK_ROWS` documents from numpy arrays
         as one atomic, durable batch (no per-document Python besides metadata).
@@ -257,7 +258,10 @@ class Collection(CollectionReader):
         whose codes are sign bits (calibration ``none`` without thresholds). ``normalized``: the
         caller vouches that the vectors are unit length (as sentence-transformers'
         ``normalize_embeddings=True`` gives them): no norm pass, only NaN, infinity and zero rows are
-        refused (checked on the bits), and the rows are stored as given."""
+        refused (checked on the bits), and the rows are stored as given. ``metadata_json``: for a
+        caller that parsed the metadata from JSON text (a server): each document's JSON text, stored
+        as given instead of encoding ``metadata`` again (None: encoded), which must be the parsed
+        values of exactly these texts (the filters index ``metadata``)."""
         ext, id_keys = validate.id_array(ids, self.cid, "ids", MAX_BULK_ROWS)
         n = len(ext)
         if rescore_vectors is None:
@@ -275,7 +279,15 @@ class Collection(CollectionReader):
             normalized,
             codes=same and self._current_thresholds() is None and not self._rec.collecting,
         )
-        meta = validate.metadata(metadata, n) if metadata is not None else None
+        parsed = None
+        meta: list[bytes] | None
+        if metadata_json is not None:
+            if metadata is None:
+                raise InvalidArgument("metadata_json", "needs metadata: the parsed values, for the filters")
+            meta = validate.metadata_texts(metadata_json, metadata, n)
+            parsed = metadata
+        else:
+            meta = validate.metadata(metadata, n) if metadata is not None else None
         dtype = self.config.rescore_dtype
         if dtype is RescoreDtype.FLOAT16 and resc.dtype == np.float16 and validate.is_unit(resc_inv):
             records = resc.view(np.uint8)  # unit float16 rows are stored as given: no copy
@@ -312,7 +324,7 @@ class Collection(CollectionReader):
                     unit = _unit(cv, cinv)
                     packed = quantize.binarize(unit, thresholds)
             return self._write(
-                _Batch(id_keys, ext, packed, records, meta, self._fkeys(meta), unit, bulk=True)
+                _Batch(id_keys, ext, packed, records, meta, self._fkeys(meta, parsed), unit, bulk=True)
             )
 
     def _batch(
@@ -332,12 +344,17 @@ class Collection(CollectionReader):
             unit,
         )
 
-    def _fkeys(self, meta: list[bytes] | None) -> FilterKeys | None:
+    def _fkeys(
+        self, meta: list[bytes] | None, parsed: Sequence[Mapping[str, Any] | None] | None = None
+    ) -> FilterKeys | None:
         # under the write lock: add_filterable cannot change the fields before the commit
         filterable = self.config.filterable
         if meta is None or not filterable:
             return None
-        keys = [doc_keys(json.loads(m), filterable) if m else {} for m in meta]
+        if parsed is not None:  # the values these texts hold, as their caller parsed them
+            keys = [doc_keys(p, filterable) if m and p else {} for m, p in zip(meta, parsed, strict=True)]
+        else:
+            keys = [doc_keys(json.loads(m), filterable) if m else {} for m in meta]
         return FilterKeys([_keys_to_json(k) for k in keys], keys)
 
     def _write(self, batch: _Batch) -> int:

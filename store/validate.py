@@ -206,6 +206,34 @@ def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> li
     return out
 
 
+def metadata_texts(
+    texts: Sequence[bytes | None], values: Sequence[Mapping[str, Any] | None], rows: int
+) -> list[bytes]:
+    """Each document's metadata as JSON text its caller already holds (``texts[i]``, the JSON of
+    ``values[i]``; None: encode ``values[i]``), checked for count and size as :func:`metadata`."""
+    if len(texts) != rows or len(values) != rows:
+        raise InvalidArgument(
+            "metadata_json", f"and metadata must hold {rows} items each; given {len(texts)} and {len(values)}"
+        )
+    out = metadata([v if t is None else None for t, v in zip(texts, values, strict=True)], rows)
+    for i, t in enumerate(texts):
+        if t is None:
+            continue
+        if not isinstance(t, bytes):
+            raise InvalidArgument(f"metadata_json[{i}]", "must be bytes (UTF-8 JSON text)")
+        if not values[i]:
+            continue  # no metadata ({} or None): stored as none, as metadata() stores it
+        if len(t) > MAX_METADATA_BYTES:
+            raise InvalidArgument(
+                f"metadata_json[{i}]",
+                f"must be at most {MAX_METADATA_BYTES} bytes of JSON; given {len(t)}",
+                value=len(t),
+                limit=MAX_METADATA_BYTES,
+            )
+        out[i] = t
+    return out
+
+
 def thresholds(value: Sequence[float] | None, bits: int) -> tuple[float, ...] | None:
     if value is None:
         return None

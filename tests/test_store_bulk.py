@@ -261,3 +261,66 @@ def test_the_map_grows_before_a_large_batch_so_it_runs_once(
         assert (tmp_path / "d" / DATA_FILE).stat().st_size >= usage["bytes_in_use"]
         assert usage["bytes_allocated"] <= 1.25 * usage["bytes_in_use"] + (2 << 20)
         assert c.count() == n
+
+
+def test_metadata_json_is_stored_as_given_and_indexed_from_the_parsed_values(tmp_path: Path) -> None:
+    """upsert_arrays(metadata_json=...): a caller that parsed the metadata from JSON text (the
+    server's columnar upsert) hands the text over; it is stored as given (not encoded again), the
+    filters index the parsed values, a None text is encoded, and the limits still hold."""
+    import json as _json
+
+    from zembed.store import Calibration, CollectionConfig
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    values: list[dict[str, Any] | None] = [
+        {"lang": "de", "n": 1},
+        {"lang": "fr"},
+        None,
+        {},
+        {"lang": ["de", "en"], "deep": {"a": [1, None]}},
+        {"lang": "ja"},
+    ]
+    texts: list[bytes | None] = [
+        b'{"lang": "de",  "n": 1}',  # spaces kept: stored as given
+        b'{"lang":"fr"}',
+        None,
+        b"{}",
+        _json.dumps(values[4]).encode(),
+        None,  # encoded from the value
+    ]
+    with Store(tmp_path / "s") as s:
+        s.create_collection(
+            "c",
+            CollectionConfig(
+                code_bits=16, rescore_dims=16, calibration=Calibration.NONE, filterable=("lang",)
+            ),
+        )
+        c = s.collection("c")
+        ids = np.array([f"d{i}" for i in range(6)])
+        with pytest.raises(InvalidArgument, match="metadata_json"):
+            c.upsert_arrays(ids, x, metadata_json=texts)  # the parsed values are required
+        with pytest.raises(InvalidArgument, match="6 items each"):
+            c.upsert_arrays(ids, x, metadata=values, metadata_json=texts[:5])
+        big = [b'{"k":"' + b"x" * (70 * 1024) + b'"}', *texts[1:]]
+        with pytest.raises(InvalidArgument, match=r"metadata_json\[0\]"):
+            c.upsert_arrays(ids, x, metadata=[{"k": "x" * (70 * 1024)}, *values[1:]], metadata_json=big)
+        assert c.count() == 0  # refused batches wrote nothing
+        assert c.upsert_arrays(ids, x, metadata=values, metadata_json=texts) == 6
+        got = c.get([f"d{i}" for i in range(6)])
+        assert [r.metadata if r is not None else "missing" for r in got] == [
+            {"lang": "de", "n": 1},
+            {"lang": "fr"},
+            {},
+            {},
+            values[4],
+            {"lang": "ja"},
+        ]
+        with s.env.env.begin(db=s.env.dbs["docs"]) as txn:  # the stored bytes: the texts as given
+            stored = [bytes(v) for _, v in txn.cursor()]
+        assert b'{"lang": "de",  "n": 1}' in stored and b'{"lang":"ja"}' in stored
+        hits = c.search(x[0], top_k=6, filter={"lang": "de"})[0]
+        assert sorted(h.id for h in hits) == ["d0", "d4"]
+        hits = c.search(x[0], top_k=6, filter={"lang": {"$in": ["fr", "ja"]}})[0]
+        assert sorted(h.id for h in hits) == ["d1", "d5"]
