@@ -499,19 +499,7 @@ def _lock_directory(path: Path) -> int:
     """Take the directory's exclusive writer lock (held until the fd closes) and write our pid in
     ``zembed.lock``. The lock is on the directory itself, so deleting the pid file (a "stale lock"
     clean-up) cannot let a second writer in."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        try:
-            raw = (path / LOCK_FILE).read_text("ascii", "replace").strip()
-        except OSError:
-            raw = ""
-        raise Locked(str(path), int(raw) if raw.isdigit() else None) from None
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = _flock(path, fcntl.LOCK_EX, "stop it, or open read-only")
     try:
         (path / LOCK_FILE).write_text(f"{os.getpid()}\n")
     except BaseException:
@@ -525,16 +513,25 @@ def share_directory(path: Path) -> int:
     takes it exclusively (:func:`_lock_directory`), so while a format-1 directory is read without
     LMDB's reader table (served read-only, or converted by ``zembed migrate``) no writer of an earlier
     release can start and reuse the pages being read; :class:`Locked` naming it while one writes."""
+    return _flock(
+        path,
+        fcntl.LOCK_SH,
+        "an earlier release's writer, as format 1 is only read while nothing writes it: stop it first",
+    )
+
+
+def _flock(path: Path, mode: int, hint: str) -> int:
+    """The directory's fd with ``mode`` (LOCK_EX / LOCK_SH) taken without waiting, or
+    :class:`Locked` naming the writer's pid from ``zembed.lock`` and ``hint``."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         try:
             raw = (path / LOCK_FILE).read_text("ascii", "replace").strip()
         except OSError:
             raw = ""
-        hint = "an earlier release's writer, as format 1 is only read while nothing writes it: stop it first"
         raise Locked(str(path), int(raw) if raw.isdigit() else None, hint) from None
     except BaseException:
         os.close(fd)
