@@ -195,15 +195,19 @@ def metadata(values: Sequence[Mapping[str, Any] | None] | None, rows: int) -> li
             raise InvalidArgument(
                 f"metadata[{i}]", f"must be JSON-compatible: {clip(str(exc), quote=False)}"
             ) from None
-        if len(raw) > MAX_METADATA_BYTES:
-            raise InvalidArgument(
-                f"metadata[{i}]",
-                f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON; given {len(raw)}",
-                value=len(raw),
-                limit=MAX_METADATA_BYTES,
-            )
+        _metadata_size(raw, f"metadata[{i}]", "encode to")
         out.append(raw)
     return out
+
+
+def _metadata_size(raw: bytes, field: str, verb: str) -> None:
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            field,
+            f"must {verb} at most {MAX_METADATA_BYTES} bytes of JSON; given {len(raw)}",
+            value=len(raw),
+            limit=MAX_METADATA_BYTES,
+        )
 
 
 def metadata_texts(
@@ -223,13 +227,7 @@ def metadata_texts(
             raise InvalidArgument(f"metadata_json[{i}]", "must be bytes (UTF-8 JSON text)")
         if not values[i]:
             continue  # no metadata ({} or None): stored as none, as metadata() stores it
-        if len(t) > MAX_METADATA_BYTES:
-            raise InvalidArgument(
-                f"metadata_json[{i}]",
-                f"must be at most {MAX_METADATA_BYTES} bytes of JSON; given {len(t)}",
-                value=len(t),
-                limit=MAX_METADATA_BYTES,
-            )
+        _metadata_size(t, f"metadata_json[{i}]", "be")
         out[i] = t
     return out
 
